@@ -1,0 +1,35 @@
+# One environment (.venv, made with pip) for everything. torch/torchvision are installed first,
+# pinned to the builds this project is tested with; override TORCH_SPEC for another build.
+PY ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Erase a class from a real ImageNet classifier and print the table.
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/eraser demo
+
+## Fast, deterministic test suite (slow real-data runs are excluded; `make test-slow` runs them).
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/classifier_heads.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,43 @@
+"""eraser: erase concepts and classes from trained vision models.
+
+The engine: capture a layer's input features (``capture``), find the forget subspace
+(``subspace``), remove it from the weights (``projection``) and record the edit (``patch``).
+"""
+
+__version__ = "0.1.0"
+
+from . import methods  # noqa: F401  (registers the methods)
+from .api import erase_classes
+from .capture import FeatureRows, GramAccumulator, capture_features, collect_features, collect_grams
+from .patch import ErasurePatch, LayerEdit, PatchError, fingerprint
+from .projection import project_out
+from .registry import get_method, list_methods, register_method
+from .subspace import Gram, Subspace, forget_basis, forget_subspace, rayleigh_basis, rayleigh_subspace
+from .targets import resolve_targets
+from .methods.unlink import UnlinkConfig
+
+__all__ = [
+    "__version__",
+    "erase_classes",
+    "forget_basis",
+    "forget_subspace",
+    "rayleigh_basis",
+    "rayleigh_subspace",
+    "project_out",
+    "capture_features",
+    "collect_features",
+    "GramAccumulator",
+    "FeatureRows",
+    "collect_grams",
+    "ErasurePatch",
+    "LayerEdit",
+    "PatchError",
+    "fingerprint",
+    "Gram",
+    "Subspace",
+    "UnlinkConfig",
+    "list_methods",
+    "get_method",
+    "register_method",
+    "resolve_targets",
+]

@@ -1,0 +1,55 @@
+"""The public entry points."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields, replace
+
+import torch
+from torch import nn
+
+from .data import DataLike
+from .patch import ErasurePatch
+from .registry import get_method
+
+__all__ = ["erase_classes"]
+
+
+def erase_classes(
+    model: nn.Module,
+    forget_data: DataLike,
+    *,
+    layers: str | Sequence[str] = "head",
+    k: int | None = None,
+    retain_data: DataLike | None = None,
+    method: str = "unlink",
+    device: torch.device | str | None = None,
+    names: Sequence[str] | None = None,
+    config=None,
+    progress: bool = False,
+    **options,
+) -> ErasurePatch:
+    """Erase what ``forget_data`` shows from ``model`` (edited in place); returns the patch.
+
+    ``forget_data``/``retain_data``: a DataLoader, a Dataset or a tensor of inputs. With
+    ``retain_data`` the Rayleigh variant protects it. ``names`` (e.g. class names) go into the
+    patch's metadata. Further ``options`` set fields of the method's config dataclass
+    (e.g. ``energy=0.9``, ``ridge=0.1``, ``variant="svd"``). On any error the model is unchanged.
+    """
+    spec = get_method(method)
+    cfg = config if config is not None else spec.config_cls()
+    known = {f.name for f in fields(cfg)}
+    unknown = set(options) - known
+    if unknown:
+        raise TypeError(f"unknown options for method {method!r}: {sorted(unknown)}; known: {sorted(known)}")
+    cfg = replace(cfg, layers=list(layers) if not isinstance(layers, str) else layers, **({"k": k} if k is not None else {}), **options)
+    if device is None:
+        return spec.fn(model, forget_data, retain_data, config=cfg, names=list(names or []), progress=progress)
+    # Compute on ``device`` and hand the model back where it was.
+    param = next(model.parameters(), None)
+    home = param.device if param is not None else torch.device("cpu")
+    model.to(device)
+    try:
+        return spec.fn(model, forget_data, retain_data, config=cfg, device=device, names=list(names or []), progress=progress)
+    finally:
+        model.to(home)

@@ -1,0 +1,175 @@
+"""Unlink: training-free removal of the forget subspace from layer weights."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..capture import collect_grams
+from ..data import DataLike
+from ..patch import ErasurePatch, LayerEdit, fingerprint
+from ..registry import register_method
+from ..subspace import Gram, Subspace, forget_subspace, rayleigh_subspace
+from ..targets import resolve_targets
+from ..layers import layer_kind
+
+__all__ = ["UnlinkConfig", "unlink", "unlink_from_grams", "fit_subspace"]
+
+VARIANTS = ("auto", "svd", "rayleigh")
+
+
+@dataclass
+class UnlinkConfig:
+    """Settings of Unlink; serialised into every patch's metadata.
+
+    variant: ``"svd"`` (forget data only), ``"rayleigh"`` (forget vs retain, oblique projection)
+    or ``"auto"`` (rayleigh when retain data is given, else svd).
+    k / energy / tail_beta: how many directions (at most one of them); with none set, k=DEFAULT_K.
+    ridge: Rayleigh regulariser, as a fraction of trace(C_rr)/d.
+    """
+
+    layers: str | list[str] = "head"
+    k: int | None = None
+    energy: float | None = None
+    tail_beta: float | None = None
+    variant: str = "auto"
+    ridge: float = 0.1
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}; got {self.variant!r}")
+        given = [n for n in ("k", "energy", "tail_beta") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set only one of k, energy, tail_beta (got {given})")
+        if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"k must be a positive integer; got {self.k!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive; got {self.batch_size}")
+
+    def resolved_variant(self, has_retain: bool) -> str:
+        if self.variant == "auto":
+            return "rayleigh" if has_retain else "svd"
+        if self.variant == "rayleigh" and not has_retain:
+            raise ValueError("variant='rayleigh' needs retain data; pass retain_data or use variant='svd'.")
+        return self.variant
+
+
+DEFAULT_K = {"svd": 1, "rayleigh": 1}
+
+
+def fit_subspace(forget: Gram, retain: Gram | None, cfg: UnlinkConfig) -> Subspace:
+    """The subspace to remove for one layer (one group) from its feature statistics."""
+    variant = cfg.resolved_variant(retain is not None)
+    if variant == "rayleigh":
+        if cfg.energy is not None or cfg.tail_beta is not None:
+            raise ValueError("the rayleigh variant takes k only (not energy or tail_beta)")
+        return rayleigh_subspace(forget, retain, cfg.k or DEFAULT_K["rayleigh"], ridge=cfg.ridge)
+    k = cfg.k if (cfg.k or cfg.energy or cfg.tail_beta) else DEFAULT_K["svd"]
+    return forget_subspace(forget, k=k, energy=cfg.energy, tail_beta=cfg.tail_beta)
+
+
+def _stack(subs: list[Subspace]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Stack per-group subspaces into (G, D, k) tensors, padding smaller ones with eta = 0."""
+    k = max(s.k for s in subs)
+    d = subs[0].basis.shape[0]
+
+    def pad(t: Tensor, rows: int) -> Tensor:
+        out = torch.zeros(rows, k, dtype=torch.float64)
+        out[:, : t.shape[1]] = t
+        return out
+
+    basis = torch.stack([pad(s.basis, d) for s in subs])
+    eta = torch.stack([pad(s.eta.unsqueeze(0), 1)[0] for s in subs])
+    dual = torch.stack([pad(s.dual, d) for s in subs]) if subs[0].dual is not None else None
+    return basis, eta, dual
+
+
+@register_method("unlink", config=UnlinkConfig, training_free=True)
+def unlink(
+    model: nn.Module,
+    forget: DataLike,
+    retain: DataLike | None = None,
+    *,
+    config: UnlinkConfig | None = None,
+    device: torch.device | str | None = None,
+    names: list[str] | None = None,
+    progress: bool = False,
+) -> ErasurePatch:
+    """Unlink: project the forget data's feature subspace out of the target layers (training-free)."""
+    cfg = config or UnlinkConfig()
+    cfg.resolved_variant(retain is not None)  # fail early on a variant the data cannot serve
+    targets = resolve_targets(model, cfg.layers)
+    _check_weights(targets)
+    t0 = time.perf_counter()
+    kw = dict(device=device, batch_size=cfg.batch_size, progress=progress)
+    f_grams = collect_grams(model, targets, forget, what="forget data", **kw)
+    r_grams = collect_grams(model, targets, retain, what="retain data", **kw) if retain is not None else None
+    capture_s = time.perf_counter() - t0
+    patch = unlink_from_grams(model, f_grams, r_grams, config=cfg, names=names)
+    patch.metadata["timing_s"]["capture"] = capture_s
+    return patch
+
+
+def unlink_from_grams(
+    model: nn.Module,
+    forget: dict[str, list[Gram]],
+    retain: dict[str, list[Gram]] | None = None,
+    *,
+    config: UnlinkConfig | None = None,
+    names: list[str] | None = None,
+) -> ErasurePatch:
+    """Unlink from feature statistics already captured (per layer name, one Gram per group).
+
+    Grams add up, so statistics captured once per class can be combined for any forget/retain
+    split without running the model again.
+    """
+    cfg = config or UnlinkConfig()
+    variant = cfg.resolved_variant(retain is not None)
+    targets = resolve_targets(model, list(forget))
+    _check_weights(targets)
+    t0 = time.perf_counter()
+    edits = {}
+    for name, mod in targets.items():
+        kind = layer_kind(mod)
+        subs = []
+        for g, fg in enumerate(forget[name]):
+            try:
+                subs.append(fit_subspace(fg, retain[name][g] if retain else None, cfg))
+            except ValueError as err:
+                raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
+        basis, eta, dual = _stack(subs)
+        edits[name] = LayerEdit(name, kind.name, tuple(kind.weight(mod).shape), basis, eta, dual)
+    patch = ErasurePatch(
+        edits,
+        metadata={
+            "method": "unlink",
+            "variant": variant,
+            "config": asdict(cfg),
+            "names": list(names) if names else [],
+            "layers": list(targets),
+            "base_model": type(model).__name__,
+            "base_fingerprint": fingerprint(model, list(targets)),
+            "library_version": _version(),
+        },
+    )
+    t1 = time.perf_counter()
+    patch.apply(model)
+    t2 = time.perf_counter()
+    patch.metadata["timing_s"] = {"fit": t1 - t0, "apply": t2 - t1}
+    return patch
+
+
+def _check_weights(targets: dict[str, nn.Module]) -> None:
+    for name, mod in targets.items():
+        if not torch.isfinite(layer_kind(mod).weight(mod)).all():
+            raise ValueError(f"the weight of layer {name!r} contains NaN or Inf; the model was not changed.")
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,199 @@
+"""Forget subspaces from feature statistics (pure maths: no model code).
+
+Features are rows (n x d). Everything is computed from Gram matrices X^T X so that callers can
+accumulate statistics batch by batch with memory bounded by d^2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Gram", "Subspace", "as_gram", "forget_basis", "rayleigh_basis", "numerical_rank"]
+
+
+@dataclass
+class Gram:
+    """Second-moment statistics of n feature rows: ``matrix = X^T X`` (d x d, float64)."""
+
+    matrix: Tensor
+    n: int
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[-1]
+
+    def covariance(self) -> Tensor:
+        """Uncentred second moment ``X^T X / n``."""
+        return self.matrix / max(self.n, 1)
+
+
+@dataclass
+class Subspace:
+    """A rank-k edit ``W -> W - W @ dual @ diag(eta) @ basis.T``.
+
+    ``dual`` is None for an orthogonal projection (dual = basis). The Rayleigh variant uses the
+    oblique dual ``C_rr @ basis``, which makes ``dual @ basis.T`` idempotent.
+    """
+
+    basis: Tensor  # d x k
+    eta: Tensor  # k
+    dual: Tensor | None = None  # d x k
+    spectrum: Tensor | None = None  # all eigenvalues, descending (diagnostics)
+
+    @property
+    def k(self) -> int:
+        return self.basis.shape[1]
+
+
+def _check_finite(t: Tensor, what: str) -> None:
+    if not torch.isfinite(t).all():
+        raise ValueError(
+            f"{what} contain NaN or Inf values; check the input data and the model's weights "
+            "(a diverged model or unnormalised inputs are the usual causes)."
+        )
+
+
+def as_gram(X: Tensor | Gram, what: str = "forget features") -> Gram:
+    """Turn feature rows (n x d) or a :class:`Gram` into a validated float64 Gram."""
+    if isinstance(X, Gram):
+        g = Gram(X.matrix.to(torch.float64), int(X.n))
+    elif isinstance(X, Tensor):
+        if X.ndim != 2:
+            raise ValueError(f"{what} must be a 2-D tensor of rows (n x d); got shape {tuple(X.shape)}")
+        _check_finite(X, what)
+        x = X.to(torch.float64)
+        g = Gram(x.T @ x, X.shape[0])
+    else:
+        raise TypeError(f"{what} must be a Tensor (n x d) or a Gram; got {type(X).__name__}")
+    if g.n == 0:
+        raise ValueError(f"{what} are empty (0 samples): pass at least one sample.")
+    if g.matrix.ndim != 2 or g.matrix.shape[0] != g.matrix.shape[1]:
+        raise ValueError(f"Gram matrix of {what} must be square; got {tuple(g.matrix.shape)}")
+    _check_finite(g.matrix, what)
+    return g
+
+
+def _eigh_desc(m: Tensor) -> tuple[Tensor, Tensor]:
+    m = (m + m.T) / 2  # symmetrise away accumulation round-off
+    vals, vecs = torch.linalg.eigh(m)
+    return vals.flip(0), vecs.flip(1)
+
+
+def numerical_rank(eigvals: Tensor, dim: int) -> int:
+    """Rank of a PSD matrix from its eigenvalues (descending), with LAPACK's usual tolerance."""
+    top = float(eigvals[0]) if eigvals.numel() else 0.0
+    if top <= 0:
+        return 0
+    tol = top * dim * torch.finfo(torch.float64).eps * 10
+    return int((eigvals > tol).sum())
+
+
+def forget_basis(
+    X: Tensor | Gram,
+    k: int | None = None,
+    energy: float | None = None,
+    tail_beta: float | None = None,
+) -> Tensor:
+    """Orthonormal basis (d x k) of the forget subspace of ``X``.
+
+    Exactly one selector applies: ``k`` top right singular vectors; or the smallest k whose
+    singular values hold an ``energy`` fraction of sum(s_i^2); or the tail, the directions with
+    ``0 < s_i / s_max < tail_beta`` (for random/instance forgetting). With none given, k=1.
+    """
+    return forget_subspace(X, k=k, energy=energy, tail_beta=tail_beta).basis
+
+
+def forget_subspace(
+    X: Tensor | Gram,
+    k: int | None = None,
+    energy: float | None = None,
+    tail_beta: float | None = None,
+) -> Subspace:
+    """Like :func:`forget_basis`, returning a :class:`Subspace` (eta = 1) with its spectrum."""
+    chosen = [name for name, v in (("k", k), ("energy", energy), ("tail_beta", tail_beta)) if v is not None]
+    if len(chosen) > 1:
+        raise ValueError(f"pass only one of k, energy, tail_beta (got {', '.join(chosen)})")
+    g = as_gram(X)
+    vals, vecs = _eigh_desc(g.matrix)
+    vals = vals.clamp_min(0)
+    rank = numerical_rank(vals, g.dim)
+    if rank == 0:
+        raise ValueError("forget features are all zero: there is no subspace to remove.")
+    if tail_beta is not None:
+        if not 0 < tail_beta < 1:
+            raise ValueError(f"tail_beta must be in (0, 1); got {tail_beta}")
+        s = vals[:rank].sqrt()
+        idx = torch.nonzero(s / s[0] < tail_beta).flatten()
+        if idx.numel() == 0:
+            raise ValueError(
+                f"no singular value of the forget features is below tail_beta={tail_beta} times the "
+                "largest; raise tail_beta or use more forget samples."
+            )
+        return Subspace(vecs[:, idx], torch.ones(idx.numel(), dtype=vals.dtype), spectrum=vals)
+    if energy is not None:
+        if not 0 < energy <= 1:
+            raise ValueError(f"energy must be in (0, 1]; got {energy}")
+        frac = vals.cumsum(0) / vals.sum()
+        k = min(int((frac < energy - 1e-12).sum()) + 1, rank)
+    k = 1 if k is None else int(k)
+    _check_k(k, g.dim, rank)
+    return Subspace(vecs[:, :k], torch.ones(k, dtype=vals.dtype), spectrum=vals)
+
+
+def _check_k(k: int, dim: int, rank: int) -> None:
+    if k < 1:
+        raise ValueError(f"k must be a positive integer; got {k}")
+    if k > dim:
+        raise ValueError(f"k={k} exceeds the feature dimension {dim}; choose k <= {dim}.")
+    if k > rank:
+        raise ValueError(
+            f"k={k} exceeds the rank ({rank}) of the forget features; choose k <= {rank} "
+            "or pass more (and more varied) forget samples."
+        )
+
+
+def rayleigh_basis(
+    Xf: Tensor | Gram,
+    Xr: Tensor | Gram,
+    k: int,
+    ridge: float = 0.1,
+) -> tuple[Tensor, Tensor]:
+    """Generalised Rayleigh-quotient basis (d x k) and ``eta_i = min(1, R(u_i))``.
+
+    Solves ``C_ff u = lambda C_rr u`` with ``C_rr`` regularised by ``ridge * trace(C_rr) / d``.
+    The basis satisfies ``U^T C_rr U = I`` (it is not orthonormal); see :func:`rayleigh_subspace`
+    for the oblique dual that turns it into a projection.
+    """
+    sub = rayleigh_subspace(Xf, Xr, k, ridge=ridge)
+    return sub.basis, sub.eta
+
+
+def rayleigh_subspace(Xf: Tensor | Gram, Xr: Tensor | Gram, k: int, ridge: float = 0.1) -> Subspace:
+    """The Rayleigh subspace with its oblique dual ``C_rr U`` (so the edit is a true projection)."""
+    gf, gr = as_gram(Xf, "forget features"), as_gram(Xr, "retain features")
+    if gf.dim != gr.dim:
+        raise ValueError(f"forget and retain features differ in dimension ({gf.dim} vs {gr.dim})")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0; got {ridge}")
+    d = gf.dim
+    c_ff, c_rr = gf.covariance(), gr.covariance()
+    scale = float(torch.trace(c_rr)) / d
+    if scale <= 0:
+        raise ValueError("retain features are all zero: pass real retain samples or omit them.")
+    c_rr = c_rr + (ridge * scale + 1e-12 * scale) * torch.eye(d, dtype=c_rr.dtype)
+    rank = numerical_rank(_eigh_desc(c_ff)[0].clamp_min(0), d)
+    _check_k(int(k), d, rank)
+    try:
+        L = torch.linalg.cholesky((c_rr + c_rr.T) / 2)
+    except RuntimeError as err:  # pragma: no cover - ridge > 0 keeps C_rr positive definite
+        raise ValueError("retain covariance is not positive definite; increase ridge.") from err
+    # A = L^-1 C_ff L^-T, eigenvectors Q, U = L^-T Q
+    a = torch.linalg.solve_triangular(L, c_ff, upper=False)
+    a = torch.linalg.solve_triangular(L, a.T, upper=False).T
+    vals, q = _eigh_desc(a)
+    u = torch.linalg.solve_triangular(L.T, q[:, :k], upper=True)
+    eta = vals[:k].clamp(min=0, max=1)  # R(u_i) = lambda_i for generalised eigenvectors
+    return Subspace(basis=u, eta=eta, dual=c_rr @ u, spectrum=vals.clamp_min(0))

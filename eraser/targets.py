@@ -1,0 +1,75 @@
+"""Choosing the layers to edit: PEFT-style ``target_modules`` patterns and named presets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from .layers import layer_kind, supported_kinds
+
+__all__ = ["resolve_targets", "PRESETS"]
+
+Targets = str | Sequence[str]
+
+
+def _head(model: nn.Module) -> list[str]:
+    """The final classifier layer: timm's ``get_classifier()``, else the last supported layer."""
+    names = {id(m): n for n, m in model.named_modules()}
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
+        if id(head) in names and layer_kind(head) is not None:
+            return [names[id(head)]]
+    last = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n]
+    return last[-1:]
+
+
+PRESETS = {"head": _head}
+
+
+def resolve_targets(model: nn.Module, layers: Targets) -> dict[str, nn.Module]:
+    """Map layer names to modules.
+
+    ``layers`` is a preset name (``"head"``), a regular expression matched against whole module
+    names (a string), or a list of names, each matching a module whose name equals it or ends in
+    ``"." + name`` (PEFT's ``target_modules`` rules).
+    """
+    modules = dict(model.named_modules())
+    if isinstance(layers, str) and layers in PRESETS:
+        names = PRESETS[layers](model)
+        if not names:
+            raise ValueError(
+                f"preset {layers!r} found no supported layer in {type(model).__name__} "
+                f"(supported kinds: {supported_kinds()}); name the layers explicitly."
+            )
+    elif isinstance(layers, str):
+        try:
+            pattern = re.compile(layers)
+        except re.error as err:
+            raise ValueError(f"layers={layers!r} is not a valid regular expression: {err}") from None
+        names = [n for n in modules if n and pattern.fullmatch(n)]
+    elif isinstance(layers, Sequence) and layers and all(isinstance(t, str) for t in layers):
+        names = [n for n in modules if n and any(n == t or n.endswith("." + t) for t in layers)]
+    else:
+        raise TypeError(f"layers must be a preset name, a regex string or a list of names; got {layers!r}")
+
+    if not names:
+        available = [n for n, m in modules.items() if n and layer_kind(m) is not None]
+        raise ValueError(
+            f"layers={layers!r} matches no module of {type(model).__name__}. "
+            f"Editable layers include: {available[:12]}{' ...' if len(available) > 12 else ''}"
+        )
+    unsupported = [n for n in names if layer_kind(modules[n]) is None]
+    supported = [n for n in names if layer_kind(modules[n]) is not None]
+    if not supported:
+        kinds = sorted({type(modules[n]).__name__ for n in unsupported})
+        raise ValueError(
+            f"layers={layers!r} matches only modules of unsupported kinds {kinds}; "
+            f"supported kinds are {supported_kinds()} (Linear, Conv2d, MultiheadAttention)."
+        )
+    if isinstance(layers, Sequence) and not isinstance(layers, str) and unsupported:
+        # An explicit list naming an unsupported module is a mistake worth reporting.
+        raise ValueError(f"these targets are not supported layer kinds: {unsupported}")
+    return {n: modules[n] for n in supported}

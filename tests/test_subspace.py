@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from eraser import Gram, forget_basis, forget_subspace, rayleigh_basis, rayleigh_subspace
+
+
+def planted(n=200, d=16, k=3, noise=1e-3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(d, k, dtype=torch.float64, generator=g))
+    coeff = torch.randn(n, k, dtype=torch.float64, generator=g) * torch.tensor([10.0, 5.0, 2.0][:k], dtype=torch.float64)
+    X = coeff @ basis.T + noise * torch.randn(n, d, dtype=torch.float64, generator=g)
+    return X, basis
+
+
+def test_top_k_recovers_planted_subspace():
+    X, basis = planted()
+    U = forget_basis(X, k=3)
+    assert U.shape == (16, 3)
+    torch.testing.assert_close(U.T @ U, torch.eye(3, dtype=U.dtype), atol=1e-10, rtol=0)
+    # same span: projecting the planted basis onto U loses nothing
+    assert torch.linalg.norm(basis - U @ (U.T @ basis)) < 1e-3
+
+
+def test_top_k_matches_svd_and_gram_input():
+    X = torch.randn(50, 8, dtype=torch.float64)
+    U = forget_basis(X, k=2)
+    Vh = torch.linalg.svd(X, full_matrices=False).Vh[:2].T
+    torch.testing.assert_close((U @ U.T), (Vh @ Vh.T), atol=1e-10, rtol=0)
+    Ug = forget_basis(Gram(X.T @ X, 50), k=2)
+    torch.testing.assert_close(Ug @ Ug.T, U @ U.T, atol=1e-10, rtol=0)
+
+
+def test_energy_picks_smallest_k():
+    X, _ = planted(noise=0.0)
+    s2 = torch.linalg.svdvals(X) ** 2
+    frac = (s2.cumsum(0) / s2.sum()).tolist()
+    assert forget_subspace(X, energy=frac[0] - 1e-6).k == 1
+    assert forget_subspace(X, energy=frac[0] + 1e-6).k == 2
+    assert forget_subspace(X, energy=1.0).k == 3  # never beyond the rank
+
+
+def test_tail_selects_small_nonzero_singular_values():
+    X, _ = planted(noise=0.0)  # singular values about 10:5:2 (times sqrt n)
+    sub = forget_subspace(X, tail_beta=0.3)
+    assert sub.k == 1
+    s = torch.linalg.svdvals(X)
+    assert torch.linalg.norm(X @ sub.basis) == pytest.approx(float(s[2]), rel=1e-8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"k": 20}, "exceeds the feature dimension"), ({"k": 4}, "exceeds the rank"), ({"k": 0}, "positive"),
+     ({"energy": 1.5}, "energy"), ({"k": 1, "energy": 0.5}, "only one")],
+)
+def test_bad_k(kwargs, message):
+    X, _ = planted(noise=0.0)
+    with pytest.raises(ValueError, match=message):
+        forget_basis(X, **kwargs)
+
+
+def test_empty_and_nonfinite():
+    with pytest.raises(ValueError, match="empty"):
+        forget_basis(torch.zeros(0, 4))
+    X = torch.randn(5, 4)
+    X[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        forget_basis(X, k=1)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        rayleigh_basis(torch.randn(5, 4), X, k=1)
+
+
+def test_rayleigh_is_a_generalised_eigenbasis():
+    Xf, _ = planted(n=100, d=12)
+    Xr = torch.randn(300, 12, dtype=torch.float64)
+    U, eta = rayleigh_basis(Xf, Xr, k=2, ridge=0.1)
+    c_ff = Xf.T @ Xf / 100
+    c_rr = Xr.T @ Xr / 300
+    c_rr = c_rr + 0.1 * torch.trace(c_rr) / 12 * torch.eye(12, dtype=torch.float64)
+    torch.testing.assert_close(U.T @ c_rr @ U, torch.eye(2, dtype=torch.float64), atol=1e-8, rtol=0)
+    for i in range(2):
+        lam = (U[:, i] @ c_ff @ U[:, i]) / (U[:, i] @ c_rr @ U[:, i])
+        torch.testing.assert_close(c_ff @ U[:, i], lam * (c_rr @ U[:, i]), atol=1e-6, rtol=1e-6)
+        assert eta[i] == pytest.approx(min(1.0, float(lam)))
+
+
+def test_rayleigh_oblique_dual_is_a_projection():
+    Xf, _ = planted(n=100, d=12)
+    Xr = torch.randn(30, 12, dtype=torch.float64)  # rank-deficient retain set: the hard case
+    sub = rayleigh_subspace(Xf, Xr, k=3, ridge=0.1)
+    P = sub.dual @ sub.basis.T
+    torch.testing.assert_close(P @ P, P, atol=1e-8, rtol=1e-8)
+
+
+def test_rayleigh_prefers_directions_retain_data_lacks():
+    d = 6
+    e = torch.eye(d, dtype=torch.float64)
+    # forget data spread along e0 and e1; retain data lives mostly along e0
+    Xf = torch.cat([5 * e[0:1], 5 * e[1:2]]).repeat(10, 1)
+    Xr = torch.cat([10 * e[0:1], 0.1 * e[1:2], e[2:3], e[3:4], e[4:5], e[5:6]]).repeat(10, 1)
+    U, eta = rayleigh_basis(Xf, Xr, k=1, ridge=0.0)
+    u = U[:, 0] / U[:, 0].norm()
+    assert abs(float(u[1])) > 0.99
+    assert eta[0] == 1.0
