@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DataLike", "iter_inputs", "count_samples"]
+__all__ = ["DataLike", "iter_inputs", "to_model"]
 
 DataLike = DataLoader | Dataset | Tensor
 
@@ -44,18 +44,6 @@ def iter_inputs(data: DataLike, batch_size: int = 64) -> Iterator[Tensor]:
         raise TypeError(f"data must be a DataLoader, a Dataset or a Tensor; got {type(data).__name__}")
     for batch in data:
         yield _inputs_of(batch)
-
-
-def count_samples(data: DataLike) -> int | None:
-    """Number of samples if it is known without iterating, else None."""
-    if isinstance(data, Tensor):
-        return int(data.shape[0])
-    if isinstance(data, DataLoader):
-        data = data.dataset
-    try:
-        return len(data)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 def to_model(x: Tensor, reference: torch.nn.Parameter | Tensor | None, device: torch.device) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LayerKind", "layer_kind", "supported_kinds"]
+__all__ = ["LayerKind", "layer_kind", "kind_by_name", "supported_kinds"]
 
 
 class LayerKind:
@@ -119,12 +119,3 @@ def kind_by_name(name: str) -> LayerKind:
 
 def supported_kinds() -> list[str]:
     return [k.name for k in _KINDS]
-
-
-def is_supported(module: nn.Module) -> bool:
-    return layer_kind(module) is not None
-
-
-def module_weight_finite(module: nn.Module) -> bool:
-    kind = layer_kind(module)
-    return kind is not None and bool(torch.isfinite(kind.weight(module)).all())

@@ -96,14 +96,16 @@ def forget_basis(
     k: int | None = None,
     energy: float | None = None,
     tail_beta: float | None = None,
+    sv_ratio: float | None = None,
 ) -> Tensor:
     """Orthonormal basis (d x k) of the forget subspace of ``X``.
 
-    Exactly one selector applies: ``k`` top right singular vectors; or the smallest k whose
-    singular values hold an ``energy`` fraction of sum(s_i^2); or the tail, the directions with
-    ``0 < s_i / s_max < tail_beta`` (for random/instance forgetting). With none given, k=1.
+    At most one selector applies: ``k`` top right singular vectors; or the smallest k whose
+    singular values hold an ``energy`` fraction of sum(s_i^2); or every direction with
+    ``s_i >= sv_ratio * s_max``; or the tail, the directions with ``0 < s_i / s_max < tail_beta``
+    (for random/instance forgetting). With none given, k=1.
     """
-    return forget_subspace(X, k=k, energy=energy, tail_beta=tail_beta).basis
+    return forget_subspace(X, k=k, energy=energy, tail_beta=tail_beta, sv_ratio=sv_ratio).basis
 
 
 def forget_subspace(
@@ -111,11 +113,13 @@ def forget_subspace(
     k: int | None = None,
     energy: float | None = None,
     tail_beta: float | None = None,
+    sv_ratio: float | None = None,
 ) -> Subspace:
     """Like :func:`forget_basis`, returning a :class:`Subspace` (eta = 1) with its spectrum."""
-    chosen = [name for name, v in (("k", k), ("energy", energy), ("tail_beta", tail_beta)) if v is not None]
+    options = (("k", k), ("energy", energy), ("tail_beta", tail_beta), ("sv_ratio", sv_ratio))
+    chosen = [name for name, v in options if v is not None]
     if len(chosen) > 1:
-        raise ValueError(f"pass only one of k, energy, tail_beta (got {', '.join(chosen)})")
+        raise ValueError(f"pass only one of k, energy, tail_beta, sv_ratio (got {', '.join(chosen)})")
     g = as_gram(X)
     vals, vecs = _eigh_desc(g.matrix)
     vals = vals.clamp_min(0)
@@ -133,6 +137,10 @@ def forget_subspace(
                 "largest; raise tail_beta or use more forget samples."
             )
         return Subspace(vecs[:, idx], torch.ones(idx.numel(), dtype=vals.dtype), spectrum=vals)
+    if sv_ratio is not None:
+        if not 0 < sv_ratio <= 1:
+            raise ValueError(f"sv_ratio must be in (0, 1]; got {sv_ratio}")
+        k = int((vals[:rank].sqrt() >= sv_ratio * vals[0].sqrt()).sum())
     if energy is not None:
         if not 0 < energy <= 1:
             raise ValueError(f"energy must be in (0, 1]; got {energy}")
@@ -171,8 +179,13 @@ def rayleigh_basis(
     return sub.basis, sub.eta
 
 
-def rayleigh_subspace(Xf: Tensor | Gram, Xr: Tensor | Gram, k: int, ridge: float = 0.1) -> Subspace:
-    """The Rayleigh subspace with its oblique dual ``C_rr U`` (so the edit is a true projection)."""
+def rayleigh_subspace(
+    Xf: Tensor | Gram, Xr: Tensor | Gram, k: int, ridge: float = 0.1, clip_k: bool = False
+) -> Subspace:
+    """The Rayleigh subspace with its oblique dual ``C_rr U`` (so the edit is a true projection).
+
+    ``clip_k`` lowers k to the rank of the forget features instead of raising an error.
+    """
     gf, gr = as_gram(Xf, "forget features"), as_gram(Xr, "retain features")
     if gf.dim != gr.dim:
         raise ValueError(f"forget and retain features differ in dimension ({gf.dim} vs {gr.dim})")
@@ -184,8 +197,8 @@ def rayleigh_subspace(Xf: Tensor | Gram, Xr: Tensor | Gram, k: int, ridge: float
     if scale <= 0:
         raise ValueError("retain features are all zero: pass real retain samples or omit them.")
     c_rr = c_rr + (ridge * scale + 1e-12 * scale) * torch.eye(d, dtype=c_rr.dtype)
-    rank = numerical_rank(_eigh_desc(c_ff)[0].clamp_min(0), d)
-    _check_k(int(k), d, rank)
+    if int(k) > d or int(k) < 1:
+        _check_k(int(k), d, d)
     try:
         L = torch.linalg.cholesky((c_rr + c_rr.T) / 2)
     except RuntimeError as err:  # pragma: no cover - ridge > 0 keeps C_rr positive definite
@@ -194,6 +207,10 @@ def rayleigh_subspace(Xf: Tensor | Gram, Xr: Tensor | Gram, k: int, ridge: float
     a = torch.linalg.solve_triangular(L, c_ff, upper=False)
     a = torch.linalg.solve_triangular(L, a.T, upper=False).T
     vals, q = _eigh_desc(a)
+    # C_rr is positive definite, so rank(A) = rank(C_ff): no second eigendecomposition needed.
+    rank = numerical_rank(vals.clamp_min(0), d)
+    k = min(int(k), max(rank, 1)) if clip_k else int(k)
+    _check_k(k, d, rank)
     u = torch.linalg.solve_triangular(L.T, q[:, :k], upper=True)
     eta = vals[:k].clamp(min=0, max=1)  # R(u_i) = lambda_i for generalised eigenvectors
     return Subspace(basis=u, eta=eta, dual=c_rr @ u, spectrum=vals.clamp_min(0))

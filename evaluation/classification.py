@@ -51,3 +51,30 @@ class PerClassAccuracy(Metric):
 def class_erasure_scores(after: PerClassAccuracy, forgotten: Sequence[int], retained: Sequence[int]) -> dict[str, float]:
     """UA (100 - accuracy on the forgotten classes) and the accuracy on the retained classes."""
     return {"UA": 100.0 - after.accuracy_on(forgotten), "retained_acc": after.accuracy_on(retained)}
+
+
+@torch.no_grad()
+def head_inputs(model: torch.nn.Module, head: str, data, batch_size: int = 64) -> tuple[Tensor, Tensor]:
+    """Inputs of layer ``head`` for every sample of ``data`` ((inputs, labels) batches), and the labels.
+
+    When only the head is edited, ``head(features)`` equals the edited model's logits, so an
+    evaluation can run the body once and any number of head edits after it.
+    """
+    from torch.utils.data import DataLoader
+
+    from eraser.capture import FeatureRows, capture_features
+    from eraser.targets import resolve_targets
+
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    labels = []
+    try:
+        with capture_features(resolve_targets(model, [head]), FeatureRows) as acc:
+            for x, y in loader:
+                model(x.to(param.device, param.dtype))
+                labels.append(torch.as_tensor(y))
+    finally:
+        model.train(was_training)
+    return acc[head].compute()[0], torch.cat(labels)

@@ -101,3 +101,20 @@ def test_rayleigh_prefers_directions_retain_data_lacks():
     u = U[:, 0] / U[:, 0].norm()
     assert abs(float(u[1])) > 0.99
     assert eta[0] == 1.0
+
+
+def test_sv_ratio_keeps_directions_above_a_fraction_of_the_top():
+    X, _ = planted(noise=0.0)  # singular values in ratio 10:5:2
+    assert forget_subspace(X, sv_ratio=0.6).k == 1
+    assert forget_subspace(X, sv_ratio=0.45).k == 2
+    assert forget_subspace(X, sv_ratio=0.1).k == 3
+    with pytest.raises(ValueError, match="sv_ratio"):
+        forget_subspace(X, sv_ratio=0.0)
+
+
+def test_rayleigh_clip_k_lowers_k_to_the_rank():
+    Xf, _ = planted(n=50, d=12, k=2, noise=0.0)
+    Xr = torch.randn(100, 12, dtype=torch.float64)
+    with pytest.raises(ValueError, match="exceeds the rank"):
+        rayleigh_subspace(Xf, Xr, k=3)
+    assert rayleigh_subspace(Xf, Xr, k=3, clip_k=True).k == 2

@@ -27,7 +27,10 @@ class UnlinkConfig:
 
     variant: ``"svd"`` (forget data only), ``"rayleigh"`` (forget vs retain, oblique projection)
     or ``"auto"`` (rayleigh when retain data is given, else svd).
-    k / energy / tail_beta: how many directions (at most one of them); with none set, k=DEFAULT_K.
+    k / energy / sv_ratio / tail_beta: how many directions (at most one of them). With none set,
+    svd keeps the directions with singular value >= DEFAULT_SV_RATIO * the largest, and rayleigh
+    uses k = DEFAULT_RAYLEIGH_K (lowered to the forget features' rank). docs/defaults.md has the
+    evidence for this rule.
     ridge: Rayleigh regulariser, as a fraction of trace(C_rr)/d.
     """
 
@@ -35,6 +38,7 @@ class UnlinkConfig:
     k: int | None = None
     energy: float | None = None
     tail_beta: float | None = None
+    sv_ratio: float | None = None
     variant: str = "auto"
     ridge: float = 0.1
     batch_size: int = 64
@@ -42,7 +46,7 @@ class UnlinkConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {self.variant!r}")
-        given = [n for n in ("k", "energy", "tail_beta") if getattr(self, n) is not None]
+        given = [n for n in ("k", "energy", "tail_beta", "sv_ratio") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"set only one of k, energy, tail_beta (got {given})")
         if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
@@ -58,18 +62,25 @@ class UnlinkConfig:
         return self.variant
 
 
-DEFAULT_K = {"svd": 1, "rayleigh": 1}
+# Chosen on two real heads (benchmarks/classifier_heads.py, docs/defaults.md): a feature spectrum
+# dominated by one direction (CIFAR ResNet-20, 64-d) gives k=1, a spread one (EfficientNet, 1280-d)
+# gives k=2-3; the oblique Rayleigh variant at k=3, ridge 0.1 holds on both.
+DEFAULT_SV_RATIO = 0.3
+DEFAULT_RAYLEIGH_K = 3
 
 
 def fit_subspace(forget: Gram, retain: Gram | None, cfg: UnlinkConfig) -> Subspace:
     """The subspace to remove for one layer (one group) from its feature statistics."""
     variant = cfg.resolved_variant(retain is not None)
     if variant == "rayleigh":
-        if cfg.energy is not None or cfg.tail_beta is not None:
-            raise ValueError("the rayleigh variant takes k only (not energy or tail_beta)")
-        return rayleigh_subspace(forget, retain, cfg.k or DEFAULT_K["rayleigh"], ridge=cfg.ridge)
-    k = cfg.k if (cfg.k or cfg.energy or cfg.tail_beta) else DEFAULT_K["svd"]
-    return forget_subspace(forget, k=k, energy=cfg.energy, tail_beta=cfg.tail_beta)
+        if cfg.energy is not None or cfg.tail_beta is not None or cfg.sv_ratio is not None:
+            raise ValueError("the rayleigh variant takes k only (not energy, tail_beta or sv_ratio)")
+        if cfg.k is not None:
+            return rayleigh_subspace(forget, retain, cfg.k, ridge=cfg.ridge)
+        return rayleigh_subspace(forget, retain, DEFAULT_RAYLEIGH_K, ridge=cfg.ridge, clip_k=True)
+    if cfg.k is None and cfg.energy is None and cfg.tail_beta is None and cfg.sv_ratio is None:
+        return forget_subspace(forget, sv_ratio=DEFAULT_SV_RATIO)
+    return forget_subspace(forget, k=cfg.k, energy=cfg.energy, tail_beta=cfg.tail_beta, sv_ratio=cfg.sv_ratio)
 
 
 def _stack(subs: list[Subspace]) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -1,0 +1,128 @@
+"""The ``eraser`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LITE0_NORM = (0.5, 0.5, 0.5)  # the EfficientNet-Lite0 TF weights expect inputs in [-1, 1]
+
+
+def _data_dir(arg: str | None) -> Path:
+    path = Path(arg or os.environ.get("ERASER_DATA", DEFAULT_DATA))
+    needed = [path / "imagenette" / f for f in ("imagenette_224_train100.tar", "imagenette_224_val.tar")]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise SystemExit(
+            f"eraser demo: Imagenette archives not found: {missing}. Pass --data DIR (or set ERASER_DATA) "
+            "to a folder holding imagenette/imagenette_224_train100.tar and imagenette/imagenette_224_val.tar."
+        )
+    return path
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Erase one Imagenette class from ImageNet EfficientNet-Lite0 and print the table."""
+    import torch
+
+    import eraser
+    from classifiers.datasets import TarImageFolder, pil_to_tensor
+    from classifiers.zoo import IMAGENETTE, efficientnet_lite0
+    from evaluation.classification import PerClassAccuracy, head_inputs
+
+    data = _data_dir(args.data)
+    by_name = {name.lower(): wnid for wnid, (name, _) in IMAGENETTE.items()}
+    if args.erase.lower() not in by_name:
+        raise SystemExit(f"eraser demo: unknown class {args.erase!r}; choose one of {[n for n, _ in IMAGENETTE.values()]}")
+    wnid = by_name[args.erase.lower()]
+    wnids = list(IMAGENETTE)
+    labels = {w: IMAGENETTE[w][1] for w in wnids}
+    tf = lambda img: pil_to_tensor(img, LITE0_NORM, LITE0_NORM)  # noqa: E731
+
+    torch.manual_seed(0)
+    model = efficientnet_lite0("wheel")
+    forget = TarImageFolder(data / "imagenette/imagenette_224_train100.tar", "train", [wnid], args.forget, tf, labels)
+    val = TarImageFolder(data / "imagenette/imagenette_224_val.tar", "val", wnids, args.val_per_class, tf, labels)
+    print(f"EfficientNet-Lite0 (ImageNet-1k) | erase '{IMAGENETTE[wnid][0]}' with {len(forget)} training images | "
+          f"evaluate on {len(val)} Imagenette val images (top-1 over 1000 classes)")
+
+    t0 = time.perf_counter()
+    feats, y = head_inputs(model, "classifier", val)
+    eval_s = time.perf_counter() - t0
+
+    def per_class() -> PerClassAccuracy:
+        m = PerClassAccuracy(1000)
+        with torch.no_grad():
+            m.update(model.classifier(feats), y)
+        return m
+
+    before = per_class()
+    patch = eraser.erase_classes(model, forget, names=[IMAGENETTE[wnid][0]], k=args.k)
+    after = per_class()
+    c = labels[wnid]
+    others = [labels[w] for w in wnids if w != wnid]
+
+    print(f"\n| class | ImageNet idx | acc before | acc after |\n|---|---|---|---|")
+    for w in wnids:
+        mark = " (erased)" if w == wnid else ""
+        print(f"| {IMAGENETTE[w][0]}{mark} | {labels[w]} | {before.accuracy_on([labels[w]]):.1f} | {after.accuracy_on([labels[w]]):.1f} |")
+    t = patch.metadata["timing_s"]
+    print(f"\nUA (erased class no longer top-1): {100 - after.accuracy_on([c]):.1f}%")
+    print(f"retained accuracy (other 9 classes): {before.accuracy_on(others):.2f} -> {after.accuracy_on(others):.2f}")
+    print(f"rank k={patch.edits['classifier'].rank} | feature capture {t['capture']:.2f} s | fit + apply "
+          f"{t['fit'] + t['apply']:.3f} s | val feature pass {eval_s:.1f} s | patch holds {patch.num_parameters():,} numbers")
+    if args.save:
+        print(f"patch saved to {patch.save(args.save)}")
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    """List the registered methods."""
+    import eraser
+
+    for name in eraser.list_methods():
+        spec = eraser.get_method(name)
+        kind = "training-free" if spec.training_free else "trained"
+        print(f"{name:16s} {kind:14s} {spec.summary}")
+
+
+def cmd_patch_info(args: argparse.Namespace) -> None:
+    """Print a saved patch's metadata and layers."""
+    import eraser
+
+    try:
+        patch = eraser.ErasurePatch.load(args.path)
+    except eraser.PatchError as err:
+        raise SystemExit(f"eraser patch-info: {err}") from None
+    layers = {n: {"kind": e.kind, "rank": e.rank, "shape": list(e.shape)} for n, e in patch.edits.items()}
+    print(json.dumps({"metadata": patch.metadata, "layers": layers}, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="eraser", description="Erase concepts and classes from trained vision models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help=cmd_demo.__doc__)
+    demo.add_argument("--erase", default="tench", help="Imagenette class to erase (default: tench)")
+    demo.add_argument("--data", default=None, help=f"folder with imagenette/*.tar (default: $ERASER_DATA or {DEFAULT_DATA})")
+    demo.add_argument("--forget", type=int, default=100, help="forget images of the class (default 100)")
+    demo.add_argument("--val-per-class", type=int, default=50, help="val images per class to evaluate on (default 50)")
+    demo.add_argument("--k", type=int, default=None, help="rank to remove (default: chosen from the data)")
+    demo.add_argument("--save", default=None, help="write the patch here (.safetensors)")
+    demo.set_defaults(func=cmd_demo)
+    sub.add_parser("methods", help=cmd_methods.__doc__).set_defaults(func=cmd_methods)
+    info = sub.add_parser("patch-info", help=cmd_patch_info.__doc__)
+    info.add_argument("path")
+    info.set_defaults(func=cmd_patch_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
