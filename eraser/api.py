@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,13 +20,13 @@ def erase_classes(
     model: nn.Module,
     forget_data: DataLike,
     *,
-    layers: str | Sequence[str] = "head",
+    layers: str | Sequence[str] | None = None,
     k: int | None = None,
     retain_data: DataLike | None = None,
     method: str = "unlink",
     device: torch.device | str | None = None,
     names: Sequence[str] | None = None,
-    config=None,
+    config: Any = None,
     progress: bool = False,
     **options,
 ) -> ErasurePatch:
@@ -33,8 +34,10 @@ def erase_classes(
 
     ``forget_data``/``retain_data``: a DataLoader, a Dataset or a tensor of inputs. With
     ``retain_data`` the Rayleigh variant protects it. ``names`` (e.g. class names) go into the
-    patch's metadata. Further ``options`` set fields of the method's config dataclass
-    (e.g. ``energy=0.9``, ``ridge=0.1``, ``variant="svd"``). On any error the model is unchanged.
+    patch's metadata. ``layers`` defaults to the config's (``"head"``, the final classifier).
+    ``config`` is the method's config dataclass; ``k``, ``layers`` and further ``options``
+    (e.g. ``energy=0.9``, ``ridge=0.1``, ``variant="svd"``) override its fields. On any error the
+    model is unchanged.
     """
     spec = get_method(method)
     cfg = config if config is not None else spec.config_cls()
@@ -42,7 +45,11 @@ def erase_classes(
     unknown = set(options) - known
     if unknown:
         raise TypeError(f"unknown options for method {method!r}: {sorted(unknown)}; known: {sorted(known)}")
-    cfg = replace(cfg, layers=list(layers) if not isinstance(layers, str) else layers, **({"k": k} if k is not None else {}), **options)
+    if layers is not None:
+        options["layers"] = layers if isinstance(layers, str) else list(layers)
+    if k is not None:
+        options["k"] = k
+    cfg = replace(cfg, **options)
     if device is None:
         return spec.fn(model, forget_data, retain_data, config=cfg, names=list(names or []), progress=progress)
     # Compute on ``device`` and hand the model back where it was.

@@ -172,3 +172,17 @@ def test_training_mode_is_restored(tiny, images):
     tiny.train()
     eraser.erase_classes(tiny, images)
     assert tiny.training
+
+
+def test_svd_variant_ignores_retain_data(tiny, images):
+    patch = eraser.erase_classes(tiny, images, retain_data=torch.randn(8, 3, 8, 8), variant="svd", k=1)
+    assert patch.metadata["variant"] == "svd" and patch.edits["head"].dual is None
+
+
+def test_config_object_and_keyword_overrides(tiny, images):
+    cfg = eraser.UnlinkConfig(layers=["body"], k=2)
+    patch = eraser.erase_classes(tiny, images, config=cfg)
+    assert patch.layers == ["body"] and patch.edits["body"].rank == 2
+    patch.revert(tiny)
+    patch = eraser.erase_classes(tiny, images, config=cfg, k=1, layers="head")
+    assert patch.layers == ["head"] and patch.metadata["config"]["k"] == 1

@@ -48,7 +48,7 @@ class UnlinkConfig:
             raise ValueError(f"variant must be one of {VARIANTS}; got {self.variant!r}")
         given = [n for n in ("k", "energy", "tail_beta", "sv_ratio") if getattr(self, n) is not None]
         if len(given) > 1:
-            raise ValueError(f"set only one of k, energy, tail_beta (got {given})")
+            raise ValueError(f"set only one of k, energy, tail_beta, sv_ratio (got {given})")
         if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
             raise ValueError(f"k must be a positive integer; got {self.k!r}")
         if self.batch_size < 1:
@@ -112,7 +112,8 @@ def unlink(
 ) -> ErasurePatch:
     """Unlink: project the forget data's feature subspace out of the target layers (training-free)."""
     cfg = config or UnlinkConfig()
-    cfg.resolved_variant(retain is not None)  # fail early on a variant the data cannot serve
+    if cfg.resolved_variant(retain is not None) == "svd":
+        retain = None  # the svd variant does not use retain data: do not spend a pass on it
     targets = resolve_targets(model, cfg.layers)
     _check_weights(targets)
     t0 = time.perf_counter()
