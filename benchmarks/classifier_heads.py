@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 import eraser
 from classifiers.datasets import IMAGENET_MEAN, IMAGENET_STD, TarImageFolder, pil_to_tensor
@@ -31,7 +31,7 @@ from classifiers.zoo import IMAGENETTE, efficientnet_lite0, load_cifar_resnet
 from eraser.capture import FeatureRows, collect_features, collect_grams
 from eraser.methods.unlink import UnlinkConfig, unlink_from_grams
 from eraser.subspace import Gram
-from evaluation.classification import PerClassAccuracy
+from evaluation.classification import PerClassAccuracy, head_inputs
 
 LITE0_MEAN = LITE0_STD = (0.5, 0.5, 0.5)  # the TF-Lite weights expect [-1, 1] inputs
 
@@ -67,9 +67,7 @@ def _prepare(name, model, head, train, val, classes, class_names, per_class, cac
         val_x, val_y = blob["val_x"], blob["val_y"]
     else:
         grams = {c: collect_grams(model, targets, images[c])[head][0] for c in classes}
-        loader = DataLoader(val, batch_size=64)
-        val_x = collect_features(model, targets, loader, FeatureRows, what="val")[head][0]
-        val_y = torch.tensor(val.targets)
+        val_x, val_y = head_inputs(model, head, val)
         if cache_file:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"gram": torch.stack([grams[c].matrix for c in classes]), "val_x": val_x, "val_y": val_y}, cache_file)
