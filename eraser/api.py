@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields, replace
 from typing import Any
 
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 
 from .data import DataLike
 from .patch import ErasurePatch
-from .registry import get_method
+from .registry import get_method, make_config
 
 __all__ = ["erase_classes"]
 
@@ -40,16 +39,11 @@ def erase_classes(
     model is unchanged.
     """
     spec = get_method(method)
-    cfg = config if config is not None else spec.config_cls()
-    known = {f.name for f in fields(cfg)}
-    unknown = set(options) - known
-    if unknown:
-        raise TypeError(f"unknown options for method {method!r}: {sorted(unknown)}; known: {sorted(known)}")
     if layers is not None:
         options["layers"] = layers if isinstance(layers, str) else list(layers)
     if k is not None:
         options["k"] = k
-    cfg = replace(cfg, **options)
+    cfg = make_config(spec.config_cls, config, options, method=method)
     if device is None:
         return spec.fn(model, forget_data, retain_data, config=cfg, names=list(names or []), progress=progress)
     # Compute on ``device`` and hand the model back where it was.

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DataLike", "iter_inputs", "to_model"]
+__all__ = ["DataLike", "LabeledData", "iter_inputs", "to_model", "TensorBatches", "labeled_batches", "labeled_tensors", "num_samples"]
 
 DataLike = DataLoader | Dataset | Tensor
+LabeledData = DataLoader | Dataset | tuple[Tensor, Tensor]
 
 
 def _inputs_of(batch: Any) -> Tensor:
@@ -31,7 +32,10 @@ def _inputs_of(batch: Any) -> Tensor:
 
 
 def iter_inputs(data: DataLike, batch_size: int = 64) -> Iterator[Tensor]:
-    """Yield input batches from a DataLoader, a Dataset (batched here) or a tensor of samples."""
+    """Yield input batches from a DataLoader, a Dataset (batched here), a tensor of samples or an
+    (inputs, labels) tensor pair."""
+    if _is_pair(data):
+        data = data[0]
     if isinstance(data, Tensor):
         if data.ndim == 0:
             raise ValueError("data must be a batch of samples, not a scalar tensor")
@@ -52,3 +56,71 @@ def to_model(x: Tensor, reference: torch.nn.Parameter | Tensor | None, device: t
     if reference is not None and x.is_floating_point() and reference.is_floating_point():
         x = x.to(reference.dtype)
     return x
+
+
+class TensorBatches:
+    """Re-iterable (inputs, labels) mini-batches of two tensors, reshuffled each pass when
+    ``shuffle`` (seeded, so runs repeat). Much faster than a DataLoader over a TensorDataset."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"inputs and labels differ in length: {x.shape[0]} vs {y.shape[0]}")
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.x.shape[0] // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = self.x.shape[0]
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+            else:
+                idx = order[start : start + self.batch_size]
+                yield self.x[idx], self.y[idx]
+
+
+def _is_pair(data: Any) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
+
+
+def labeled_batches(data: LabeledData, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """Re-iterable (inputs, labels) batches from a DataLoader (used as given), a Dataset or an
+    (inputs, labels) tensor pair."""
+    if _is_pair(data):
+        return TensorBatches(data[0], torch.as_tensor(data[1]).long(), batch_size, shuffle, seed)
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, Dataset):
+        g = torch.Generator().manual_seed(seed)
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None)
+    raise TypeError(
+        f"labelled data must be a DataLoader, a Dataset or an (inputs, labels) tensor pair; got {type(data).__name__}"
+    )
+
+
+def labeled_tensors(data: LabeledData, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """All of ``data`` as one (inputs, labels) tensor pair (for small sets: forget sets, MNIST)."""
+    if _is_pair(data):
+        return data[0], torch.as_tensor(data[1]).long()
+    xs, ys = [], []
+    for batch in labeled_batches(data, batch_size):
+        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (_inputs_of(batch), batch["label"])
+        xs.append(x)
+        ys.append(torch.as_tensor(y).long())
+    if not xs:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def num_samples(data: LabeledData | DataLike) -> int:
+    """How many samples ``data`` holds (DataLoaders over sized datasets included)."""
+    if _is_pair(data):
+        return int(data[0].shape[0])
+    if isinstance(data, Tensor):
+        return int(data.shape[0])
+    if isinstance(data, DataLoader):
+        return len(data.dataset)  # type: ignore[arg-type]
+    return len(data)  # type: ignore[arg-type]

@@ -3,34 +3,75 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["MethodSpec", "register_method", "list_methods", "get_method"]
+import torch
+from torch import nn
+
+__all__ = ["MethodSpec", "register_method", "list_methods", "get_method", "make_config"]
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: ``fn(model, forget, retain=None, *, config, **kw)`` and its config type."""
+    """A registered method: ``fn(model, forget, retain=None, *, config, device, progress)`` and its
+    config type. Calling the spec runs the unlearning contract (see ``__call__``)."""
 
     name: str
     fn: Callable[..., Any]
     config_cls: type
     training_free: bool
     summary: str
+    needs_retain: bool = False
+
+    def __call__(
+        self,
+        model: nn.Module,
+        forget: Any,
+        retain: Any = None,
+        *,
+        config: Any = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+        **overrides: Any,
+    ) -> nn.Module:
+        """Unlearn ``forget`` from ``model`` (in place) and return the model.
+
+        ``forget``/``retain``: DataLoaders, Datasets or (inputs, labels) tensor pairs.
+        ``overrides`` set fields of the method's config (``lr=0.01``). If anything fails the
+        model's weights are restored before the error propagates.
+        """
+        from .data import num_samples
+        from .patch import ErasurePatch
+
+        cfg = make_config(self.config_cls, config, overrides, method=self.name)
+        if num_samples(forget) == 0:
+            raise ValueError(f"method {self.name!r}: the forget set is empty")
+        if self.needs_retain and (retain is None or num_samples(retain) == 0):
+            raise ValueError(f"method {self.name!r} needs a non-empty retain set; pass retain=...")
+        _check_labels(model, forget, "forget", self.name)
+        if retain is not None:
+            _check_labels(model, retain, "retain", self.name)
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        try:
+            out = self.fn(model, forget, retain, config=cfg, device=device, progress=progress)
+        except BaseException:
+            _restore(model, saved)
+            raise
+        return model if out is None or isinstance(out, ErasurePatch) else out
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, config: type, training_free: bool) -> Callable:
+def register_method(name: str, *, config: type, training_free: bool, needs_retain: bool = False) -> Callable:
     """Decorator registering ``fn`` under ``name``; its docstring's first line is the summary."""
 
     def deco(fn: Callable) -> Callable:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _METHODS[name] = MethodSpec(name, fn, config, training_free, summary)
+        _METHODS[name] = MethodSpec(name, fn, config, training_free, summary, needs_retain)
         return fn
 
     return deco
@@ -47,3 +88,44 @@ def get_method(name: str) -> MethodSpec:
         return _METHODS[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; available: {list_methods()}") from None
+
+
+def make_config(config_cls: type, config: Any = None, overrides: dict[str, Any] | None = None, method: str = "") -> Any:
+    """``config`` (default: ``config_cls()``) with ``overrides`` applied; unknown names are an error."""
+    cfg = config if config is not None else config_cls()
+    overrides = dict(overrides or {})
+    known = {f.name for f in fields(cfg)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown options for method {method!r}: {unknown}; known: {sorted(known)}")
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def _check_labels(model: nn.Module, data: Any, what: str, method: str) -> None:
+    """Labels of an (inputs, labels) pair must be classes of the model (checked on one forward)."""
+    from .data import _is_pair
+
+    if not _is_pair(data) or data[1].numel() == 0:
+        return
+    x, y = data
+    param = next(model.parameters())
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:1].to(param.device, param.dtype))
+    except RuntimeError as err:
+        raise ValueError(f"method {method!r}: the model cannot run on the {what} inputs of shape "
+                         f"{tuple(x.shape[1:])} ({err}); check image size and channels") from None
+    finally:
+        model.train(was)
+    n_classes = out.shape[-1]
+    if int(y.min()) < 0 or int(y.max()) >= n_classes:
+        raise ValueError(f"method {method!r}: {what} labels must lie in [0, {n_classes}); got "
+                         f"[{int(y.min())}, {int(y.max())}]")
+
+
+def _restore(model: nn.Module, saved: dict) -> None:
+    current = model.state_dict()
+    if set(current) == set(saved) and all(current[k].shape == saved[k].shape for k in saved):
+        model.load_state_dict(saved)

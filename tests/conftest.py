@@ -44,3 +44,57 @@ def tiny():
 @pytest.fixture
 def images():
     return torch.randn(24, 3, 8, 8)
+
+
+class ToyCNN(torch.nn.Module):
+    """A small CNN for 1x8x8 inputs and 4 classes, with BatchNorm (as real classifiers have)."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8 * 4 * 4, 32)
+        self.head = torch.nn.Linear(32, classes)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.head(torch.relu(self.fc(x.flatten(1))))
+
+
+def toy_data(n_per_class: int, seed: int, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Separable 1x8x8 images: each class a fixed random pattern plus noise."""
+    g = torch.Generator().manual_seed(1234)
+    patterns = torch.randn(classes, 1, 8, 8, generator=g)
+    g.manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = patterns[y] + 0.8 * torch.randn(len(y), 1, 8, 8, generator=g)
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def toy_task():
+    """A trained ToyCNN and its data split for forgetting class 0: dict of model state, forget,
+    retain and test (inputs, labels) pairs. Copy the state into a fresh ToyCNN per test."""
+    from eraser.methods.finetune import RetainCE
+    from eraser.training import TrainConfig, fit
+
+    torch.manual_seed(0)
+    x, y = toy_data(60, seed=1)
+    xt, yt = toy_data(30, seed=2)
+    model = ToyCNN()
+    fit(model, RetainCE(), {"retain": (x, y)}, TrainConfig(epochs=15, lr=0.05, batch_size=32))
+    f = y == 0
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "forget": (x[f], y[f]),
+        "retain": (x[~f], y[~f]),
+        "test": (xt[yt != 0], yt[yt != 0]),
+        "test_forget": (xt[yt == 0], yt[yt == 0]),
+    }
+
+
+@pytest.fixture
+def toy_model(toy_task):
+    model = ToyCNN()
+    model.load_state_dict(toy_task["state"])
+    return model

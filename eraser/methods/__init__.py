@@ -1,3 +1,3 @@
 """Registered methods. Importing this package registers them all."""
 
-from . import unlink  # noqa: F401
+from . import ascent, finetune, relabel, unlink  # noqa: F401

@@ -16,7 +16,7 @@ from ..subspace import Gram, Subspace, forget_subspace, rayleigh_subspace
 from ..targets import resolve_targets
 from ..layers import layer_kind
 
-__all__ = ["UnlinkConfig", "unlink", "unlink_from_grams", "fit_subspace"]
+__all__ = ["UnlinkConfig", "RayleighUnlinkConfig", "unlink", "unlink_rayleigh", "unlink_from_grams", "fit_subspace"]
 
 VARIANTS = ("auto", "svd", "rayleigh")
 
@@ -124,6 +124,19 @@ def unlink(
     patch = unlink_from_grams(model, f_grams, r_grams, config=cfg, names=names)
     patch.metadata["timing_s"]["capture"] = capture_s
     return patch
+
+
+@dataclass
+class RayleighUnlinkConfig(UnlinkConfig):
+    """Unlink's retain-aware (oblique Rayleigh) variant; needs retain data."""
+
+    variant: str = "rayleigh"
+
+
+@register_method("unlink_rayleigh", config=RayleighUnlinkConfig, training_free=True, needs_retain=True)
+def unlink_rayleigh(model, forget, retain, *, config: RayleighUnlinkConfig | None = None, **kw) -> ErasurePatch:
+    """Unlink (Rayleigh): remove the directions that separate forget from retain features."""
+    return unlink(model, forget, retain, config=config or RayleighUnlinkConfig(), **kw)
 
 
 def unlink_from_grams(

@@ -1,0 +1,201 @@
+"""The one training loop that every trained method shares.
+
+A method is an :class:`Objective` (what to minimise on which data streams) plus a
+:class:`TrainConfig` (how: optimiser, schedule, epochs). The loop handles devices, shuffling,
+learning-rate schedules, frozen-weight masks, progress bars and early stopping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data import LabeledData, labeled_batches, to_model
+
+__all__ = ["TrainConfig", "Objective", "StepInfo", "fit", "SCHEDULES", "OPTIMIZERS"]
+
+SCHEDULES = ("constant", "cosine", "linear")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class TrainConfig:
+    """How a trained method optimises (method configs subclass this and add their own fields).
+
+    epochs: passes over the objective's driving stream (the first of its streams).
+    max_steps: stop after this many optimiser steps in total (None: no limit).
+    schedule: learning-rate schedule over all steps: constant, cosine or linear decay to 0.
+    """
+
+    epochs: int = 10
+    lr: float = 0.01
+    batch_size: int = 256
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "constant"
+    max_steps: int | None = None
+    grad_clip: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}; got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
+            raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr >= 0 (got {self.epochs}, {self.batch_size}, {self.lr})")
+
+
+@dataclass
+class StepInfo:
+    """Where the loop is; objectives use it for schedules of their own (e.g. a decaying penalty)."""
+
+    epoch: int
+    step: int
+    total_steps: int
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+
+Batch = tuple[Tensor, Tensor]
+
+
+class Objective:
+    """What a trained method minimises.
+
+    ``streams`` names the data it reads; the first drives an epoch (one pass over it), the others
+    are cycled alongside. ``loss`` gets one (inputs, labels) batch per stream, already on the
+    model's device. Override ``backward`` to shape gradients yourself, ``phases`` to run several
+    passes per epoch over different streams, and ``finished`` to stop early.
+    """
+
+    streams: tuple[str, ...] = ("retain",)
+
+    def loss(self, model: nn.Module, batches: dict[str, Batch], info: StepInfo) -> Tensor:
+        raise NotImplementedError
+
+    def backward(self, model: nn.Module, batches: dict[str, Batch], info: StepInfo) -> float:
+        loss = self.loss(model, batches, info)
+        loss.backward()
+        return float(loss.detach())
+
+    def phases(self, epoch: int) -> list[tuple[str, ...]]:
+        return [self.streams]
+
+    def finished(self, model: nn.Module) -> bool:
+        return False
+
+
+def _cycle(batches: Iterable) -> Iterator:
+    while True:
+        empty = True
+        for b in batches:
+            empty = False
+            yield b
+        if empty:
+            raise ValueError("a data stream of the objective is empty")
+
+
+def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(schedule: str, progress: float) -> float:
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 1.0
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    data: dict[str, LabeledData],
+    cfg: TrainConfig,
+    *,
+    trainable: dict[str, Tensor] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> list[dict]:
+    """Optimise ``objective`` on ``data`` (stream name -> labelled data); returns per-epoch logs.
+
+    ``trainable`` maps parameter names to boolean masks (True = may change); masked-out entries
+    are restored after every step, so momentum and weight decay cannot move them either.
+    Parameters with ``requires_grad=False`` are left alone.
+    """
+    missing = [s for p in objective.phases(0) for s in p if s not in data or data[s] is None]
+    if missing:
+        raise ValueError(f"the objective needs data streams {sorted(set(missing))}")
+    param = next(model.parameters())
+    device = torch.device(device) if device is not None else param.device
+    model.to(device)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    masks = {n: m.to(device=device, dtype=torch.bool) for n, m in (trainable or {}).items()}
+    frozen = {n: p.detach().clone() for n, p in named if n in masks}
+    params = [p for n, p in named if n not in masks or bool(masks[n].any())]
+    opt = _optimizer(params, cfg)
+    loaders = {
+        name: labeled_batches(d, cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 * i)
+        for i, (name, d) in enumerate(data.items())
+    }
+    steps_per_epoch = sum(len(loaders[p[0]]) for p in objective.phases(0))
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    cycles = {name: _cycle(b) for name, b in loaders.items()}
+    logs: list[dict] = []
+    step = 0
+    was_training = model.training
+    model.train()
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    try:
+        for epoch in range(cfg.epochs):
+            losses = []
+            for streams in objective.phases(epoch):
+                driver, others = streams[0], streams[1:]
+                for batch in loaders[driver]:
+                    if step >= total:
+                        break
+                    batches = {driver: _to(batch, param, device)}
+                    batches.update({s: _to(next(cycles[s]), param, device) for s in others})
+                    for g in opt.param_groups:
+                        g["lr"] = cfg.lr * _lr_factor(cfg.schedule, step / max(1, total))
+                    opt.zero_grad(set_to_none=True)
+                    loss = objective.backward(model, batches, StepInfo(epoch, step, total))
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"{desc}: the loss became {loss} at step {step}; lower the learning rate")
+                    if cfg.grad_clip is not None:
+                        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    opt.step()
+                    if masks:
+                        with torch.no_grad():
+                            for n, p in named:
+                                if n in masks:
+                                    p.copy_(torch.where(masks[n], p, frozen[n]))
+                    losses.append(loss)
+                    step += 1
+                    bar.update(1)
+            logs.append({"epoch": epoch, "steps": step, "loss": sum(losses) / max(1, len(losses))})
+            if step >= total or objective.finished(model):
+                break
+    finally:
+        bar.close()
+        model.train(was_training)
+    return logs
+
+
+def _to(batch, param: Tensor, device: torch.device) -> Batch:
+    x, y = batch[0], batch[1]
+    return to_model(x, param, device), torch.as_tensor(y).to(device).long()
