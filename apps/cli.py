@@ -101,6 +101,41 @@ def cmd_patch_info(args: argparse.Namespace) -> None:
     print(json.dumps({"metadata": patch.metadata, "layers": layers}, indent=2))
 
 
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_bench_classify(args: argparse.Namespace) -> None:
+    """Unlearning methods vs Retrain on a classifier: UA/RA/TA/MIA, Avg. Gap and run time."""
+    from eraser.registry import parse_options
+    from eraser.training import TrainConfig
+    from evaluation.classify_bench import ALL_METHODS, ClassifyBenchConfig, run_classify_bench
+
+    root = args.data_root or str(Path(os.environ.get("ERASER_DATA", DEFAULT_DATA)) / {"mnist": "mnist", "cifar10": "cifar10"}.get(args.dataset, ""))
+    scenarios = args.scenario or ["class:0"]
+    if scenarios == ["class:each"]:
+        scenarios = [f"class:{c}" for c in range(args.num_classes)]
+    try:
+        recipe = parse_options(TrainConfig, args.recipe or [], where="--recipe")
+        seeds = [int(s) for s in _csv(args.seeds)]
+        cfg = ClassifyBenchConfig(
+            dataset=args.dataset, data_root=root, model=args.model, scenarios=scenarios,
+            methods=ALL_METHODS if args.methods == "all" else _split_methods(args.methods), seeds=seeds,
+            recipe=recipe, presets=not args.no_presets, mia_feature=args.mia_feature, mia_samples=args.mia_samples, out_dir=args.out,
+            cache_dir=args.cache, device=args.device,
+        )
+        run_classify_bench(cfg, progress=not args.quiet)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        raise SystemExit(f"eraser bench classify: {err}") from None
+    print((Path(args.out) / "table.md").read_text())
+
+
+def _split_methods(text: str) -> list[str]:
+    """``ft,unlink:variant=svd;k=2`` style lists: methods split on ',' unless inside options
+    (options of one method are separated by ';' on the command line)."""
+    return [m.replace(";", ",") for m in _csv(text)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="eraser", description="Erase concepts and classes from trained vision models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -116,6 +151,24 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("patch-info", help=cmd_patch_info.__doc__)
     info.add_argument("path")
     info.set_defaults(func=cmd_patch_info)
+    bench = sub.add_parser("bench", help="run a benchmark").add_subparsers(dest="bench", required=True)
+    bc = bench.add_parser("classify", help=cmd_bench_classify.__doc__)
+    bc.add_argument("--dataset", default="mnist", help="mnist | cifar10 | folder (default mnist)")
+    bc.add_argument("--data-root", default=None, help="dataset path (default: $ERASER_DATA/<dataset>)")
+    bc.add_argument("--model", default="small_cnn", help="architecture (small_cnn, cifar_resnet20, resnet18, ...)")
+    bc.add_argument("--scenario", action="append", help="class:3 | classes:1,7 | random:0.1 | instance:32 | class:each (repeatable)")
+    bc.add_argument("--num-classes", type=int, default=10, help="classes for class:each (default 10)")
+    bc.add_argument("--methods", default="all", help="comma list, options after ':' joined by ';' (ft:lr=0.02;epochs=2), or 'all'")
+    bc.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
+    bc.add_argument("--recipe", action="append", help="override the original/Retrain recipe, e.g. epochs=5 (repeatable)")
+    bc.add_argument("--no-presets", action="store_true", help="use the methods' own defaults, not the dataset presets")
+    bc.add_argument("--mia-feature", default="confidence", help="confidence | entropy | m_entropy | loss")
+    bc.add_argument("--mia-samples", type=int, default=None, help="cap members/non-members of the MIA SVC (default: all)")
+    bc.add_argument("--out", default="bench-classify", help="output folder (rows.jsonl, table.md/csv/json); rerun to resume")
+    bc.add_argument("--cache", default=None, help="checkpoint cache (default: <out>/checkpoints)")
+    bc.add_argument("--device", default="cpu")
+    bc.add_argument("--quiet", action="store_true", help="no progress bars")
+    bc.set_defaults(func=cmd_bench_classify)
     return ap
 
 

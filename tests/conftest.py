@@ -67,7 +67,7 @@ def toy_data(n_per_class: int, seed: int, classes: int = 4) -> tuple[torch.Tenso
     patterns = torch.randn(classes, 1, 8, 8, generator=g)
     g.manual_seed(seed)
     y = torch.arange(classes).repeat_interleave(n_per_class)
-    x = patterns[y] + 0.8 * torch.randn(len(y), 1, 8, 8, generator=g)
+    x = patterns[y] + 1.6 * torch.randn(len(y), 1, 8, 8, generator=g)
     return x, y
 
 
@@ -82,7 +82,7 @@ def toy_task():
     x, y = toy_data(60, seed=1)
     xt, yt = toy_data(30, seed=2)
     model = ToyCNN()
-    fit(model, RetainCE(), {"retain": (x, y)}, TrainConfig(epochs=15, lr=0.05, batch_size=32))
+    fit(model, RetainCE(), {"retain": (x, y)}, TrainConfig(epochs=6, lr=0.05, batch_size=32))
     f = y == 0
     return {
         "state": {k: v.clone() for k, v in model.state_dict().items()},

@@ -1,3 +1,16 @@
 """Registered methods. Importing this package registers them all."""
 
-from . import ascent, finetune, relabel, unlink  # noqa: F401
+from . import (  # noqa: F401
+    activation_pruning,
+    ascent,
+    boundary,
+    finetune,
+    grad_surgery,
+    instance,
+    iu,
+    relabel,
+    scrub,
+    soft_relabel,
+    ssd,
+    unlink,
+)

@@ -135,7 +135,7 @@ def fit(
     are restored after every step, so momentum and weight decay cannot move them either.
     Parameters with ``requires_grad=False`` are left alone.
     """
-    missing = [s for p in objective.phases(0) for s in p if s not in data or data[s] is None]
+    missing = [s for e in range(max(1, cfg.epochs)) for p in objective.phases(e) for s in p if s not in data or data[s] is None]
     if missing:
         raise ValueError(f"the objective needs data streams {sorted(set(missing))}")
     param = next(model.parameters())
@@ -150,8 +150,7 @@ def fit(
         name: labeled_batches(d, cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 * i)
         for i, (name, d) in enumerate(data.items())
     }
-    steps_per_epoch = sum(len(loaders[p[0]]) for p in objective.phases(0))
-    total = steps_per_epoch * cfg.epochs
+    total = sum(len(loaders[p[0]]) for e in range(cfg.epochs) for p in objective.phases(e))
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     cycles = {name: _cycle(b) for name, b in loaders.items()}

@@ -1,0 +1,265 @@
+"""The classifier-unlearning benchmark: methods x scenarios x seeds against Retrain, in one run.
+
+For every seed the original model is trained (or loaded from the checkpoint cache); for every
+scenario the Retrain model is trained on the retain set (cached too); then every method unlearns
+a fresh copy of the original and is scored with UA / RA / TA / MIA-efficacy, its Avg. Gap to the
+Retrain of the same seed and scenario, and its run time (RTE). Finished rows are appended to
+``rows.jsonl`` as they come, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from classifiers.data import TensorDataset, load_dataset
+from classifiers.models import build_model
+from classifiers.splits import Scenario, make_split
+from classifiers.train import RECIPES, cache_key, cached_model
+from eraser import get_method
+from eraser.registry import parse_method
+from eraser.training import TrainConfig
+
+from .report import mean_std, write_report
+from .unlearning import GAP_KEYS, avg_gap, unlearning_metrics
+
+__all__ = ["ClassifyBenchConfig", "ALL_METHODS", "METHOD_PRESETS", "run_classify_bench", "summarize"]
+
+# The default comparison: every registered classifier method; Unlink twice (retain-free and Rayleigh).
+ALL_METHODS = [
+    "ft", "rl", "ga", "neggrad_plus", "l1_sparse", "salun", "scrub", "ssd", "boundary_shrink",
+    "boundary_expanding", "iu", "unlink:variant=svd", "unlink_rayleigh", "neggrad", "correct", "adv",
+    "adv_imp", "soft_relabel", "grad_surgery", "activation_pruning",
+]
+
+# Method settings per dataset where the GUIDE's CIFAR/ResNet-18 defaults do not transfer. The
+# GUIDE's epochs are ~5% of a 182-epoch original training; the MNIST original trains 8 epochs,
+# so the fine-tuning methods get 1-2 epochs there. Recorded in every row's config.
+METHOD_PRESETS: dict[str, dict[str, dict]] = {
+    "mnist": {
+        "ft": {"epochs": 2},
+        "l1_sparse": {"epochs": 2},
+        "rl": {"epochs": 2},
+        "salun": {"epochs": 2},
+        "soft_relabel": {"epochs": 2},
+        "grad_surgery": {"epochs": 1},
+        "activation_pruning": {"epochs": 1},
+        "neggrad_plus": {"epochs": 1},
+    },
+}
+
+
+@dataclass
+class ClassifyBenchConfig:
+    """One benchmark run; serialised into every report it writes."""
+
+    dataset: str = "mnist"
+    data_root: str = ""
+    model: str = "small_cnn"
+    scenarios: list[str] = field(default_factory=lambda: ["class:0"])
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    recipe: dict = field(default_factory=dict)
+    presets: bool = True
+    mia_feature: str = "confidence"
+    mia_samples: int | None = None
+    out_dir: str = "bench-classify"
+    cache_dir: str | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct; got {self.seeds}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be distinct; got {self.methods}")
+        for s in self.scenarios:
+            Scenario.parse(s)
+        for m in self.methods:
+            parse_method(m)
+        if "retrain" in [parse_method(m)[0] for m in self.methods]:
+            raise ValueError("retrain is always run as the reference; do not list it in methods")
+
+    def training_recipe(self) -> TrainConfig:
+        base = RECIPES.get(self.dataset, TrainConfig())
+        return replace(base, **self.recipe)
+
+
+def _split_data(data: TensorDataset, split) -> dict:
+    (x, y), (xt, yt) = data.train, data.test
+    return {
+        "forget": (x[split.forget], y[split.forget]),
+        "retain": (x[split.retain], y[split.retain]),
+        "test": (xt[split.test], yt[split.test]),
+    }
+
+
+def _original(cfg: ClassifyBenchConfig, data: TensorDataset, seed: int, digest: str):
+    from eraser.methods.finetune import RetainCE
+    from eraser.training import fit
+
+    recipe = replace(cfg.training_recipe(), seed=seed)
+
+    def build():
+        torch.manual_seed(seed)
+        return build_model(cfg.model, data.num_classes, data.in_channels)
+
+    def train(model):
+        fit(model, RetainCE(), {"retain": data.train}, recipe, device=cfg.device, progress=True, desc=f"original seed {seed}")
+
+    key = cache_key(kind="original", data=digest, model=cfg.model, recipe=recipe, seed=seed)
+    return cached_model(build, train, key, cfg.cache_dir, {"kind": "original", "model": cfg.model, "recipe": asdict(recipe), "seed": seed})
+
+
+def _retrain(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, split, seed: int, digest: str):
+    recipe = replace(cfg.training_recipe(), seed=seed)
+    overrides = asdict(recipe)
+
+    def build():
+        return build_model(cfg.model, data.num_classes, data.in_channels)
+
+    def train(model):
+        get_method("retrain")(model, parts["forget"], parts["retain"], device=cfg.device, progress=True, **overrides)
+
+    key = cache_key(kind="retrain", data=digest, model=cfg.model, recipe=recipe, seed=seed, retain=split.retain)
+    return cached_model(build, train, key, cfg.cache_dir, {"kind": "retrain", "scenario": split.scenario.label, "seed": seed})
+
+
+def _load_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by an interruption: that row is simply run again
+    return rows
+
+
+def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[dict]:
+    """Run (or resume) the benchmark; returns every row and writes ``rows.jsonl`` and the reports."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.cache_dir is None:
+        cfg = replace(cfg, cache_dir=str(out / "checkpoints"))
+    settings_path = out / "settings.json"
+    fixed = {k: v for k, v in asdict(cfg).items() if k in ("dataset", "model", "recipe", "presets", "mia_feature", "mia_samples")}
+    if settings_path.exists():
+        before = json.loads(settings_path.read_text())
+        old = {k: before.get(k) for k in fixed}
+        if old != fixed:
+            raise ValueError(f"{out} holds a run with other settings ({old} vs {fixed}); use another --out")
+    settings_path.write_text(json.dumps(asdict(cfg), indent=2))
+
+    data = load_dataset(cfg.dataset, cfg.data_root)
+    digest = data.digest()
+    rows_path = out / "rows.jsonl"
+    rows = _load_rows(rows_path)
+    done = {(r["scenario"], r["seed"], r["method"]) for r in rows}
+    presets = METHOD_PRESETS.get(cfg.dataset, {}) if cfg.presets else {}
+    jobs = len(cfg.seeds) * len(cfg.scenarios) * (len(cfg.methods) + 2)
+    bar = tqdm(total=jobs, desc="bench", disable=not progress)
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        with rows_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    for seed in cfg.seeds:
+        original = None
+        for label in cfg.scenarios:
+            scenario = Scenario.parse(label)
+            split = make_split(data.train[1], data.test[1], scenario, seed)
+            parts = _split_data(data, split)
+            base = {"dataset": cfg.dataset, "model": cfg.model, "scenario": scenario.label, "seed": seed,
+                    "n_forget": len(split.forget), "n_retain": len(split.retain), "n_test": len(split.test)}
+            pending = [m for m in ["original", "retrain", *cfg.methods] if (scenario.label, seed, m) not in done]
+            bar.update(len(cfg.methods) + 2 - len(pending))
+            if not pending:
+                continue
+            if original is None:
+                original, orig_record = _original(cfg, data, seed, digest)
+            evaluate = lambda m: unlearning_metrics(m, parts["forget"], parts["retain"], parts["test"],  # noqa: E731
+                                                    mia_feature=cfg.mia_feature, mia_samples=cfg.mia_samples,
+                                                    seed=seed, device=cfg.device)
+            for method in pending:
+                bar.set_postfix_str(f"{scenario.label} seed {seed} {method}")
+                if method == "original":
+                    record({**base, "method": "original", **evaluate(original), "RTE_s": 0.0,
+                            "config": {"checkpoint": orig_record}})
+                elif method == "retrain":
+                    model, rec = _retrain(cfg, data, parts, split, seed, digest)
+                    record({**base, "method": "retrain", **evaluate(model), "RTE_s": rec["train_s"],
+                            "config": {"recipe": asdict(replace(cfg.training_recipe(), seed=seed)), "checkpoint": rec}})
+                else:
+                    name, overrides = parse_method(method)
+                    spec = get_method(name)
+                    overrides = {**presets.get(name, {}), **overrides}
+                    if "seed" in {f for f in spec.config_cls.__dataclass_fields__}:
+                        overrides.setdefault("seed", seed)
+                    model = copy.deepcopy(original)
+                    torch.manual_seed(seed)
+                    config = asdict(replace(spec.config_cls(), **overrides))
+                    t0 = time.perf_counter()
+                    try:
+                        spec(model, parts["forget"], parts["retain"], device=cfg.device, **overrides)
+                    except (FloatingPointError, RuntimeError, ValueError) as err:
+                        # A diverging method is a result, not a crash: record it and go on.
+                        nan = float("nan")
+                        record({**base, "method": method, **{k: nan for k in GAP_KEYS}, "RTE_s": time.perf_counter() - t0,
+                                "config": config, "error": f"{type(err).__name__}: {err}"})
+                        bar.update(1)
+                        continue
+                    rte = time.perf_counter() - t0
+                    record({**base, "method": method, **evaluate(model), "RTE_s": rte, "config": config})
+                bar.update(1)
+    bar.close()
+    summarize(rows, cfg)
+    return rows
+
+
+def _with_gaps(rows: list[dict]) -> list[dict]:
+    ref = {(r["scenario"], r["seed"]): r for r in rows if r["method"] == "retrain"}
+    out = []
+    for r in rows:
+        rt = ref.get((r["scenario"], r["seed"]))
+        out.append({**r, "gap": avg_gap(r, rt) if rt is not None else float("nan")})
+    return out
+
+
+def summarize(rows: list[dict], cfg: ClassifyBenchConfig) -> dict:
+    """Aggregate rows over seeds (and over all single-class scenarios as ``class:*``) into the
+    Markdown / CSV / JSON table; returns the report paths."""
+    rows = _with_gaps(rows)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    order = ["original", "retrain", *cfg.methods]
+    for r in rows:
+        groups.setdefault((r["scenario"], r["method"]), []).append(r)
+        if r["scenario"].startswith("class:") and sum(s.startswith("class:") for s in cfg.scenarios) > 1:
+            groups.setdefault(("class:*", r["method"]), []).append(r)
+    table = []
+    scen_order = {s: i for i, s in enumerate([*cfg.scenarios, "class:*"])}
+    for (scen, method), rs in sorted(groups.items(), key=lambda kv: (scen_order.get(kv[0][0], 99),
+                                                                         order.index(kv[0][1]) if kv[0][1] in order else 99)):
+        row = {"scenario": scen, "method": method, "n": len(rs)}
+        for k in (*GAP_KEYS, "gap", "RTE_s"):
+            row[k] = mean_std([r[k] for r in rs])
+        table.append(row)
+    columns = ["scenario", "method", *GAP_KEYS, "gap", "RTE_s", "n"]
+    notes = [
+        "UA = 100 - accuracy on the forget set; RA = accuracy on the retain set; TA = test accuracy "
+        "(class-wise: test set without the forgotten class); MIA = MIA-efficacy (SVC on "
+        f"{cfg.mia_feature}, retain[:n] vs test[:n], n = min(|retain|, |test|"
+        + (f", {cfg.mia_samples}" if cfg.mia_samples else "") + "); % of forget called non-member). All in percent.",
+        "gap = Avg. Gap to the Retrain of the same scenario and seed (mean of |dUA|, |dRA|, |dTA|, |dMIA|); "
+        "RTE_s = the method's run time in seconds (Retrain: its training time). mean ± std over seeds "
+        "(class:* = over all single-class scenarios and seeds).",
+    ]
+    return write_report(cfg.out_dir, "table", columns, table, asdict(cfg), title=f"Unlearning benchmark: {cfg.dataset} / {cfg.model}", notes=notes)
