@@ -12,9 +12,10 @@ __all__ = ["SmallCNN", "build_model", "list_architectures"]
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks and two linear layers for 28x28 grayscale digits (about 0.1M parameters)."""
+    """Two conv blocks and two linear layers for 28x28 grayscale digits (about 52k parameters;
+    ~0.3M multiply-adds per image, so a full MNIST evaluation takes well under a second on CPU)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 8) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DataLike", "LabeledData", "iter_inputs", "to_model", "TensorBatches", "labeled_batches", "labeled_tensors", "num_samples"]
+__all__ = ["DataLike", "LabeledData", "iter_inputs", "to_model", "TensorBatches", "labeled_batches", "labeled_tensors", "num_samples", "forget_share"]
 
 DataLike = DataLoader | Dataset | Tensor
 LabeledData = DataLoader | Dataset | tuple[Tensor, Tensor]
@@ -124,3 +124,14 @@ def num_samples(data: LabeledData | DataLike) -> int:
     if isinstance(data, DataLoader):
         return len(data.dataset)  # type: ignore[arg-type]
     return len(data)  # type: ignore[arg-type]
+
+
+def forget_share(forget: LabeledData, retain: LabeledData, weight: float | None = None) -> float:
+    """``weight`` if given, else the forget set's share of forget + retain samples (the weight
+    its loss term has when both sets are shuffled into one stream)."""
+    if weight is not None:
+        if not 0 <= weight <= 1:
+            raise ValueError(f"forget_weight must lie in [0, 1]; got {weight}")
+        return weight
+    n_f, n_r = num_samples(forget), num_samples(retain)
+    return n_f / (n_f + n_r)

@@ -32,7 +32,7 @@ def test_method_returns_the_model_and_changes_it(name, toy_model, toy_task):
 # The defaults are sized for CIFAR-scale data (hundreds of steps); on this 240-sample task one
 # epoch is a single step and the model is very confident (forget loss ~1e-4), so the
 # small-learning-rate ascent methods get larger steps here.
-TOY_STEPS = {"ga": {"lr": 0.1, "epochs": 20}, "neggrad_plus": {"epochs": 20, "batch_size": 32, "grad_clip": 1.0}, "neggrad": {"lr": 0.1},
+TOY_STEPS = {"ga": {"lr": 0.1, "epochs": 20}, "neggrad_plus": {"lr": 0.01, "epochs": 20, "batch_size": 32, "grad_clip": 1.0}, "neggrad": {"lr": 0.1},
              "grad_surgery": {"ascent_normalize": True, "ascent_lr": 0.1, "ascent_epochs": 10, "batch_size": 32},
              "scrub": {"lr": 0.05}, "boundary_shrink": {"lr": 1e-2}, "boundary_expanding": {"lr": 1e-2},
              "iu": {"alpha": 10.0, "damping": 1.0}}

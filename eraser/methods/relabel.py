@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..data import labeled_tensors
+from ..data import forget_share, labeled_tensors
 from ..registry import register_method
 from ..training import Objective, TrainConfig, accuracy, fit, gradient_stats, logits_of
 
@@ -22,33 +22,44 @@ def _other_label(y: Tensor, num_classes: int, generator: torch.Generator) -> Ten
 
 
 class RandomLabels(Objective):
-    """CE towards fresh random wrong labels on forget batches, plus CE on retain batches."""
+    """CE towards fresh random wrong labels on forget batches plus CE on retain batches, weighted
+    ``w`` and ``1 - w``. With ``w`` = the forget set's share of forget + retain, each step has the
+    expected gradient of the reference recipe (one shuffled stream of relabelled forget and retain
+    samples) while only the forget set drives the epochs."""
 
     streams = ("forget", "retain")
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, forget_weight: float) -> None:
         self.generator = torch.Generator().manual_seed(seed)
+        self.w = forget_weight
 
     def loss(self, model, batches, info):
         (xf, yf), (xr, yr) = batches["forget"], batches["retain"]
         out_f = model(xf)
         wrong = _other_label(yf, out_f.shape[1], self.generator)
-        return nn.functional.cross_entropy(out_f, wrong) + nn.functional.cross_entropy(model(xr), yr)
+        ce = nn.functional.cross_entropy
+        return self.w * ce(out_f, wrong) + (1 - self.w) * ce(model(xr), yr)
+
 
 
 @dataclass
 class RLConfig(TrainConfig):
-    """RL: random labels on the forget set while training on the retain set."""
+    """RL: random labels on the forget set while training on the retain set.
+
+    forget_weight: weight of the forget term (None: the forget set's share of all samples, as
+    when the two sets are shuffled into one stream).
+    """
 
     epochs: int = 10
     lr: float = 0.01
+    forget_weight: float | None = None
 
 
 @register_method("rl", config=RLConfig, training_free=False, needs_retain=True)
 def rl(model, forget, retain, *, config: RLConfig, device=None, progress=False):
     """RL: train forget samples towards random wrong labels, alongside the retain set."""
-    fit(model, RandomLabels(config.seed), {"forget": forget, "retain": retain}, config,
-        device=device, progress=progress, desc="rl")
+    objective = RandomLabels(config.seed, forget_share(forget, retain, config.forget_weight))
+    fit(model, objective, {"forget": forget, "retain": retain}, config, device=device, progress=progress, desc="rl")
     return model
 
 
@@ -66,19 +77,21 @@ def saliency_mask(model: nn.Module, forget, ratio: float, device=None) -> dict[s
 
 @dataclass
 class SalUnConfig(TrainConfig):
-    """SalUn: RL restricted to the weights most salient for the forget loss."""
+    """SalUn: RL restricted to the weights most salient for the forget loss (``mask_ratio`` of
+    them); ``forget_weight`` as in RL."""
 
     epochs: int = 10
     lr: float = 0.01
     mask_ratio: float = 0.5
+    forget_weight: float | None = None
 
 
 @register_method("salun", config=SalUnConfig, training_free=False, needs_retain=True)
 def salun(model, forget, retain, *, config: SalUnConfig, device=None, progress=False):
     """SalUn: random-label training on the top ``mask_ratio`` salient weights only."""
     mask = saliency_mask(model, forget, config.mask_ratio, device=device)
-    fit(model, RandomLabels(config.seed), {"forget": forget, "retain": retain}, config,
-        trainable=mask, device=device, progress=progress, desc="salun")
+    objective = RandomLabels(config.seed, forget_share(forget, retain, config.forget_weight))
+    fit(model, objective, {"forget": forget, "retain": retain}, config, trainable=mask, device=device, progress=progress, desc="salun")
     return model
 
 

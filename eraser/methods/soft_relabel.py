@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture import FeatureRows, capture_features
+from ..data import forget_share
 from ..registry import register_method
 from ..targets import resolve_targets
 from ..training import Objective, TrainConfig, fit
@@ -38,8 +39,8 @@ class SoftRelabel(Objective):
 
     streams = ("forget", "retain")
 
-    def __init__(self, head: dict[str, nn.Module], temperature: float) -> None:
-        self.head, self.temperature = head, temperature
+    def __init__(self, head: dict[str, nn.Module], temperature: float, forget_weight: float) -> None:
+        self.head, self.temperature, self.forget_weight = head, temperature, forget_weight
 
     def loss(self, model, batches, info):
         (xf, yf), (xr, yr) = batches["forget"], batches["retain"]
@@ -54,7 +55,7 @@ class SoftRelabel(Objective):
         nf = xf.shape[0]
         target = soft_labels(feats[:nf], yf, feats[nf:], yr, out.shape[1], self.temperature)
         ce = nn.functional.cross_entropy
-        return ce(out[:nf], target) + ce(out[nf:], yr)
+        return self.forget_weight * ce(out[:nf], target) + (1 - self.forget_weight) * ce(out[nf:], yr)
 
 
 @dataclass
@@ -66,11 +67,14 @@ class SoftRelabelConfig(TrainConfig):
 
     temperature: softmax temperature of the cosine similarities (lower: sharper, towards the
         nearest retain sample's class).
+    forget_weight: weight of the forget term, the retain term gets 1 - forget_weight (None: the
+        forget set's share of all samples, as in RL).
     """
 
     epochs: int = 10
     lr: float = 0.01
     temperature: float = 0.1
+    forget_weight: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +86,7 @@ class SoftRelabelConfig(TrainConfig):
 def soft_relabel(model, forget, retain, *, config: SoftRelabelConfig, device=None, progress=False):
     """Soft relabeling: train forget samples towards the labels of similar retain samples."""
     head = resolve_targets(model, "head")
-    fit(model, SoftRelabel(head, config.temperature), {"forget": forget, "retain": retain}, config,
+    objective = SoftRelabel(head, config.temperature, forget_share(forget, retain, config.forget_weight))
+    fit(model, objective, {"forget": forget, "retain": retain}, config,
         device=device, progress=progress, desc="soft_relabel")
     return model
