@@ -112,9 +112,9 @@ def cmd_bench_classify(args: argparse.Namespace) -> None:
     from evaluation.classify_bench import ALL_METHODS, ClassifyBenchConfig, run_classify_bench
 
     root = args.data_root or str(Path(os.environ.get("ERASER_DATA", DEFAULT_DATA)) / {"mnist": "mnist", "cifar10": "cifar10"}.get(args.dataset, ""))
-    scenarios = args.scenario or ["class:0"]
-    if scenarios == ["class:each"]:
-        scenarios = [f"class:{c}" for c in range(args.num_classes)]
+    scenarios = []
+    for s in args.scenario or ["class:0"]:
+        scenarios += [f"class:{c}" for c in range(args.num_classes)] if s == "class:each" else [s]
     try:
         recipe = parse_options(TrainConfig, args.recipe or [], where="--recipe")
         seeds = [int(s) for s in _csv(args.seeds)]

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from eraser.training import TrainConfig

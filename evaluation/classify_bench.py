@@ -119,7 +119,7 @@ def _split_data(data: TensorDataset, split) -> dict:
     }
 
 
-def _original(cfg: ClassifyBenchConfig, data: TensorDataset, seed: int, digest: str):
+def _original(cfg: ClassifyBenchConfig, data: TensorDataset, seed: int, digest: str, progress: bool):
     from eraser.methods.finetune import RetainCE
     from eraser.training import fit
 
@@ -130,13 +130,13 @@ def _original(cfg: ClassifyBenchConfig, data: TensorDataset, seed: int, digest: 
         return build_model(cfg.model, data.num_classes, data.in_channels)
 
     def train(model):
-        fit(model, RetainCE(), {"retain": data.train}, recipe, device=cfg.device, progress=True, desc=f"original seed {seed}")
+        fit(model, RetainCE(), {"retain": data.train}, recipe, device=cfg.device, progress=progress, desc=f"original seed {seed}")
 
     key = cache_key(kind="original", data=digest, model=cfg.model, recipe=recipe, seed=seed)
     return cached_model(build, train, key, cfg.cache_dir, {"kind": "original", "model": cfg.model, "recipe": asdict(recipe), "seed": seed})
 
 
-def _retrain(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, split, seed: int, digest: str):
+def _retrain(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, split, seed: int, digest: str, progress: bool):
     recipe = replace(cfg.training_recipe(), seed=seed)
     overrides = asdict(recipe)
 
@@ -144,7 +144,7 @@ def _retrain(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, split, 
         return build_model(cfg.model, data.num_classes, data.in_channels)
 
     def train(model):
-        get_method("retrain")(model, parts["forget"], parts["retain"], device=cfg.device, progress=True, **overrides)
+        get_method("retrain")(model, parts["forget"], parts["retain"], device=cfg.device, progress=progress, **overrides)
 
     key = cache_key(kind="retrain", data=digest, model=cfg.model, recipe=recipe, seed=seed, retain=split.retain)
     return cached_model(build, train, key, cfg.cache_dir, {"kind": "retrain", "scenario": split.scenario.label, "seed": seed})
@@ -205,7 +205,7 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
             if not pending:
                 continue
             if original is None:
-                original, orig_record = _original(cfg, data, seed, digest)
+                original, orig_record = _original(cfg, data, seed, digest, progress)
             evaluate = lambda m: unlearning_metrics(m, parts["forget"], parts["retain"], parts["test"],  # noqa: E731
                                                     mia_feature=cfg.mia_feature, mia_samples=cfg.mia_samples,
                                                     seed=seed, device=cfg.device)
@@ -215,7 +215,7 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
                     record({**base, "method": "original", **evaluate(original), "RTE_s": 0.0,
                             "config": {"checkpoint": orig_record}})
                 elif method == "retrain":
-                    model, rec = _retrain(cfg, data, parts, split, seed, digest)
+                    model, rec = _retrain(cfg, data, parts, split, seed, digest, progress)
                     record({**base, "method": "retrain", **evaluate(model), "RTE_s": rec["train_s"],
                             "config": {"recipe": asdict(replace(cfg.training_recipe(), seed=seed)), "checkpoint": rec}})
                 else:

@@ -43,3 +43,31 @@ def test_demo_on_real_data(shared_data, capsys):
     main(["demo", "--data", str(shared_data), "--val-per-class", "10", "--forget", "50"])
     out = capsys.readouterr().out
     assert "UA (erased class no longer top-1)" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "0,0"], "seeds must be distinct"),
+        (["--scenario", "digit:3"], "cannot read scenario"),
+        (["--methods", "ft,nope"], "unknown method"),
+        (["--methods", "ft:lr=fast"], "takes a float"),
+        (["--recipe", "epochs=x"], "takes a int"),
+        (["--data-root", "/nonexistent/mnist"], "does not exist"),
+    ],
+)
+def test_bench_classify_bad_input_says_what_is_wrong(argv, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        main(["bench", "classify", "--out", str(tmp_path / "out"), "--quiet", *argv])
+
+
+def test_bench_classify_runs_from_the_command_line(shared_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    main(["bench", "classify", "--data-root", str(shared_data / "mnist"), "--scenario", "classes:1,7",
+          "--methods", "unlink_rayleigh,ga:lr=0.001;epochs=1", "--recipe", "epochs=1", "--mia-samples", "500",
+          "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert "| classes:1,7 | unlink_rayleigh |" in printed and "| classes:1,7 | ga:lr=0.001,epochs=1 |" in printed
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    ga = next(r for r in rows if r["method"].startswith("ga"))
+    assert ga["config"]["lr"] == 0.001 and ga["config"]["epochs"] == 1 and ga["n_forget"] > 2000

@@ -9,7 +9,7 @@ from torch import nn
 from ..registry import register_method
 from ..training import Objective, TrainConfig, accuracy, fit
 
-__all__ = ["GAConfig", "NegGradPlusConfig", "NegGradConfig", "AscendForget"]
+__all__ = ["GAConfig", "NegGradPlusConfig", "InstanceConfig", "NegGradConfig", "AscendForget"]
 
 
 class AscendForget(Objective):
@@ -78,13 +78,19 @@ def neggrad_plus(model, forget, retain, *, config: NegGradPlusConfig, device=Non
 
 
 @dataclass
-class NegGradConfig(TrainConfig):
-    """Instance-wise NegGrad (Cha et al.): ascend on the forget samples until none is right."""
+class InstanceConfig(TrainConfig):
+    """The instance-wise recipe (Cha et al.): SGD lr 1e-3, momentum 0.9, weight decay 1e-5,
+    batch 128, at most ``epochs`` passes (the methods stop early once their goal is met)."""
 
     epochs: int = 100
     lr: float = 1e-3
     weight_decay: float = 1e-5
     batch_size: int = 128
+
+
+@dataclass
+class NegGradConfig(InstanceConfig):
+    """Instance-wise NegGrad (Cha et al.): ascend on the forget samples until none is right."""
 
 
 @register_method("neggrad", config=NegGradConfig, training_free=False)

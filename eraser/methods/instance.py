@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from ..data import labeled_tensors, to_model
 from ..registry import register_method
-from ..training import Objective, TrainConfig, accuracy, fit, gradient_stats, logits_of
+from .ascent import InstanceConfig
+from ..training import Objective, accuracy, fit, gradient_stats, logits_of
 
 __all__ = ["AdvConfig", "AdvImpConfig", "targeted_l2_pgd", "adversarial_surrogates", "mas_importance"]
 
@@ -100,7 +101,7 @@ class AdvAscent(Objective):
 
 
 @dataclass
-class AdvConfig(TrainConfig):
+class AdvConfig(InstanceConfig):
     """ADV (Cha et al.): -CE on the forget samples plus CE on targeted L2-PGD adversarial examples
     of them (made once on the original model, towards random other labels) that stand in for the
     retain data; stops when no forget sample is classified correctly. No retain set is used.
@@ -114,10 +115,6 @@ class AdvConfig(TrainConfig):
     adv_per_sample: adversarial examples per forget image (reference code: 20; 2 here).
     """
 
-    epochs: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    batch_size: int = 128
     adv_eps: float = 0.4
     adv_step: float = 0.05
     adv_iters: int = 20

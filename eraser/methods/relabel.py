@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..data import forget_share, labeled_tensors
 from ..registry import register_method
+from .ascent import InstanceConfig
 from ..training import Objective, TrainConfig, accuracy, fit, gradient_stats, logits_of
 
 __all__ = ["RLConfig", "SalUnConfig", "CorrectConfig", "saliency_mask"]
@@ -112,14 +113,9 @@ class ToNewLabels(Objective):
 
 
 @dataclass
-class CorrectConfig(TrainConfig):
+class CorrectConfig(InstanceConfig):
     """Correct (instance-wise, relabel setting): train each forget sample towards the original
     model's runner-up class until all are relabelled."""
-
-    epochs: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    batch_size: int = 128
 
 
 @register_method("correct", config=CorrectConfig, training_free=False)
