@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench bench-mnist clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/classifier_heads.py
+
+## All classifier-unlearning methods vs Retrain on MNIST (10 classes + 10% random, 3 seeds; ~25 min on 2 cores).
+bench-mnist: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/eraser bench classify --dataset mnist --scenario class:each --scenario random:0.1 \
+		--methods all --seeds 0,1,2 --mia-samples 1000 --out runs/mnist --quiet
 
 clean:
 	rm -rf $(VENV) build *.egg-info
