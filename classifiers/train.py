@@ -19,7 +19,7 @@ __all__ = ["RECIPES", "cache_key", "cached_model"]
 # Recipes for the original model of each dataset; Retrain uses the same one on the retain set.
 RECIPES: dict[str, TrainConfig] = {
     "mnist": TrainConfig(epochs=5, lr=0.05, batch_size=128, schedule="cosine", weight_decay=5e-4),
-    "cifar10": TrainConfig(epochs=40, lr=0.1, batch_size=128, schedule="cosine", weight_decay=5e-4),
+    "cifar10": TrainConfig(epochs=40, lr=0.1, batch_size=128, schedule="cosine", weight_decay=5e-4, augment="crop_flip"),
 }
 
 

@@ -103,3 +103,29 @@ def test_masked_weights_survive_momentum_and_weight_decay(toy_model, toy_task):
         assert torch.equal(p.detach()[~mask[n]], before[n][~mask[n]]), n
         moved += int((p.detach()[mask[n]] != before[n][mask[n]]).sum())
     assert moved > 0
+
+
+def test_crop_flip_augmentation_keeps_shapes_and_content():
+    from eraser.training.loop import _crop_flip
+    from eraser.training import TrainConfig
+
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8) + 1
+    g = torch.Generator().manual_seed(0)
+    outs = [_crop_flip((x, torch.tensor([0, 1])), g)[0] for _ in range(20)]
+    assert all(o.shape == x.shape for o in outs)
+    assert any(not torch.equal(o, x) for o in outs)  # it does move the images
+    # Every output pixel is an input pixel of the same image and channel, or padding (0).
+    for o in outs:
+        for i in range(2):
+            for c in range(3):
+                assert set(o[i, c].unique().tolist()) <= set(x[i, c].unique().tolist()) | {0.0}
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment="mixup")
+
+
+def test_training_with_augmentation_runs(toy_model, toy_task):
+    from eraser.methods.finetune import RetainCE
+    from eraser.training import TrainConfig, fit
+
+    logs = fit(toy_model, RetainCE(), {"retain": toy_task["retain"]}, TrainConfig(epochs=2, augment="crop_flip"))
+    assert len(logs) == 2 and all(l["loss"] == l["loss"] for l in logs)

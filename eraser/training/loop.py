@@ -17,10 +17,11 @@ from tqdm.auto import tqdm
 
 from ..data import LabeledData, labeled_batches, to_model
 
-__all__ = ["TrainConfig", "Objective", "StepInfo", "fit", "SCHEDULES", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "Objective", "StepInfo", "fit", "SCHEDULES", "OPTIMIZERS", "AUGMENTATIONS"]
 
 SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("sgd", "adam")
+AUGMENTATIONS = ("none", "crop_flip")
 
 
 @dataclass
@@ -30,6 +31,8 @@ class TrainConfig:
     epochs: passes over the objective's driving stream (the first of its streams).
     max_steps: stop after this many optimiser steps in total (None: no limit).
     schedule: learning-rate schedule over all steps: constant, cosine or linear decay to 0.
+    augment: ``"crop_flip"`` pads images by 4 pixels, crops them back at a random offset and
+        flips half of them (the standard CIFAR recipe), on every training batch.
     """
 
     epochs: int = 10
@@ -41,9 +44,12 @@ class TrainConfig:
     schedule: str = "constant"
     max_steps: int | None = None
     grad_clip: float | None = None
+    augment: str = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}; got {self.augment!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}; got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -154,6 +160,8 @@ def fit(
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     cycles = {name: _cycle(b) for name, b in loaders.items()}
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 7)
+    prep = (lambda b: _crop_flip(_to(b, param, device), aug_gen)) if cfg.augment == "crop_flip" else (lambda b: _to(b, param, device))
     logs: list[dict] = []
     step = 0
     was_training = model.training
@@ -167,8 +175,8 @@ def fit(
                 for batch in loaders[driver]:
                     if step >= total:
                         break
-                    batches = {driver: _to(batch, param, device)}
-                    batches.update({s: _to(next(cycles[s]), param, device) for s in others})
+                    batches = {driver: prep(batch)}
+                    batches.update({s: prep(next(cycles[s])) for s in others})
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * _lr_factor(cfg.schedule, step / max(1, total))
                     opt.zero_grad(set_to_none=True)
@@ -198,3 +206,18 @@ def fit(
 def _to(batch, param: Tensor, device: torch.device) -> Batch:
     x, y = batch[0], batch[1]
     return to_model(x, param, device), torch.as_tensor(y).to(device).long()
+
+
+def _crop_flip(batch: Batch, generator: torch.Generator, pad: int = 4) -> Batch:
+    """Random-offset crop of the zero-padded images and a random horizontal flip, per sample."""
+    x, y = batch
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    flip = (torch.rand(n, generator=generator) < 0.5).tolist()
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    for i in range(n):
+        if flip[i]:
+            out[i] = out[i].flip(-1)
+    return out, y
