@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
-__all__ = ["DataLike", "LabeledData", "iter_inputs", "to_model", "TensorBatches", "labeled_batches", "labeled_tensors", "num_samples", "forget_share"]
+__all__ = ["DataLike", "LabeledData", "iter_inputs", "to_model", "TensorBatches", "labeled_batches", "labeled_tensors", "num_samples", "forget_share", "is_labeled_pair", "as_dataset",
+           "mixed_batches", "subsample"]
 
 DataLike = DataLoader | Dataset | Tensor
 LabeledData = DataLoader | Dataset | tuple[Tensor, Tensor]
@@ -34,7 +35,7 @@ def _inputs_of(batch: Any) -> Tensor:
 def iter_inputs(data: DataLike, batch_size: int = 64) -> Iterator[Tensor]:
     """Yield input batches from a DataLoader, a Dataset (batched here), a tensor of samples or an
     (inputs, labels) tensor pair."""
-    if _is_pair(data):
+    if is_labeled_pair(data):
         data = data[0]
     if isinstance(data, Tensor):
         if data.ndim == 0:
@@ -82,14 +83,14 @@ class TensorBatches:
                 yield self.x[idx], self.y[idx]
 
 
-def _is_pair(data: Any) -> bool:
+def is_labeled_pair(data: Any) -> bool:
     return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
 
 
 def labeled_batches(data: LabeledData, batch_size: int, shuffle: bool = False, seed: int = 0):
     """Re-iterable (inputs, labels) batches from a DataLoader (used as given), a Dataset or an
     (inputs, labels) tensor pair."""
-    if _is_pair(data):
+    if is_labeled_pair(data):
         return TensorBatches(data[0], torch.as_tensor(data[1]).long(), batch_size, shuffle, seed)
     if isinstance(data, DataLoader):
         return data
@@ -103,7 +104,7 @@ def labeled_batches(data: LabeledData, batch_size: int, shuffle: bool = False, s
 
 def labeled_tensors(data: LabeledData, batch_size: int = 256) -> tuple[Tensor, Tensor]:
     """All of ``data`` as one (inputs, labels) tensor pair (for small sets: forget sets, MNIST)."""
-    if _is_pair(data):
+    if is_labeled_pair(data):
         return data[0], torch.as_tensor(data[1]).long()
     xs, ys = [], []
     for batch in labeled_batches(data, batch_size):
@@ -117,7 +118,7 @@ def labeled_tensors(data: LabeledData, batch_size: int = 256) -> tuple[Tensor, T
 
 def num_samples(data: LabeledData | DataLike) -> int:
     """How many samples ``data`` holds (DataLoaders over sized datasets included)."""
-    if _is_pair(data):
+    if is_labeled_pair(data):
         return int(data[0].shape[0])
     if isinstance(data, Tensor):
         return int(data.shape[0])
@@ -135,3 +136,38 @@ def forget_share(forget: LabeledData, retain: LabeledData, weight: float | None 
         return weight
     n_f, n_r = num_samples(forget), num_samples(retain)
     return n_f / (n_f + n_r)
+
+
+def as_dataset(data: LabeledData) -> Dataset:
+    """``data`` as a map-style Dataset of (input, label) samples. A DataLoader contributes the
+    samples its sampler visits (so subset samplers are honoured); an iterable one is read whole."""
+    if is_labeled_pair(data):
+        return TensorDataset(data[0], torch.as_tensor(data[1]).long())
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, IterableDataset):
+            return TensorDataset(*labeled_tensors(data))
+        return Subset(data.dataset, list(data.sampler))
+    return data
+
+
+def _collate(samples: list) -> tuple[Tensor, Tensor]:
+    # Labels may be ints in one set and tensors in the other: normalise both.
+    return torch.stack([torch.as_tensor(s[0]) for s in samples]), torch.as_tensor([int(s[1]) for s in samples])
+
+
+def mixed_batches(sets: list[LabeledData], batch_size: int, seed: int) -> DataLoader:
+    """The union of ``sets`` in shuffled (seeded) batches that mix them."""
+    g = torch.Generator().manual_seed(seed)
+    union = ConcatDataset([as_dataset(d) for d in sets])
+    return DataLoader(union, batch_size=batch_size, shuffle=True, generator=g, collate_fn=_collate)
+
+
+def subsample(data: LabeledData, n: int, seed: int) -> LabeledData:
+    """``n`` samples of ``data`` drawn without replacement (seeded); all of it if it is smaller."""
+    total = num_samples(data)
+    if n >= total:
+        return data
+    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+    if is_labeled_pair(data):
+        return data[0][idx], torch.as_tensor(data[1])[idx]
+    return Subset(as_dataset(data), idx.tolist())

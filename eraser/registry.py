@@ -103,9 +103,9 @@ def make_config(config_cls: type, config: Any = None, overrides: dict[str, Any] 
 
 def _check_labels(model: nn.Module, data: Any, what: str, method: str) -> None:
     """Labels of an (inputs, labels) pair must be classes of the model (checked on one forward)."""
-    from .data import _is_pair
+    from .data import is_labeled_pair
 
-    if not _is_pair(data) or data[1].numel() == 0:
+    if not is_labeled_pair(data) or data[1].numel() == 0:
         return
     x, y = data
     param = next(model.parameters())

@@ -11,9 +11,10 @@ import eraser.methods.iu  # noqa: F401
 import eraser.methods.scrub  # noqa: F401
 import eraser.methods.ssd  # noqa: F401
 from eraser.methods.boundary import nearest_wrong_labels
-from eraser.methods.iu import influence_step, subsample
+from eraser.data import mixed_batches, subsample
+from eraser.methods.iu import influence_step
 from eraser.methods.scrub import Scrub, distill_kl
-from eraser.methods.ssd import mixed_batches, ssd_dampen
+from eraser.methods.ssd import ssd_dampen
 from eraser.methods.finetune import RetainCE
 from eraser.training import TrainConfig, accuracy, fit, gradient_stats
 

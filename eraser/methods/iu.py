@@ -8,25 +8,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Subset
 
-from ..data import LabeledData, _is_pair, num_samples
+from ..data import num_samples, subsample
 from ..registry import register_method
 from ..training import gradient_stats
-from .ssd import as_dataset
 
-__all__ = ["IUConfig", "subsample", "influence_step"]
-
-
-def subsample(data: LabeledData, n: int, seed: int) -> LabeledData:
-    """``n`` samples of ``data`` drawn without replacement (seeded); all of it if it is smaller."""
-    total = num_samples(data)
-    if n >= total:
-        return data
-    idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
-    if _is_pair(data):
-        return data[0][idx], torch.as_tensor(data[1])[idx]
-    return Subset(as_dataset(data), idx.tolist())
+__all__ = ["IUConfig", "influence_step"]
 
 
 @torch.no_grad()

@@ -7,37 +7,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
-from ..data import LabeledData, _is_pair, labeled_tensors
+from ..data import mixed_batches
 from ..registry import register_method
 from ..training import gradient_stats
 
-__all__ = ["SSDConfig", "ssd_dampen", "as_dataset", "mixed_batches"]
-
-
-def as_dataset(data: LabeledData) -> Dataset:
-    """``data`` as a map-style Dataset of (input, label) samples. A DataLoader contributes the
-    samples its sampler visits (so subset samplers are honoured); an iterable one is read whole."""
-    if _is_pair(data):
-        return TensorDataset(data[0], torch.as_tensor(data[1]).long())
-    if isinstance(data, DataLoader):
-        if isinstance(data.dataset, IterableDataset):
-            return TensorDataset(*labeled_tensors(data))
-        return Subset(data.dataset, list(data.sampler))
-    return data
-
-
-def _collate(samples: list) -> tuple[Tensor, Tensor]:
-    # Labels may be ints in one set and tensors in the other: normalise both.
-    return torch.stack([torch.as_tensor(s[0]) for s in samples]), torch.as_tensor([int(s[1]) for s in samples])
-
-
-def mixed_batches(sets: list[LabeledData], batch_size: int, seed: int) -> DataLoader:
-    """The union of ``sets`` in shuffled (seeded) batches that mix them."""
-    g = torch.Generator().manual_seed(seed)
-    union = ConcatDataset([as_dataset(d) for d in sets])
-    return DataLoader(union, batch_size=batch_size, shuffle=True, generator=g, collate_fn=_collate)
+__all__ = ["SSDConfig", "ssd_dampen"]
 
 
 @torch.no_grad()
