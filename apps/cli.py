@@ -66,7 +66,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     c = labels[wnid]
     others = [labels[w] for w in wnids if w != wnid]
 
-    print(f"\n| class | ImageNet idx | acc before | acc after |\n|---|---|---|---|")
+    print("\n| class | ImageNet idx | acc before | acc after |\n|---|---|---|---|")
     for w in wnids:
         mark = " (erased)" if w == wnid else ""
         print(f"| {IMAGENETTE[w][0]}{mark} | {labels[w]} | {before.accuracy_on([labels[w]]):.1f} | {after.accuracy_on([labels[w]]):.1f} |")

@@ -129,3 +129,14 @@ def test_training_with_augmentation_runs(toy_model, toy_task):
 
     logs = fit(toy_model, RetainCE(), {"retain": toy_task["retain"]}, TrainConfig(epochs=2, augment="crop_flip"))
     assert len(logs) == 2 and all(l["loss"] == l["loss"] for l in logs)
+
+
+def test_bad_labels_in_a_dataloader_are_reported_and_undone(toy_model, toy_task):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    state = {k: v.clone() for k, v in toy_model.state_dict().items()}
+    x, y = toy_task["retain"]
+    loader = DataLoader(TensorDataset(x, y + 10), batch_size=32)
+    with pytest.raises(ValueError, match="labels must lie"):
+        eraser.get_method("ft")(toy_model, toy_task["forget"], loader)
+    assert all(torch.equal(v, state[k]) for k, v in toy_model.state_dict().items())

@@ -180,7 +180,11 @@ def fit(
                     for g in opt.param_groups:
                         g["lr"] = cfg.lr * _lr_factor(cfg.schedule, step / max(1, total))
                     opt.zero_grad(set_to_none=True)
-                    loss = objective.backward(model, batches, StepInfo(epoch, step, total))
+                    try:
+                        loss = objective.backward(model, batches, StepInfo(epoch, step, total))
+                    except IndexError as err:  # what cross_entropy raises for labels >= classes
+                        raise ValueError(f"{desc}: a batch's labels do not fit the model's outputs ({err}); "
+                                         "labels must lie in [0, number of classes)") from None
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"{desc}: the loss became {loss} at step {step}; lower the learning rate")
                     if cfg.grad_clip is not None:
