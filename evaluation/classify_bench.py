@@ -23,7 +23,7 @@ from classifiers.models import build_model
 from classifiers.splits import Scenario, make_split
 from classifiers.train import RECIPES, cache_key, cached_model
 from eraser import get_method
-from eraser.registry import parse_method
+from eraser.registry import make_config, parse_method
 from eraser.training import TrainConfig
 
 from .report import mean_std, write_report
@@ -206,9 +206,11 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
                 continue
             if original is None:
                 original, orig_record = _original(cfg, data, seed, digest, progress)
-            evaluate = lambda m: unlearning_metrics(m, parts["forget"], parts["retain"], parts["test"],  # noqa: E731
-                                                    mia_feature=cfg.mia_feature, mia_samples=cfg.mia_samples,
-                                                    seed=seed, device=cfg.device)
+
+            def evaluate(m, parts=parts, seed=seed) -> dict:
+                return unlearning_metrics(m, parts["forget"], parts["retain"], parts["test"], mia_feature=cfg.mia_feature,
+                                          mia_samples=cfg.mia_samples, seed=seed, device=cfg.device)
+
             for method in pending:
                 bar.set_postfix_str(f"{scenario.label} seed {seed} {method}")
                 if method == "original":
@@ -223,11 +225,11 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
                     spec = get_method(name)
                     by_scenario = SCENARIO_PRESETS.get(scenario.kind, {}) if cfg.presets else {}
                     overrides = {**presets.get(name, {}), **by_scenario.get(name, {}), **overrides}
-                    if "seed" in {f for f in spec.config_cls.__dataclass_fields__}:
+                    if "seed" in spec.config_cls.__dataclass_fields__:
                         overrides.setdefault("seed", seed)
                     model = copy.deepcopy(original)
                     torch.manual_seed(seed)
-                    config = asdict(replace(spec.config_cls(), **overrides))
+                    config = asdict(make_config(spec.config_cls, None, overrides, method=name))
                     t0 = time.perf_counter()
                     try:
                         spec(model, parts["forget"], parts["retain"], device=cfg.device, **overrides)
