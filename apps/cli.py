@@ -105,29 +105,69 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def cmd_bench_classify(args: argparse.Namespace) -> None:
-    """Unlearning methods vs Retrain on a classifier: UA/RA/TA/MIA, Avg. Gap and run time."""
+def _bench_config(args: argparse.Namespace, **fields):
+    """The benchmark configuration from the options that name data, model and original."""
     from eraser.registry import parse_options
     from eraser.training import TrainConfig
-    from evaluation.classify_bench import ALL_METHODS, ClassifyBenchConfig, run_classify_bench
+    from evaluation.classify_bench import ClassifyBenchConfig
 
     root = args.data_root or str(Path(os.environ.get("ERASER_DATA", DEFAULT_DATA)) / {"mnist": "mnist", "cifar10": "cifar10"}.get(args.dataset, ""))
+    return ClassifyBenchConfig(dataset=args.dataset, data_root=root, model=args.model, original=args.original or "",
+                               recipe=parse_options(TrainConfig, args.recipe or [], where="--recipe"), presets=not args.no_presets,
+                               out_dir=args.out, cache_dir=args.cache, device=args.device, **fields)
+
+
+def _data_model_options(p: argparse.ArgumentParser, out_help: str) -> None:
+    p.add_argument("--dataset", default="mnist", help="mnist | cifar10 | folder (default mnist)")
+    p.add_argument("--data-root", default=None, help="dataset path (default: $ERASER_DATA/<dataset>)")
+    p.add_argument("--model", default="small_cnn", help="architecture (small_cnn, cifar_resnet20, resnet18, ...)")
+    p.add_argument("--original", default=None, help="pretrained original checkpoint (.safetensors or weights-only .pt/.th) instead of training one")
+    p.add_argument("--recipe", action="append", help="override the original/Retrain recipe, e.g. epochs=5 (repeatable)")
+    p.add_argument("--no-presets", action="store_true", help="use the methods' own defaults, not the dataset presets")
+    p.add_argument("--out", default="bench-classify", help=out_help)
+    p.add_argument("--cache", default=None, help="checkpoint cache (default: <out>/checkpoints)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_bench_classify(args: argparse.Namespace) -> None:
+    """Unlearning methods vs Retrain on a classifier: UA/RA/TA/MIA, Avg. Gap and run time."""
+    from evaluation.classify_bench import ALL_METHODS, run_classify_bench
+
     scenarios = []
     for s in args.scenario or ["class:0"]:
         scenarios += [f"class:{c}" for c in range(args.num_classes)] if s == "class:each" else [s]
     try:
-        recipe = parse_options(TrainConfig, args.recipe or [], where="--recipe")
-        seeds = [int(s) for s in _csv(args.seeds)]
-        cfg = ClassifyBenchConfig(
-            dataset=args.dataset, data_root=root, model=args.model, scenarios=scenarios,
-            methods=ALL_METHODS if args.methods == "all" else _split_methods(args.methods), seeds=seeds,
-            recipe=recipe, presets=not args.no_presets, mia_feature=args.mia_feature, mia_samples=args.mia_samples, out_dir=args.out,
-            cache_dir=args.cache, device=args.device,
-        )
+        methods = ALL_METHODS if args.methods == "all" else _split_methods(args.methods)
+        cfg = _bench_config(args, methods=methods, scenarios=scenarios, seeds=[int(s) for s in _csv(args.seeds)],
+                            mia_feature=args.mia_feature, mia_samples=args.mia_samples, retrain=not args.no_retrain,
+                            eval_samples=args.eval_samples, shifts=_shifts(args.shift or []), shift_samples=args.shift_samples,
+                            gradcam=args.gradcam)
         run_classify_bench(cfg, progress=not args.quiet)
     except (ValueError, FileNotFoundError, TypeError) as err:
         raise SystemExit(f"eraser bench classify: {err}") from None
     print((Path(args.out) / "table.md").read_text())
+
+
+def cmd_vector_bank(args: argparse.Namespace) -> None:
+    """Learn one forget vector per class of a dataset's original model (resumable)."""
+    from eraser.methods.forget_vector import ForgetVectorConfig
+    from eraser.registry import parse_options
+    from evaluation.classify_bench import vector_bank
+
+    try:
+        options = parse_options(ForgetVectorConfig, args.option or [], where="--option")
+        cfg = _bench_config(args, methods=[], scenarios=[])
+        path, seconds = vector_bank(cfg, int(args.seed), progress=not args.quiet, options=options)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        raise SystemExit(f"eraser vector bank: {err}") from None
+    print(f"vector bank: {path} ({seconds:.1f} s of vector learning)")
+
+
+def _shifts(items: list[str]) -> list[str]:
+    from evaluation.shift import DEFAULT_SHIFTS
+
+    return list(dict.fromkeys(s for item in items for s in (DEFAULT_SHIFTS if item == "default" else [item])))
 
 
 def _split_methods(text: str) -> list[str]:
@@ -153,22 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_patch_info)
     bench = sub.add_parser("bench", help="run a benchmark").add_subparsers(dest="bench", required=True)
     bc = bench.add_parser("classify", help=cmd_bench_classify.__doc__)
-    bc.add_argument("--dataset", default="mnist", help="mnist | cifar10 | folder (default mnist)")
-    bc.add_argument("--data-root", default=None, help="dataset path (default: $ERASER_DATA/<dataset>)")
-    bc.add_argument("--model", default="small_cnn", help="architecture (small_cnn, cifar_resnet20, resnet18, ...)")
+    _data_model_options(bc, "output folder (rows.jsonl, table.md/csv/json); rerun to resume")
     bc.add_argument("--scenario", action="append", help="class:3 | classes:1,7 | random:0.1 | instance:32 | class:each (repeatable)")
     bc.add_argument("--num-classes", type=int, default=10, help="classes for class:each (default 10)")
     bc.add_argument("--methods", default="all", help="comma list, options after ':' joined by ';' (ft:lr=0.02;epochs=2), or 'all'")
     bc.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
-    bc.add_argument("--recipe", action="append", help="override the original/Retrain recipe, e.g. epochs=5 (repeatable)")
-    bc.add_argument("--no-presets", action="store_true", help="use the methods' own defaults, not the dataset presets")
     bc.add_argument("--mia-feature", default="confidence", help="confidence | entropy | m_entropy | loss")
     bc.add_argument("--mia-samples", type=int, default=None, help="cap members/non-members of the MIA SVC (default: all)")
-    bc.add_argument("--out", default="bench-classify", help="output folder (rows.jsonl, table.md/csv/json); rerun to resume")
-    bc.add_argument("--cache", default=None, help="checkpoint cache (default: <out>/checkpoints)")
-    bc.add_argument("--device", default="cpu")
-    bc.add_argument("--quiet", action="store_true", help="no progress bars")
+    bc.add_argument("--no-retrain", action="store_true", help="skip the Retrain reference (no Avg. Gap; for when retraining is out of reach)")
+    bc.add_argument("--eval-samples", type=int, default=None, help="evaluate RA/MIA on a seeded subset of this many retain samples")
+    bc.add_argument("--shift", action="append", help="a data shift to evaluate under (repeatable): gauss:0.08, elastic:weak, "
+                    "elastic:strong, elastic:34,4, pgd:8/255, pgd:8/255,7; 'default' = the five of the forget-vector paper")
+    bc.add_argument("--gradcam", type=int, default=0, help="save Grad-CAM grids of this many forget and retain images, "
+                    "before and after each method (first seed), under <out>/gradcam/")
+    bc.add_argument("--shift-samples", type=int, default=2000, help="samples per split under each shift (default 2000)")
     bc.set_defaults(func=cmd_bench_classify)
+    vec = sub.add_parser("vector", help="forget vectors").add_subparsers(dest="vector", required=True)
+    vb = vec.add_parser("bank", help=cmd_vector_bank.__doc__,
+                        description="Example: eraser vector bank --dataset mnist --out runs/bank (writes runs/bank/banks/seed0-<model>.safetensors)")
+    _data_model_options(vb, "output folder (the bank goes to <out>/banks/); rerun to resume")
+    vb.add_argument("--seed", default=0, type=int, help="seed of the original model and of the vectors (default 0)")
+    vb.add_argument("--option", action="append", help="a forget-vector setting, e.g. max_steps=60 or retain_weight=5 (repeatable)")
+    vb.set_defaults(func=cmd_vector_bank)
     return ap
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .datasets import NpzImages, TarImageFolder
+from .datasets import IMAGENET_MEAN, IMAGENET_STD, NpzImages, TarImageFolder
 
 __all__ = ["TensorDataset", "load_dataset", "DATASETS"]
 
@@ -24,6 +24,9 @@ class TensorDataset:
     test: tuple[Tensor, Tensor]
     classes: list[str]
     source: dict = field(default_factory=dict)
+    # the per-channel normalisation applied to the images (None: they are pixels in [0, 1])
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -61,7 +64,7 @@ def _image_tree(name: str, path: Path) -> TensorDataset:
     train, test = TarImageFolder(path, "train"), TarImageFolder(path, "test")
     if train.classes != test.classes:
         raise ValueError(f"{path}: train classes {train.classes} differ from test classes {test.classes}")
-    return TensorDataset(name, _stack(train), _stack(test), train.classes, {"path": str(path)})
+    return TensorDataset(name, _stack(train), _stack(test), train.classes, {"path": str(path)}, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _cifar10(root: Path) -> TensorDataset:

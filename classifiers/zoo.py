@@ -9,7 +9,7 @@ from torch import nn
 
 from .cifar_resnet import cifar_resnet
 
-__all__ = ["load_cifar_resnet", "efficientnet_lite0", "IMAGENETTE"]
+__all__ = ["load_weights", "load_cifar_resnet", "efficientnet_lite0", "IMAGENETTE"]
 
 # Imagenette: wnid -> (name, ImageNet-1k index)
 IMAGENETTE = {
@@ -41,12 +41,20 @@ def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_cifar_resnet(path: str | Path, depth: int = 20, num_classes: int = 10) -> nn.Module:
-    """A CIFAR ResNet from a checkpoint (``module.`` prefixes from DataParallel are removed)."""
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """``model`` with the weights of a safetensors or weights-only torch checkpoint
+    (``module.`` prefixes from DataParallel are removed); a mismatch is a clear error."""
     sd = {k.removeprefix("module."): v for k, v in _load_state_dict(path).items()}
-    model = cifar_resnet(depth, num_classes)
-    model.load_state_dict(sd)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit a {type(model).__name__}: {str(err).splitlines()[0]}") from None
     return model.eval()
+
+
+def load_cifar_resnet(path: str | Path, depth: int = 20, num_classes: int = 10) -> nn.Module:
+    """A CIFAR ResNet from a checkpoint."""
+    return load_weights(cifar_resnet(depth, num_classes), path)
 
 
 def _lite0_wheel_file() -> Path:

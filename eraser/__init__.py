@@ -15,6 +15,7 @@ from .registry import get_method, list_methods, register_method
 from .subspace import Gram, Subspace, forget_basis, forget_subspace, rayleigh_basis, rayleigh_subspace
 from .targets import resolve_targets
 from .methods.unlink import UnlinkConfig
+from .vectors import ForgetVector, VectorBank
 
 __all__ = [
     "__version__",
@@ -36,6 +37,8 @@ __all__ = [
     "Gram",
     "Subspace",
     "UnlinkConfig",
+    "ForgetVector",
+    "VectorBank",
     "list_methods",
     "get_method",
     "register_method",

@@ -29,13 +29,13 @@ from eraser.training import TrainConfig
 from .report import mean_std, write_report
 from .unlearning import GAP_KEYS, avg_gap, unlearning_metrics
 
-__all__ = ["ClassifyBenchConfig", "ALL_METHODS", "METHOD_PRESETS", "SCENARIO_PRESETS", "run_classify_bench", "summarize"]
+__all__ = ["vector_bank", "ClassifyBenchConfig", "ALL_METHODS", "METHOD_PRESETS", "SCENARIO_PRESETS", "run_classify_bench", "summarize"]
 
 # The default comparison: every registered classifier method; Unlink twice (retain-free and Rayleigh).
 ALL_METHODS = [
     "ft", "rl", "ga", "neggrad_plus", "l1_sparse", "salun", "scrub", "ssd", "boundary_shrink",
     "boundary_expanding", "iu", "unlink:variant=svd", "unlink_rayleigh", "neggrad", "correct", "adv",
-    "adv_imp", "soft_relabel", "grad_surgery", "activation_pruning",
+    "adv_imp", "soft_relabel", "grad_surgery", "activation_pruning", "forget_vector", "forget_vector_compose",
 ]
 
 # Method settings per dataset where the GUIDE's CIFAR/ResNet-18 defaults do not transfer. The
@@ -62,6 +62,17 @@ METHOD_PRESETS: dict[str, dict[str, dict]] = {
         "correct": {"epochs": 5},
         "adv": {"epochs": 5, "adv_per_sample": 1, "adv_iters": 10},
         "adv_imp": {"epochs": 5, "adv_per_sample": 1, "adv_iters": 10},
+        # 40 steps at lr x0.9 per step stop before the retain term has settled on MNIST
+        # (RA -3.8 points for digit 3); 100 steps at x0.97: RA -1.9, UA 98.8 (docs/benchmarks.md)
+        "forget_vector": {"max_steps": 100, "lr_decay": 0.97},
+        "forget_vector_compose": {"max_steps": 100, "lr_decay": 0.97},
+    },
+    "cifar10": {
+        # on the CIFAR-10 ResNet-20 SGD steps large enough to forget make delta oscillate and grow
+        # (RA -20 to -40 points); Adam with a cosine schedule trades UA for RA smoothly
+        # (benchmarks/forget_vector_settings.py, docs/benchmarks.md)
+        "forget_vector": {"optimizer": "adam", "lr": 0.002, "schedule": "cosine", "max_steps": 100},
+        "forget_vector_compose": {"optimizer": "adam", "lr": 0.002, "schedule": "cosine", "max_steps": 100},
     },
 }
 
@@ -70,7 +81,8 @@ METHOD_PRESETS: dict[str, dict[str, dict]] = {
 # dominant directions as the rest, so there Unlink removes only the weak tail (s/s_max < 0.05),
 # as GUIDE.md section 1 prescribes for random/instance forgetting.
 SCENARIO_PRESETS: dict[str, dict[str, dict]] = {
-    "random": {"unlink": {"tail_beta": 0.05}},
+    # forget vectors: retain weight 3 for classes, 1 for random forgetting (the paper's values)
+    "random": {"unlink": {"tail_beta": 0.05}, "forget_vector": {"retain_weight": 1.0}},
     "instance": {"unlink": {"tail_beta": 0.05}},
 }
 
@@ -92,6 +104,12 @@ class ClassifyBenchConfig:
     out_dir: str = "bench-classify"
     cache_dir: str | None = None
     device: str = "cpu"
+    original: str = ""
+    retrain: bool = True
+    eval_samples: int | None = None
+    shifts: list[str] = field(default_factory=list)
+    shift_samples: int = 2000
+    gradcam: int = 0
 
     def __post_init__(self) -> None:
         if len(set(self.seeds)) != len(self.seeds):
@@ -104,6 +122,12 @@ class ClassifyBenchConfig:
             parse_method(m)
         if "retrain" in [parse_method(m)[0] for m in self.methods]:
             raise ValueError("retrain is always run as the reference; do not list it in methods")
+        from .shift import parse_shift
+
+        for text in self.shifts:
+            parse_shift(text)
+        if self.original and not Path(self.original).is_file():
+            raise FileNotFoundError(f"original checkpoint {self.original} does not exist")
 
     def training_recipe(self) -> TrainConfig:
         base = RECIPES.get(self.dataset, TrainConfig())
@@ -116,13 +140,31 @@ def _split_data(data: TensorDataset, split) -> dict:
         "forget": (x[split.forget], y[split.forget]),
         "retain": (x[split.retain], y[split.retain]),
         "test": (xt[split.test], yt[split.test]),
+        "test_forget": (xt[split.test_forget], yt[split.test_forget]),
     }
+
+
+def _eval_parts(parts: dict, cfg: ClassifyBenchConfig, seed: int) -> dict:
+    """The splits the metrics are computed on: the retain set capped at ``eval_samples`` (seeded)."""
+    from eraser.data import subsample
+
+    if cfg.eval_samples is None or len(parts["retain"][1]) <= cfg.eval_samples:
+        return parts
+    return {**parts, "retain": subsample(parts["retain"], cfg.eval_samples, seed)}
 
 
 def _original(cfg: ClassifyBenchConfig, data: TensorDataset, seed: int, digest: str, progress: bool):
     from eraser.methods.finetune import RetainCE
     from eraser.training import fit
 
+    if cfg.original:  # a pretrained original: the same for every seed
+        import hashlib
+
+        from classifiers.zoo import load_weights
+
+        model = load_weights(build_model(cfg.model, data.num_classes, data.in_channels), cfg.original)
+        return model, {"kind": "original", "checkpoint": cfg.original,
+                       "weights_sha256": hashlib.sha256(Path(cfg.original).read_bytes()).hexdigest()}
     recipe = replace(cfg.training_recipe(), seed=seed)
 
     def build():
@@ -150,6 +192,68 @@ def _retrain(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, split, 
     return cached_model(build, train, key, cfg.cache_dir, {"kind": "retrain", "scenario": split.scenario.label, "seed": seed})
 
 
+def _input_settings(spec, data: TensorDataset) -> dict:
+    """Input-space settings a method takes from the dataset (forget vectors: normalisation, clamp)."""
+    known = spec.config_cls.__dataclass_fields__
+    if not {"mean", "std", "clamp"} <= set(known):
+        return {}
+    return {"mean": data.mean, "std": data.std, "clamp": True}
+
+
+def _bank(cfg: ClassifyBenchConfig, data: TensorDataset, original, seed: int, presets: dict, progress: bool,
+          options: dict | None = None) -> tuple[str, float]:
+    """The class-wise vector bank of the seed's original model (built once, resumable): its path
+    and build time. Compositional rows load it, so their run time is the composition alone."""
+    import time as _time
+
+    from eraser.methods.forget_vector import ForgetVectorConfig, build_bank
+    from eraser.vectors import model_fingerprint
+
+    spec = get_method("forget_vector")
+    settings = {**presets.get("forget_vector", {}), **_input_settings(spec, data), "seed": seed, **(options or {})}
+    path = Path(cfg.out_dir) / "banks" / f"seed{seed}-{model_fingerprint(original)[:12]}.safetensors"
+    t0 = _time.perf_counter()
+    bank = build_bank(original, data.train, make_config(ForgetVectorConfig, None, settings, "forget_vector"),
+                      path=path, device=cfg.device, progress=progress)
+    return str(path), sum(bank.metadata["seconds"].values()) if bank.metadata.get("seconds") else _time.perf_counter() - t0
+
+
+def _gradcam(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, original, model, scenario: str, method: str, seed: int) -> Path:
+    """Grad-CAM of ``cfg.gradcam`` forget and as many retain images, before and after the method."""
+    from eraser.data import subsample
+
+    from .gradcam import save_gradcam_grid
+
+    f = subsample(parts["forget"], cfg.gradcam, seed)
+    r = subsample(parts["retain"], cfg.gradcam, seed)
+    x, y = torch.cat([f[0], r[0]]), torch.cat([f[1], r[1]])
+    name = f"{scenario}_{method}".replace(":", "-").replace(",", "_").replace("=", "")
+    return save_gradcam_grid({"original": original, method.split(":")[0]: model}, x, y, Path(cfg.out_dir) / "gradcam" / f"{name}.png",
+                             mean=data.mean, std=data.std, device=cfg.device)
+
+
+def _extra_metrics(model, parts: dict, shifted: dict | None, cfg: ClassifyBenchConfig) -> dict:
+    """PR (UA on test images of the forgotten classes) and UA/RA/TA under each data shift."""
+    from .shift import pr_metric, shifted_metrics
+
+    out = {"PR": pr_metric(model, parts["test_forget"], device=cfg.device) if len(parts["test_forget"][1]) else float("nan")}
+    if shifted:
+        out.update(shifted_metrics(model, shifted=shifted, device=cfg.device))
+    return out
+
+
+def vector_bank(cfg: ClassifyBenchConfig, seed: int = 0, progress: bool = True, options: dict | None = None) -> tuple[str, float]:
+    """Build (or resume) the class-wise forget-vector bank of the benchmark's original model for
+    ``seed`` under ``<out_dir>/banks/`` (``options``: forget-vector settings over the presets);
+    returns its path and the seconds its vectors took."""
+    data = load_dataset(cfg.dataset, cfg.data_root)
+    if cfg.cache_dir is None:
+        cfg = replace(cfg, cache_dir=str(Path(cfg.out_dir) / "checkpoints"))
+    original, _ = _original(cfg, data, seed, data.digest(), progress)
+    presets = METHOD_PRESETS.get(cfg.dataset, {}) if cfg.presets else {}
+    return _bank(cfg, data, original, seed, presets, progress, options)
+
+
 def _load_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -170,7 +274,8 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
     if cfg.cache_dir is None:
         cfg = replace(cfg, cache_dir=str(out / "checkpoints"))
     settings_path = out / "settings.json"
-    fixed = {k: v for k, v in asdict(cfg).items() if k in ("dataset", "model", "recipe", "presets", "mia_feature", "mia_samples")}
+    fixed = {k: v for k, v in asdict(cfg).items() if k in ("dataset", "model", "recipe", "presets", "mia_feature", "mia_samples",
+                                                           "original", "eval_samples", "shifts", "shift_samples")}
     if settings_path.exists():
         before = json.loads(settings_path.read_text())
         old = {k: before.get(k) for k in fixed}
@@ -184,7 +289,8 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
     rows = _load_rows(rows_path)
     done = {(r["scenario"], r["seed"], r["method"]) for r in rows}
     presets = METHOD_PRESETS.get(cfg.dataset, {}) if cfg.presets else {}
-    jobs = len(cfg.seeds) * len(cfg.scenarios) * (len(cfg.methods) + 2)
+    refs = ["original", "retrain"] if cfg.retrain else ["original"]
+    jobs = len(cfg.seeds) * len(cfg.scenarios) * (len(cfg.methods) + len(refs))
     bar = tqdm(total=jobs, desc="bench", disable=not progress)
 
     def record(row: dict) -> None:
@@ -193,23 +299,31 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
             f.write(json.dumps(row) + "\n")
 
     for seed in cfg.seeds:
-        original = None
+        original, bank = None, None
         for label in cfg.scenarios:
             scenario = Scenario.parse(label)
             split = make_split(data.train[1], data.test[1], scenario, seed)
             parts = _split_data(data, split)
             base = {"dataset": cfg.dataset, "model": cfg.model, "scenario": scenario.label, "seed": seed,
                     "n_forget": len(split.forget), "n_retain": len(split.retain), "n_test": len(split.test)}
-            pending = [m for m in ["original", "retrain", *cfg.methods] if (scenario.label, seed, m) not in done]
-            bar.update(len(cfg.methods) + 2 - len(pending))
+            pending = [m for m in [*refs, *cfg.methods] if (scenario.label, seed, m) not in done]
+            bar.update(len(cfg.methods) + len(refs) - len(pending))
             if not pending:
                 continue
             if original is None:
                 original, orig_record = _original(cfg, data, seed, digest, progress)
+            shifted = None
+            if cfg.shifts:  # the same shifted data for every method: attacks target the original model
+                from .shift import make_shifted_splits
 
-            def evaluate(m, parts=parts, seed=seed) -> dict:
-                return unlearning_metrics(m, parts["forget"], parts["retain"], parts["test"], mia_feature=cfg.mia_feature,
-                                          mia_samples=cfg.mia_samples, seed=seed, device=cfg.device)
+                shifted = make_shifted_splits({k: parts[k] for k in ("forget", "retain", "test")}, cfg.shifts,
+                                              attack_model=original, mean=data.mean, std=data.std, seed=seed,
+                                              max_samples=cfg.shift_samples, device=cfg.device)
+
+            def evaluate(m, parts=_eval_parts(parts, cfg, seed), seed=seed, shifted=shifted) -> dict:
+                scores = unlearning_metrics(m, parts["forget"], parts["retain"], parts["test"], mia_feature=cfg.mia_feature,
+                                            mia_samples=cfg.mia_samples, seed=seed, device=cfg.device)
+                return {**scores, **_extra_metrics(m, parts, shifted, cfg)}
 
             for method in pending:
                 bar.set_postfix_str(f"{scenario.label} seed {seed} {method}")
@@ -225,14 +339,21 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
                     spec = get_method(name)
                     by_scenario = SCENARIO_PRESETS.get(scenario.kind, {}) if cfg.presets else {}
                     overrides = {**presets.get(name, {}), **by_scenario.get(name, {}), **overrides}
+                    overrides = {**_input_settings(spec, data), **overrides}
                     if "seed" in spec.config_cls.__dataclass_fields__:
                         overrides.setdefault("seed", seed)
+                    extra = {}
+                    if name == "forget_vector_compose" and not overrides.get("bank"):
+                        if bank is None:
+                            bank = _bank(cfg, data, original, seed, presets, progress)
+                        overrides["bank"] = bank[0]
+                        extra["bank_build_s"] = bank[1]
                     model = copy.deepcopy(original)
                     torch.manual_seed(seed)
-                    config = asdict(make_config(spec.config_cls, None, overrides, method=name))
+                    config = {**asdict(make_config(spec.config_cls, None, overrides, method=name)), **extra}
                     t0 = time.perf_counter()
                     try:
-                        spec(model, parts["forget"], parts["retain"], device=cfg.device, **overrides)
+                        model = spec(model, parts["forget"], parts["retain"], device=cfg.device, **overrides)
                     except (FloatingPointError, RuntimeError, ValueError) as err:
                         # A diverging method is a result, not a crash: record it and go on.
                         nan = float("nan")
@@ -241,6 +362,8 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
                         bar.update(1)
                         continue
                     rte = time.perf_counter() - t0
+                    if cfg.gradcam and seed == cfg.seeds[0]:
+                        _gradcam(cfg, data, parts, original, model, scenario.label, method, seed)
                     record({**base, "method": method, **evaluate(model), "RTE_s": rte, "config": config})
                 bar.update(1)
     bar.close()
@@ -261,6 +384,8 @@ def summarize(rows: list[dict], cfg: ClassifyBenchConfig) -> dict:
     """Aggregate rows over seeds (and over all single-class scenarios as ``class:*``) into the
     Markdown / CSV / JSON table; returns the report paths."""
     rows = _with_gaps(rows)
+    extra_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k == "PR" or "@" in k]
+    shift_keys = [k for k in extra_keys if "@" in k]
     groups: dict[tuple[str, str], list[dict]] = {}
     order = ["original", "retrain", *cfg.methods]
     for r in rows:
@@ -274,12 +399,19 @@ def summarize(rows: list[dict], cfg: ClassifyBenchConfig) -> dict:
         row = {"scenario": scen, "method": method, "n": len(rs), "seeds": sorted({r["seed"] for r in rs}),
                "config": {k: v for k, v in rs[0].get("config", {}).items() if k != "seed"},
                "errors": [r["error"] for r in rs if r.get("error")]}
-        for k in (*GAP_KEYS, "gap", "RTE_s"):
-            row[k] = mean_std([r[k] for r in rs if not r.get("error")])
+        for k in (*GAP_KEYS, "gap", "RTE_s", *extra_keys):
+            row[k] = mean_std([r[k] for r in rs if not r.get("error") and k in r])
         table.append(row)
     for row in table:
         row["failed"] = len(row["errors"])
     columns = ["scenario", "method", *GAP_KEYS, "gap", "RTE_s", "n", "failed"]
+    if shift_keys or any(k == "PR" for k in extra_keys):
+        pr_notes = ["PR = UA on unseen forget data: test images of the forgotten classes (class-wise only). "
+                    "UA@s / RA@s / TA@s = UA, RA and TA on the forget, retain and test sets under data shift s "
+                    f"(at most {cfg.shift_samples} samples per set; Gaussian noise std in pixels, elastic "
+                    "deformation, and L-inf PGD against the original model, so that every method sees the same data)."]
+        write_report(cfg.out_dir, "robustness", ["scenario", "method", "PR", *shift_keys, "n"], table, asdict(cfg),
+                     title=f"Unlearning under data shift: {cfg.dataset} / {cfg.model}", notes=pr_notes)
     notes = [
         "UA = 100 - accuracy on the forget set; RA = accuracy on the retain set; TA = test accuracy "
         "(class-wise: test set without the forgotten class); MIA = MIA-efficacy (SVC on "

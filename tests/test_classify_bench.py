@@ -54,3 +54,48 @@ def test_bench_config_rejects_bad_lists():
         ClassifyBenchConfig(methods=["finetune"])
     with pytest.raises(ValueError, match="reference"):
         ClassifyBenchConfig(methods=["retrain"])
+
+
+def test_bench_forget_vector_rows_bank_and_shifts(mnist_root, tmp_path, monkeypatch):
+    cfg = ClassifyBenchConfig(
+        data_root=str(mnist_root), scenarios=["class:3"], seeds=[0],
+        methods=["forget_vector:max_steps=15", "forget_vector_compose:max_steps=15"],
+        recipe={"epochs": 1, "max_steps": 40}, mia_samples=500, eval_samples=2000, out_dir=str(tmp_path / "fv"),
+        shifts=["gauss:0.2", "pgd:8/255,3"], shift_samples=200, gradcam=2,
+    )
+    # the bank's vectors are learned with the forget_vector preset; keep them short here
+    import evaluation.classify_bench as cb
+
+    monkeypatch.setitem(cb.METHOD_PRESETS["mnist"], "forget_vector", {"max_steps": 5})
+    rows = run_classify_bench(cfg, progress=False)
+    by = {r["method"]: r for r in rows}
+    fv, comp = by["forget_vector:max_steps=15"], by["forget_vector_compose:max_steps=15"]
+    assert fv["UA"] > by["original"]["UA"] + 20 and fv["config"]["clamp"] is True
+    assert 0 <= fv["PR"] <= 100 and by["original"]["PR"] < 20  # the original knows unseen 3s
+    assert {"UA@gauss:0.2", "RA@pgd:8/255,3", "TA@pgd:8/255,3"} <= set(fv)
+    assert by["original"]["RA@pgd:8/255,3"] < by["original"]["RA@gauss:0.2"]  # the attack hurts the model it targets
+    assert comp["config"]["bank"].endswith(".safetensors") and comp["config"]["bank_build_s"] > 0
+    assert (tmp_path / "fv" / "robustness.md").read_text().count("| class:3 |") == 4
+    from PIL import Image
+
+    grids = sorted(p.name for p in (tmp_path / "fv" / "gradcam").glob("*.png"))
+    assert grids == ["class-3_forget_vector-max_steps15.png", "class-3_forget_vector_compose-max_steps15.png"]
+    assert Image.open(tmp_path / "fv" / "gradcam" / grids[0]).size[1] > 4 * 96  # 4 rows of upscaled digits
+
+
+def test_bench_with_a_pretrained_original_and_no_retrain(mnist_root, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from classifiers.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "orig.safetensors"
+    save_file(build_model("small_cnn", 10, 1).state_dict(), str(path))
+    cfg = ClassifyBenchConfig(data_root=str(mnist_root), scenarios=["class:1"], methods=["unlink:variant=svd"],
+                              original=str(path), retrain=False, mia_samples=300, eval_samples=1000, out_dir=str(tmp_path / "r"))
+    rows = run_classify_bench(cfg, progress=False)
+    assert sorted(r["method"] for r in rows) == ["original", "unlink:variant=svd"]
+    assert rows[0]["config"]["checkpoint"]["checkpoint"] == str(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ClassifyBenchConfig(original=str(tmp_path / "missing.pt"))

@@ -54,6 +54,8 @@ def test_demo_on_real_data(shared_data, capsys):
         (["--methods", "ft:lr=fast"], "takes a float"),
         (["--recipe", "epochs=x"], "takes a int"),
         (["--data-root", "/nonexistent/mnist"], "does not exist"),
+        (["--shift", "blur:3"], "gauss"),
+        (["--original", "/nonexistent/weights.pt"], "does not exist"),
     ],
 )
 def test_bench_classify_bad_input_says_what_is_wrong(argv, message, tmp_path):
@@ -71,3 +73,20 @@ def test_bench_classify_runs_from_the_command_line(shared_data, tmp_path, capsys
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     ga = next(r for r in rows if r["method"].startswith("ga"))
     assert ga["config"]["lr"] == 0.001 and ga["config"]["epochs"] == 1 and ga["n_forget"] > 2000
+
+
+def test_vector_bank_from_the_command_line_resumes(shared_data, tmp_path, capsys):
+    argv = ["vector", "bank", "--data-root", str(shared_data / "mnist"), "--recipe", "epochs=1", "--recipe", "max_steps=30",
+            "--option", "max_steps=2", "--out", str(tmp_path / "b"), "--quiet"]
+    main(argv)
+    first = capsys.readouterr().out
+    assert "vector bank:" in first
+    from eraser.vectors import VectorBank
+
+    path = first.split("vector bank: ")[1].split(" (")[0]
+    bank = VectorBank.load(path)
+    assert bank.classes == list(range(10)) and bank.metadata["config"]["max_steps"] == 2
+    main(argv)  # resumes: nothing left to learn, the same file
+    assert path in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no option 'steps'"):
+        main([*argv[:-3], "--option", "steps=2", "--out", str(tmp_path / "c")])

@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     ascent,
     boundary,
     finetune,
+    forget_vector,
     grad_surgery,
     instance,
     iu,

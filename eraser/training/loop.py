@@ -19,7 +19,7 @@ from ..data import LabeledData, labeled_batches, to_model
 
 __all__ = ["TrainConfig", "Objective", "StepInfo", "fit", "SCHEDULES", "OPTIMIZERS", "AUGMENTATIONS"]
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "exponential")
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTATIONS = ("none", "crop_flip")
 
@@ -30,7 +30,8 @@ class TrainConfig:
 
     epochs: passes over the objective's driving stream (the first of its streams).
     max_steps: stop after this many optimiser steps in total (None: no limit).
-    schedule: learning-rate schedule over all steps: constant, cosine or linear decay to 0.
+    schedule: learning-rate schedule over all steps: constant, cosine or linear decay to 0, or
+        exponential (the rate is multiplied by ``lr_decay`` after every step).
     augment: ``"crop_flip"`` pads images by 4 pixels, crops them back at a random offset and
         flips half of them (the standard CIFAR recipe), on every training batch.
     """
@@ -42,6 +43,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "constant"
+    lr_decay: float = 0.9
     max_steps: int | None = None
     grad_clip: float | None = None
     augment: str = "none"
@@ -116,7 +118,10 @@ def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def _lr_factor(schedule: str, progress: float) -> float:
+def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    schedule, progress = cfg.schedule, step / max(1, total)
+    if schedule == "exponential":
+        return cfg.lr_decay**step
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "linear":
@@ -178,7 +183,7 @@ def fit(
                     batches = {driver: prep(batch)}
                     batches.update({s: prep(next(cycles[s])) for s in others})
                     for g in opt.param_groups:
-                        g["lr"] = cfg.lr * _lr_factor(cfg.schedule, step / max(1, total))
+                        g["lr"] = cfg.lr * _lr_factor(cfg, step, total)
                     opt.zero_grad(set_to_none=True)
                     try:
                         loss = objective.backward(model, batches, StepInfo(epoch, step, total))
