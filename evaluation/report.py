@@ -13,8 +13,9 @@ __all__ = ["mean_std", "format_cell", "write_report"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    values = [float(v) for v in values]
+    """Mean and sample standard deviation (0 for a single value); NaN values (metrics undefined
+    for a row, e.g. PR in random forgetting or the gap without a Retrain) are left out."""
+    values = [float(v) for v in values if not math.isnan(float(v))]
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0

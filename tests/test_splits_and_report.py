@@ -76,6 +76,8 @@ def test_cached_model_trains_once(tmp_path):
 
 def test_report_writes_markdown_csv_json(tmp_path):
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert mean_std([1.0, float("nan"), 3.0]) == (2.0, pytest.approx(2 ** 0.5))  # undefined values left out
+    assert all(v != v for v in mean_std([float("nan")]))
     rows = [{"method": "ft", "UA": (10.0, 1.0), "n": 3}, {"method": "ga", "UA": (20.0, 0.0), "n": 3}]
     paths = write_report(tmp_path, "t", ["method", "UA", "n"], rows, {"seeds": [0, 1, 2]}, notes=["a note"])
     md = paths["md"].read_text()
