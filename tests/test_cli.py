@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import eraser
 from apps.cli import main
