@@ -80,13 +80,90 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    """List the registered methods."""
+    """List the registered methods (classifier and diffusion families)."""
     import eraser
 
-    for name in eraser.list_methods():
-        spec = eraser.get_method(name)
-        kind = "training-free" if spec.training_free else "trained"
-        print(f"{name:16s} {kind:14s} {spec.summary}")
+    for family in ("classifier", "diffusion"):
+        print(f"# {family} (eraser {'erase' if family == 'diffusion' else 'bench classify'})")
+        for name in eraser.list_methods(family=family):
+            spec = eraser.get_method(name, family=family)
+            kind = "training-free" if spec.training_free else "trained"
+            print(f"{name:22s} {kind:14s} {spec.summary}")
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _load_pipeline(model: str, dtype: str | None, device: str | None):
+    """A pipeline from a hub id, a local folder, or ``random:<arch>`` (published config, random weights)."""
+    import torch
+
+    from eraser.families.architectures import build_pipeline, names
+    from eraser.families.diffusion import load_pipeline
+
+    dt = getattr(torch, _DTYPES[dtype]) if dtype else None
+    if model.startswith("random:"):
+        arch = model.split(":", 1)[1]
+        if arch not in names():
+            raise ValueError(f"unknown architecture {arch!r}; choose one of {names()}")
+        pipe = build_pipeline(arch, dtype=dt or torch.float32)
+        return pipe.to(device) if device else pipe
+    return load_pipeline(model, dtype=dt, device=device)
+
+
+def _concepts(args: argparse.Namespace) -> list:
+    from prompts import get_preset, load_prompts
+
+    items: list = list(args.concept or [])
+    for name in args.preset or []:
+        items += get_preset(name)
+    for path in args.concepts_csv or []:
+        items += load_prompts(path)
+    return items
+
+
+def cmd_erase(args: argparse.Namespace) -> None:
+    """Erase concepts from a text-to-image pipeline; write the patch (and optionally the erased pipeline)."""
+    import eraser
+    from eraser.registry import parse_options
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"eraser erase: {out} exists; pass --overwrite to replace it, or choose another --out.")
+    save_dir = Path(args.save_pipeline) if args.save_pipeline else None
+    if save_dir is not None:
+        model_dir = Path(args.model).expanduser()
+        if model_dir.exists() and save_dir.resolve() == model_dir.resolve():
+            raise SystemExit("eraser erase: --save-pipeline must not be the model's own folder (its files are never overwritten).")
+        if save_dir.exists() and any(save_dir.iterdir()) and not args.overwrite:
+            raise SystemExit(f"eraser erase: {save_dir} is not empty; pass --overwrite or choose another folder.")
+    try:
+        concepts = _concepts(args)
+        spec = eraser.get_method(args.method, family="diffusion")
+        options = parse_options(spec.config_cls, args.option or [], where="--option")
+        if args.template:
+            options["templates"] = tuple(args.template)
+        t0 = time.perf_counter()
+        pipe = _load_pipeline(args.model, args.dtype, args.device)
+        load_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        patch = eraser.erase_concepts(pipe, concepts, retain=args.retain, k=args.k, targets=args.targets,
+                                      method=args.method, device=args.device, progress=True, **options)
+        erase_s = time.perf_counter() - t1
+    except (ValueError, TypeError, FileNotFoundError, eraser.PatchError) as err:
+        raise SystemExit(f"eraser erase: {err}") from None
+    path = patch.save(out)
+    ranks = sorted({e.rank for e in patch.edits.values()})
+    print(f"erased {patch.metadata.get('concepts')} from {patch.metadata.get('base_model')} with {args.method} "
+          f"in {erase_s:.2f} s (loading took {load_s:.1f} s)")
+    print(f"layers edited: {len(patch.layers) + len(patch.parameters)} | rank {ranks} | "
+          f"retain: {patch.metadata.get('retain_source', 'user' if args.retain else 'none')}")
+    print(f"patch: {path} ({path.stat().st_size / 1024:.0f} KB)")
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        pipe.save_pretrained(save_dir)
+        (save_dir / "erasure_patch.json").write_text(json.dumps(patch.metadata, indent=2, default=str))
+        print(f"erased pipeline: {save_dir} (load it with DiffusionPipeline.from_pretrained)")
 
 
 def cmd_patch_info(args: argparse.Namespace) -> None:
@@ -188,6 +265,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--save", default=None, help="write the patch here (.safetensors)")
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("methods", help=cmd_methods.__doc__).set_defaults(func=cmd_methods)
+    er = sub.add_parser(
+        "erase", help=cmd_erase.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=cmd_erase.__doc__ + "\n\nExamples:\n"
+        "  eraser erase --model CompVis/stable-diffusion-v1-4 --preset nudity --out nudity.safetensors\n"
+        "  eraser erase --model ./my-sd --concept 'van gogh' --retain monet --retain picasso --out vangogh.safetensors\n"
+        "  eraser erase --model stabilityai/stable-diffusion-xl-base-1.0 --dtype fp16 --device cuda --concept church "
+        "--out church.safetensors --save-pipeline ./sdxl-no-church\n"
+        "  eraser erase --model random:tiny-sd --concept nude --out /tmp/p.safetensors   # no download: random weights",
+    )
+    er.add_argument("--model", required=True, help="hub id, local pipeline folder, or random:<arch> "
+                    "(sd-v1-4, sd-v2-1, sdxl-base-1.0, tiny-sd, tiny-sdxl: published config, random weights)")
+    er.add_argument("--concept", action="append", help="a word or prompt to erase (repeatable), e.g. --concept nude")
+    er.add_argument("--preset", action="append", help="concept preset (repeatable): nudity, imagenette, imagenette:<class>")
+    er.add_argument("--concepts-csv", action="append", help="prompt CSV whose rows are erased as whole prompts (repeatable)")
+    er.add_argument("--retain", action="append", help="a word or prompt to keep (repeatable); default: generic everyday subjects")
+    er.add_argument("--method", default="unlink", help="diffusion method id (see `eraser methods`; default unlink)")
+    er.add_argument("--k", type=int, default=None, help="rank removed per layer (default: chosen from the features)")
+    er.add_argument("--targets", default=None, help="cross_attn_kv (default), cross_attn_k, cross_attn_v, text_encoder_mlp, "
+                    "text_encoder_attn, or a regular expression over unet.*/text_encoder.* names")
+    er.add_argument("--template", action="append", help="template for concept words, with {} (repeatable), e.g. 'a photo of {}'")
+    er.add_argument("--option", action="append", help="a method setting as key=value (repeatable), e.g. ridge=0.05 or steps=200")
+    er.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="load the pipeline in this dtype (default: as saved)")
+    er.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: where the pipeline loads)")
+    er.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    er.add_argument("--save-pipeline", default=None, help="also write the whole erased pipeline here (save_pretrained)")
+    er.add_argument("--overwrite", action="store_true", help="replace an existing --out file / non-empty --save-pipeline folder")
+    er.set_defaults(func=cmd_erase)
     info = sub.add_parser("patch-info", help=cmd_patch_info.__doc__)
     info.add_argument("path")
     info.set_defaults(func=cmd_patch_info)

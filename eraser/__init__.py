@@ -7,9 +7,9 @@ The engine: capture a layer's input features (``capture``), find the forget subs
 __version__ = "0.1.0"
 
 from . import methods  # noqa: F401  (registers the methods)
-from .api import erase_classes
+from .api import erase_classes, erase_concepts
 from .capture import FeatureRows, GramAccumulator, capture_features, collect_features, collect_grams
-from .patch import ErasurePatch, LayerEdit, PatchError, fingerprint
+from .patch import ErasurePatch, LayerEdit, PatchError, as_module, fingerprint
 from .projection import project_out
 from .registry import get_method, list_methods, register_method
 from .subspace import Gram, Subspace, forget_basis, forget_subspace, rayleigh_basis, rayleigh_subspace
@@ -20,6 +20,7 @@ from .vectors import ForgetVector, VectorBank
 __all__ = [
     "__version__",
     "erase_classes",
+    "erase_concepts",
     "forget_basis",
     "forget_subspace",
     "rayleigh_basis",
@@ -34,6 +35,7 @@ __all__ = [
     "LayerEdit",
     "PatchError",
     "fingerprint",
+    "as_module",
     "Gram",
     "Subspace",
     "UnlinkConfig",

@@ -12,7 +12,7 @@ from .data import DataLike
 from .patch import ErasurePatch
 from .registry import get_method, make_config
 
-__all__ = ["erase_classes"]
+__all__ = ["erase_classes", "erase_concepts"]
 
 
 def erase_classes(
@@ -54,3 +54,38 @@ def erase_classes(
         return spec.fn(model, forget_data, retain_data, config=cfg, device=device, names=list(names or []), progress=progress)
     finally:
         model.to(home)
+
+
+def erase_concepts(
+    pipe: Any,
+    concepts: Any,
+    *,
+    retain: Any = None,
+    k: int | None = None,
+    targets: str | Sequence[str] | None = None,
+    method: str = "unlink",
+    templates: Sequence[str] | None = None,
+    config: Any = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    **options,
+) -> ErasurePatch:
+    """Erase ``concepts`` from a text-to-image pipeline (edited in place); returns the patch.
+
+    ``pipe``: a diffusers pipeline (SD 1.x/2.x, SDXL) or any object with ``unet`` and
+    ``tokenizer``/``text_encoder`` (and ``tokenizer_2``/``text_encoder_2``). ``concepts``: words
+    (expanded with ``templates``) or prompts / prompt-CSV rows (used as they are). ``retain``: words
+    or prompts to protect (the Rayleigh variant). ``targets``: ``"cross_attn_kv"`` (default), another
+    preset, a regex or a list of layer names. ``method``: a diffusion method id (``unlink``,
+    ``unlink_rayleigh``, ...; see ``eraser.list_methods(family="diffusion")``). Further ``options``
+    set fields of the method's config. On any error the pipeline is unchanged.
+    """
+    spec = get_method(method, family="diffusion")
+    if targets is not None:
+        options["layers"] = targets if isinstance(targets, str) else list(targets)
+    if k is not None:
+        options["k"] = k
+    if templates is not None:
+        options["templates"] = tuple([templates] if isinstance(templates, str) else templates)
+    cfg = make_config(spec.config_cls, config, options, method=method)
+    return spec.fn(pipe, concepts, retain, config=cfg, device=device, progress=progress)

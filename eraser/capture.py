@@ -22,9 +22,14 @@ __all__ = ["GramAccumulator", "FeatureRows", "capture_features", "collect_grams"
 
 
 class GramAccumulator:
-    """Accumulates ``X^T X`` of feature batches shaped (G, m, D) (torchmetrics-style)."""
+    """Accumulates ``X^T X`` of feature batches shaped (G, m, D) (torchmetrics-style).
 
-    def __init__(self) -> None:
+    ``row_mask``, when given, is called at each update and returns a boolean mask over the m rows
+    (e.g. which tokens of a batch of prompts carry a concept); only those rows are accumulated.
+    """
+
+    def __init__(self, row_mask: Callable[[], Tensor] | None = None) -> None:
+        self.row_mask = row_mask
         self.reset()
 
     def reset(self) -> None:
@@ -34,6 +39,11 @@ class GramAccumulator:
 
     def update(self, features: Tensor) -> None:
         f = features.detach()
+        if self.row_mask is not None:
+            mask = self.row_mask().reshape(-1).to(f.device)
+            if mask.numel() != f.shape[1]:
+                raise ValueError(f"row mask has {mask.numel()} entries for {f.shape[1]} feature rows")
+            f = f[:, mask]
         if not torch.isfinite(f).all():
             self.nonfinite = True
             return

@@ -4,6 +4,10 @@ A patch holds, per layer, the subspace (basis U, optional oblique dual V, streng
 undo factor A = W V diag(eta) of the model it was applied to: W* = W - A U^T, W = W* + A U^T.
 Patches applied to one model form a stack (kept on the model object), so reverting one that lies
 under others re-applies those above it: erase A, erase B, revert A leaves B erased.
+
+Trained methods that change whole parameters store them as dense ``deltas`` (new - old) in the
+same container. A patch applies to an ``nn.Module`` or to a pipeline-like object (diffusers): its
+``nn.Module`` components are addressed as ``"unet.…"``, ``"text_encoder.…"``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from torch import Tensor, nn
 from .layers import LayerKind, kind_by_name, layer_kind
 from .projection import apply_factor, edit_factor
 
-__all__ = ["LayerEdit", "ErasurePatch", "PatchError", "fingerprint"]
+__all__ = ["LayerEdit", "ErasurePatch", "PatchError", "fingerprint", "as_module"]
 
 FORMAT = "eraser.patch/1"
 FILENAME = "erasure_patch.safetensors"
 _STACK_ATTR = "_eraser_patch_stack"
+_VIEW_ATTR = "_eraser_module_view"
 
 
 class PatchError(ValueError):
@@ -56,6 +61,35 @@ def _modules(model: nn.Module) -> dict[str, nn.Module]:
     return dict(model.named_modules())
 
 
+def as_module(target: Any) -> nn.Module:
+    """``target`` itself if it is an ``nn.Module``; for a pipeline (an object with ``components``,
+    or with ``unet``/``text_encoder`` attributes) a module whose children are its ``nn.Module``
+    components, so that layers are named ``"unet.…"``, ``"text_encoder_2.…"``. The view is cached on
+    the pipeline (patch stacks live on it) and rebuilt if a component is replaced."""
+    if isinstance(target, nn.Module):
+        return target
+    comps = getattr(target, "components", None)
+    if not isinstance(comps, dict):
+        comps = {n: getattr(target, n, None) for n in ("unet", "transformer", "text_encoder", "text_encoder_2", "vae")}
+    comps = {n: m for n, m in comps.items() if isinstance(m, nn.Module)}
+    if not comps:
+        raise TypeError(
+            f"expected an nn.Module or a pipeline with nn.Module components (unet, text_encoder, ...); "
+            f"got {type(target).__name__}"
+        )
+    view = target.__dict__.get(_VIEW_ATTR)
+    if view is None or dict(view.items()) != comps:
+        view = nn.ModuleDict(comps)
+        target.__dict__[_VIEW_ATTR] = view
+    return view
+
+
+def _hash_tensor(h: Any, label: str, t: Tensor) -> None:
+    t = t.detach()
+    h.update(f"{label}:{tuple(t.shape)}:{t.dtype}".encode())
+    h.update(memoryview(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy()))
+
+
 def fingerprint(model: nn.Module, names: list[str]) -> str:
     """SHA-256 over the names, shapes, dtypes and bytes of the named layers' edited weights."""
     h = hashlib.sha256()
@@ -66,9 +100,15 @@ def fingerprint(model: nn.Module, names: list[str]) -> str:
         if kind is None:
             h.update(f"{name}:missing".encode())
             continue
-        w = kind.weight(mod).detach()
-        h.update(f"{name}:{kind.name}:{tuple(w.shape)}:{w.dtype}".encode())
-        h.update(w.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        _hash_tensor(h, f"{name}:{kind.name}", kind.weight(mod))
+    return h.hexdigest()
+
+
+def parameters_fingerprint(named: dict[str, Tensor], layers_fingerprint: str = "") -> str:
+    """Fingerprint of whole parameters (dense edits), combined with that of the low-rank layers."""
+    h = hashlib.sha256(layers_fingerprint.encode())
+    for name in sorted(named):
+        _hash_tensor(h, name, named[name])
     return h.hexdigest()
 
 
@@ -78,28 +118,77 @@ class ErasurePatch:
 
     edits: dict[str, LayerEdit]
     metadata: dict[str, Any] = field(default_factory=dict)
+    deltas: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metadata.setdefault("id", uuid.uuid4().hex)
         self.metadata.setdefault("format", FORMAT)
+        self._originals: dict[str, Tensor] = {}  # exact pre-edit values of dense parameters (memory only)
 
     # -- inspection -------------------------------------------------------------------------
     @property
     def layers(self) -> list[str]:
+        """Layers with a low-rank edit."""
         return list(self.edits)
+
+    @property
+    def parameters(self) -> list[str]:
+        """Parameters with a dense edit (trained methods)."""
+        return list(self.deltas)
 
     def __repr__(self) -> str:
         ranks = {n: e.rank for n, e in self.edits.items()}
-        return f"ErasurePatch(method={self.metadata.get('method')!r}, names={self.metadata.get('names')}, ranks={ranks})"
+        dense = f", dense={len(self.deltas)} parameters" if self.deltas else ""
+        return f"ErasurePatch(method={self.metadata.get('method')!r}, names={self.metadata.get('names')}, ranks={ranks}{dense})"
 
     def num_parameters(self) -> int:
-        """Numbers stored by the patch (basis, dual, eta and undo factors)."""
-        return sum(t.numel() for e in self.edits.values() for t in (e.basis, e.eta, e.dual, e.undo) if t is not None)
+        """Numbers stored by the patch (basis, dual, eta, undo factors and dense deltas)."""
+        low_rank = sum(t.numel() for e in self.edits.values() for t in (e.basis, e.eta, e.dual, e.undo) if t is not None)
+        return low_rank + sum(t.numel() for t in self.deltas.values())
+
+    def fingerprint_of(self, model: Any) -> str:
+        """The fingerprint of the weights this patch edits, as they are in ``model`` now."""
+        model = as_module(model)
+        base = fingerprint(model, self.layers)
+        if not self.deltas:
+            return base
+        params = dict(model.named_parameters())
+        return parameters_fingerprint({n: params[n] for n in self.deltas if n in params}, base)
+
+    @classmethod
+    def from_changes(cls, model: Any, before: dict[str, Tensor], metadata: dict[str, Any], atol: float = 0.0) -> ErasurePatch:
+        """The dense patch that turns parameters ``before`` (name -> old value) into ``model``'s current
+        ones, registered as applied to ``model``. Unchanged parameters are left out."""
+        module = as_module(model)
+        params = dict(module.named_parameters())
+        unknown = sorted(set(before) - set(params))
+        if unknown:
+            raise PatchError(f"parameters {unknown[:5]} are not in the model")
+        deltas, originals = {}, {}
+        for name, old in before.items():
+            new = params[name].detach()
+            d = new.to("cpu", torch.float32) - old.to("cpu", torch.float32)
+            if d.abs().max() > atol:
+                deltas[name] = d
+                originals[name] = old.detach().clone()
+        patch = cls(edits={}, metadata=dict(metadata), deltas=deltas)
+        patch.metadata["base_fingerprint"] = parameters_fingerprint({n: originals[n] for n in deltas}, fingerprint(module, []))
+        patch.metadata["applied_fingerprint"] = patch.fingerprint_of(module)
+        patch._originals = originals
+        cls._stack(module).append(patch)
+        return patch
 
     # -- model edits --------------------------------------------------------------------------
     def _check_architecture(self, model: nn.Module) -> dict[str, nn.Module]:
         mods = _modules(model)
         problems = []
+        if self.deltas:
+            params = dict(model.named_parameters())
+            for name, d in self.deltas.items():
+                if name not in params:
+                    problems.append(f"parameter {name!r} does not exist")
+                elif tuple(params[name].shape) != tuple(d.shape):
+                    problems.append(f"parameter {name!r} has shape {tuple(params[name].shape)}, the patch expects {tuple(d.shape)}")
         for name, e in self.edits.items():
             mod = mods.get(name)
             kind = layer_kind(mod) if mod is not None else None
@@ -130,8 +219,16 @@ class ErasurePatch:
                 return i
         return None
 
-    def _edit_weights(self, mods: dict[str, nn.Module], undo: bool) -> None:
-        """Compute every new weight first, then assign them all (no partial edits on error)."""
+    def _edit_weights(self, model: nn.Module, undo: bool) -> None:
+        """Compute every new weight first, then assign them all (no partial edits on error).
+
+        Reverting restores the exact original weights kept in memory when the model still holds
+        exactly this patch's result (checked by fingerprint); otherwise it adds the undo factors
+        back, which is exact up to rounding and keeps any later change to the weights.
+        """
+        mods = self._check_architecture(model)
+        exact = undo and bool(self._originals) and self.fingerprint_of(model) == self.metadata.get("applied_fingerprint")
+        params = dict(model.named_parameters()) if self.deltas else {}
         new: dict[str, Tensor] = {}
         factors: dict[str, Tensor] = {}
         for name, e in self.edits.items():
@@ -139,6 +236,9 @@ class ErasurePatch:
             w = kind.as_matrix(mod).detach()
             if not torch.isfinite(w).all():
                 raise PatchError(f"the weight of layer {name!r} contains NaN or Inf; refusing to edit it.")
+            if exact and name in self._originals:
+                new[name] = self._originals[name]
+                continue
             if undo:
                 if e.undo is None:
                     raise PatchError(f"patch has no undo factor for {name!r}; it was never applied.")
@@ -150,52 +250,71 @@ class ErasurePatch:
             factors[name] = a
             if not torch.isfinite(new[name]).all():
                 raise PatchError(f"editing layer {name!r} produced NaN or Inf (weight dtype overflow?).")
+        for name, d in self.deltas.items():
+            p = params[name].detach()
+            if exact and name in self._originals:
+                new[name] = self._originals[name]
+                continue
+            new[name] = (p.to(torch.float32) + (-1.0 if undo else 1.0) * d.to(p.device)).to(p.dtype)
+            if not torch.isfinite(new[name]).all():
+                raise PatchError(f"editing parameter {name!r} produced NaN or Inf.")
         with torch.no_grad():
             for name, e in self.edits.items():
                 mod, kind = mods[name], e._kind()
-                kind.weight(mod).copy_(kind.from_matrix(mod, new[name]))
+                weight = kind.weight(mod)
                 if not undo:
+                    self._originals[name] = weight.detach().clone()
                     e.undo = factors[name].detach().to("cpu")
+                weight.copy_(new[name].reshape(weight.shape))
+            for name in self.deltas:
+                if not undo:
+                    self._originals[name] = params[name].detach().clone()
+                params[name].copy_(new[name])
+            if undo:
+                self._originals = {}
 
-    def apply(self, model: nn.Module, force: bool = False) -> nn.Module:
-        """Edit ``model`` in place. Refuses a model whose weights differ from the patch's base
-        model (``force=True`` applies the same subspace removal to them anyway)."""
-        mods = self._check_architecture(model)
+    def apply(self, model: Any, force: bool = False, *, _fingerprint: str | None = None) -> Any:
+        """Edit ``model`` (an nn.Module or a pipeline) in place and return it. Refuses a model whose
+        weights differ from the patch's base model (``force=True`` applies the same edit anyway)."""
+        target, model = model, as_module(model)
+        self._check_architecture(model)
         if self._position(model) is not None:
             raise PatchError("this patch is already applied to this model; revert it first.")
         expected = self.metadata.get("base_fingerprint")
-        if expected and not force and fingerprint(model, self.layers) != expected:
+        if expected and not force and (_fingerprint or self.fingerprint_of(model)) != expected:
+            base = self.metadata.get("base_model")
             raise PatchError(
                 "the model's weights differ from those the patch was made for (fingerprint mismatch): "
-                "it may be another checkpoint, or other edits were applied since. Pass force=True "
-                "to apply the same subspace removal anyway."
+                f"it may be another checkpoint{f' than {base!r}' if base else ''}, or other edits were "
+                "applied since. Pass force=True to apply the same edit anyway."
             )
-        self._edit_weights(mods, undo=False)
-        self.metadata["applied_fingerprint"] = fingerprint(model, self.layers)
+        self._edit_weights(model, undo=False)
+        self.metadata["applied_fingerprint"] = self.fingerprint_of(model)
         self._stack(model).append(self)
-        return model
+        return target
 
-    def revert(self, model: nn.Module) -> nn.Module:
+    def revert(self, model: Any) -> Any:
         """Undo this patch on ``model``; patches applied after it stay applied."""
-        mods = self._check_architecture(model)
+        target, model = model, as_module(model)
+        self._check_architecture(model)
         pos = self._position(model)
         stack = self._stack(model)
         if pos is None:
             # A model loaded afresh with this patch's edit baked in: revert only if it is exactly
             # the edited model.
-            if fingerprint(model, self.layers) != self.metadata.get("applied_fingerprint"):
+            if self.fingerprint_of(model) != self.metadata.get("applied_fingerprint"):
                 raise PatchError("this patch is not applied to this model, so there is nothing to revert.")
-            self._edit_weights(mods, undo=True)
-            return model
+            self._edit_weights(model, undo=True)
+            return target
         above = stack[pos + 1 :]
         for p in reversed(above):
-            p._edit_weights(p._check_architecture(model), undo=True)
-        self._edit_weights(mods, undo=True)
+            p._edit_weights(model, undo=True)
+        self._edit_weights(model, undo=True)
         del stack[pos]
         for p in above:  # re-apply on the restored weights; their undo factors are recomputed
-            p._edit_weights(p._check_architecture(model), undo=False)
-            p.metadata["applied_fingerprint"] = fingerprint(model, p.layers)
-        return model
+            p._edit_weights(model, undo=False)
+            p.metadata["applied_fingerprint"] = p.fingerprint_of(model)
+        return target
 
     # -- files --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -206,15 +325,28 @@ class ErasurePatch:
         if path.is_dir() or path.suffix == "":
             path.mkdir(parents=True, exist_ok=True)
             path = path / FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, Tensor] = {}
         layers = {}
+        shared: dict[int, str] = {}  # layers fitted on the same features share one basis: store it once
         for i, (name, e) in enumerate(self.edits.items()):
+            spec: dict[str, Any] = {"name": name, "kind": e.kind, "shape": list(e.shape)}
             for part in ("basis", "eta", "dual", "undo"):
                 t = getattr(e, part)
-                if t is not None:
-                    tensors[f"{i}.{part}"] = t.detach().to("cpu").contiguous()
-            layers[str(i)] = {"name": name, "kind": e.kind, "shape": list(e.shape)}
-        header = {"eraser": json.dumps({"metadata": self.metadata, "layers": layers})}
+                if t is None:
+                    continue
+                if part != "undo" and id(t) in shared:
+                    spec[part] = shared[id(t)]
+                    continue
+                key = f"{i}.{part}"
+                # The undo factor only serves to revert a model saved with the edit baked in;
+                # float32 halves the file at a relative error of about 1e-7.
+                tensors[key] = t.detach().to("cpu", torch.float32 if part == "undo" else t.dtype).contiguous()
+                shared[id(t)] = key
+            layers[str(i)] = spec
+        for j, (name, d) in enumerate(self.deltas.items()):
+            tensors[f"delta.{j}"] = d.detach().to("cpu").contiguous()
+        header = {"eraser": json.dumps({"metadata": self.metadata, "layers": layers, "deltas": list(self.deltas)})}
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata=header)
         tmp.replace(path)  # never leave a half-written patch under the final name
@@ -238,24 +370,40 @@ class ErasurePatch:
             metadata, layers = info["metadata"], info["layers"]
             edits = {}
             for i, spec in sorted(layers.items(), key=lambda kv: int(kv[0])):
+
+                def part(name: str, i: str = i, spec: dict = spec) -> Tensor | None:
+                    return tensors[spec[name]] if name in spec else tensors.get(f"{i}.{name}")
+
                 e = LayerEdit(
                     name=spec["name"],
                     kind=kind_by_name(spec["kind"]).name,
                     shape=tuple(int(s) for s in spec["shape"]),
-                    basis=tensors[f"{i}.basis"],
-                    eta=tensors[f"{i}.eta"],
-                    dual=tensors.get(f"{i}.dual"),
-                    undo=tensors.get(f"{i}.undo"),
+                    basis=part("basis"),
+                    eta=part("eta"),
+                    dual=part("dual"),
+                    undo=part("undo"),
                 )
                 _validate_edit(e)
                 edits[e.name] = e
+            deltas = {name: tensors[f"delta.{j}"] for j, name in enumerate(info.get("deltas", []))}
+            if not all(torch.isfinite(d).all() for d in deltas.values()):
+                raise PatchError("dense deltas contain NaN or Inf")
         except PatchError:
             raise
         except Exception as err:  # safetensors, JSON and key errors all mean the same thing here
             raise PatchError(f"{path} is not a readable erasure patch (corrupt or truncated?): {err}") from None
         if metadata.get("format") != FORMAT:
             raise PatchError(f"{path} has format {metadata.get('format')!r}; this version reads {FORMAT!r}")
-        return cls(edits=edits, metadata=metadata)
+        return cls(edits=edits, metadata=metadata, deltas=deltas)
+
+
+    # diffusers-style names for the same two operations
+    save_pretrained = save
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> ErasurePatch:
+        """Same as :meth:`load` (a file, or a folder holding ``erasure_patch.safetensors``)."""
+        return cls.load(path)
 
 
 def _validate_edit(e: LayerEdit) -> None:

@@ -23,6 +23,7 @@ class MethodSpec:
     training_free: bool
     summary: str
     needs_retain: bool = False
+    family: str = "classifier"
 
     def __call__(
         self,
@@ -44,6 +45,11 @@ class MethodSpec:
         from .data import num_samples
         from .patch import ErasurePatch
 
+        if self.family == "diffusion":
+            from .api import erase_concepts
+
+            return erase_concepts(model, forget, retain=retain, method=self.name, config=config,
+                                  device=device, progress=progress, **overrides)
         cfg = make_config(self.config_cls, config, overrides, method=self.name)
         if num_samples(forget) == 0:
             raise ValueError(f"method {self.name!r}: the forget set is empty")
@@ -61,33 +67,43 @@ class MethodSpec:
         return model if out is None or isinstance(out, ErasurePatch) else out
 
 
-_METHODS: dict[str, MethodSpec] = {}
+FAMILIES = ("classifier", "diffusion")
+_METHODS: dict[tuple[str, str], MethodSpec] = {}
 
 
-def register_method(name: str, *, config: type, training_free: bool, needs_retain: bool = False) -> Callable:
-    """Decorator registering ``fn`` under ``name``; its docstring's first line is the summary."""
+def register_method(
+    name: str, *, config: type, training_free: bool, needs_retain: bool = False, family: str = "classifier"
+) -> Callable:
+    """Decorator registering ``fn`` under ``name`` for a model ``family`` (``"classifier"``:
+    ``fn(model, forget, retain, ...)``; ``"diffusion"``: ``fn(pipe, concepts, retain, ...) -> ErasurePatch``).
+    Its docstring's first line is the summary. One id may serve several families (``unlink``)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}; got {family!r}")
 
     def deco(fn: Callable) -> Callable:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered")
+        if (family, name) in _METHODS:
+            raise ValueError(f"method {name!r} is already registered for {family}")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _METHODS[name] = MethodSpec(name, fn, config, training_free, summary, needs_retain)
+        _METHODS[(family, name)] = MethodSpec(name, fn, config, training_free, summary, needs_retain, family)
         return fn
 
     return deco
 
 
-def list_methods(training_free: bool | None = None) -> list[str]:
-    """Names of the registered methods (optionally only training-free or only trained ones)."""
-    return sorted(n for n, s in _METHODS.items() if training_free is None or s.training_free == training_free)
+def list_methods(training_free: bool | None = None, family: str = "classifier") -> list[str]:
+    """Names of the methods registered for ``family`` (optionally only training-free or only trained ones)."""
+    return sorted(n for (f, n), s in _METHODS.items()
+                  if f == family and (training_free is None or s.training_free == training_free))
 
 
-def get_method(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` registered as ``name``."""
+def get_method(name: str, family: str = "classifier") -> MethodSpec:
+    """The :class:`MethodSpec` registered as ``name`` for ``family``."""
     try:
-        return _METHODS[name]
+        return _METHODS[(family, name)]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; available: {list_methods()}") from None
+        others = [f for f in FAMILIES if (f, name) in _METHODS]
+        hint = f" ({name!r} is a {others[0]} method)" if others else ""
+        raise ValueError(f"unknown method {name!r} for {family} models{hint}; available: {list_methods(family=family)}") from None
 
 
 def make_config(config_cls: type, config: Any = None, overrides: dict[str, Any] | None = None, method: str = "") -> Any:
@@ -135,6 +151,8 @@ def _convert(text: str, default: Any, name: str) -> Any:
     """A command-line value as the type of the field's default (no ``eval``)."""
     if text.lower() == "none":
         return None
+    if isinstance(default, (tuple, list)):  # e.g. templates=a photo of {}|a painting of {}
+        return type(default)(p.strip() for p in text.split("|"))
     if isinstance(default, bool):
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"option {name} takes true/false; got {text!r}")
@@ -163,8 +181,8 @@ def parse_options(config_cls: type, items: list[str], where: str = "") -> dict[s
     return options
 
 
-def parse_method(text: str) -> tuple[str, dict[str, Any]]:
+def parse_method(text: str, family: str = "classifier") -> tuple[str, dict[str, Any]]:
     """``"ft:lr=0.02,epochs=5"`` -> ``("ft", {"lr": 0.02, "epochs": 5})``, typed by the config's
     fields; unknown methods and options are errors."""
     name, _, rest = text.strip().partition(":")
-    return name, parse_options(get_method(name).config_cls, rest.split(","), where=text)
+    return name, parse_options(get_method(name, family).config_cls, rest.split(","), where=text)

@@ -89,3 +89,44 @@ def test_vector_bank_from_the_command_line_resumes(shared_data, tmp_path, capsys
     assert path in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no option 'steps'"):
         main([*argv[:-3], "--option", "steps=2", "--out", str(tmp_path / "c")])
+
+
+def test_erase_writes_a_patch_and_an_erased_pipeline(tmp_path, capsys):
+    out, folder = tmp_path / "nude.safetensors", tmp_path / "erased"
+    main(["erase", "--model", "random:tiny-sd", "--concept", "nude", "--preset", "imagenette:tench",
+          "--retain", "a woman", "--k", "2", "--template", "{}", "--template", "a photo of {}",
+          "--out", str(out), "--save-pipeline", str(folder)])
+    text = capsys.readouterr().out
+    assert "erased ['nude', 'tench']" in text and "rank [2]" in text
+    patch = eraser.ErasurePatch.load(out)
+    assert patch.metadata["retain"] == ["a woman"] and patch.metadata["config"]["templates"] == ["{}", "a photo of {}"]
+    # the saved pipeline loads offline, holds the erased weights, and the patch reverts it
+    from eraser.families.architectures import build_pipeline
+    from eraser.families.diffusion import load_pipeline
+
+    erased = load_pipeline(str(folder))
+    base = build_pipeline("tiny-sd")
+    patch.apply(base)
+    mods = dict(eraser.as_module(erased).named_modules())
+    for name in patch.layers:
+        assert (mods[name].weight - dict(eraser.as_module(base).named_modules())[name].weight).abs().max() < 1e-6
+    patch.revert(erased)
+    assert patch.fingerprint_of(erased) == patch.metadata["base_fingerprint"]
+
+
+def test_erase_refuses_to_overwrite_and_bad_models(tmp_path):
+    out = tmp_path / "p.safetensors"
+    out.write_bytes(b"keep me")
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(["erase", "--model", "random:tiny-sd", "--concept", "nude", "--out", str(out)])
+    assert out.read_bytes() == b"keep me"
+    new = tmp_path / "new.safetensors"
+    for model, msg in [(str(tmp_path / "missing"), "no pipeline folder"), (str(tmp_path), "model_index.json"),
+                       ("random:sd-v9", "unknown architecture"), ("org/not-cached-model", "offline")]:
+        with pytest.raises(SystemExit, match=msg):
+            main(["erase", "--model", model, "--concept", "nude", "--out", str(new)])
+    assert not new.exists()
+    with pytest.raises(SystemExit, match="no option 'nope'"):
+        main(["erase", "--model", "random:tiny-sd", "--concept", "nude", "--option", "nope=1", "--out", str(new)])
+    with pytest.raises(SystemExit, match="empty"):
+        main(["erase", "--model", "random:tiny-sd", "--out", str(new)])

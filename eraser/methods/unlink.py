@@ -158,16 +158,23 @@ def unlink_from_grams(
     _check_weights(targets)
     t0 = time.perf_counter()
     edits = {}
+    # Layers fed the same statistics (e.g. every cross-attention K/V of a UNet) share one fit,
+    # and one basis tensor, which the patch file then stores once.
+    fitted: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor | None]] = {}
     for name, mod in targets.items():
         kind = layer_kind(mod)
-        subs = []
-        for g, fg in enumerate(forget[name]):
-            try:
-                subs.append(fit_subspace(fg, retain[name][g] if retain else None, cfg))
-            except ValueError as err:
-                raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
-        basis, eta, dual = _stack(subs)
+        key = tuple(id(g) for g in forget[name]) + tuple(id(g) for g in (retain[name] if retain else ()))
+        if key not in fitted:
+            subs = []
+            for g, fg in enumerate(forget[name]):
+                try:
+                    subs.append(fit_subspace(fg, retain[name][g] if retain else None, cfg))
+                except ValueError as err:
+                    raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
+            fitted[key] = _stack(subs)
+        basis, eta, dual = fitted[key]
         edits[name] = LayerEdit(name, kind.name, tuple(kind.weight(mod).shape), basis, eta, dual)
+    base_fingerprint = fingerprint(model, list(targets))
     patch = ErasurePatch(
         edits,
         metadata={
@@ -177,12 +184,12 @@ def unlink_from_grams(
             "names": list(names) if names else [],
             "layers": list(targets),
             "base_model": type(model).__name__,
-            "base_fingerprint": fingerprint(model, list(targets)),
+            "base_fingerprint": base_fingerprint,
             "library_version": _version(),
         },
     )
     t1 = time.perf_counter()
-    patch.apply(model)
+    patch.apply(model, _fingerprint=base_fingerprint)  # the weights were hashed just above
     t2 = time.perf_counter()
     patch.metadata["timing_s"] = {"fit": t1 - t0, "apply": t2 - t1}
     return patch

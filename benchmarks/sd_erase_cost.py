@@ -1,0 +1,199 @@
+"""What erasing a concept costs on the real Stable Diffusion architectures (random weights: no SD
+weights exist offline; timing and memory depend on shapes, not on weight values).
+
+    python benchmarks/sd_erase_cost.py --arch sd-v1-4 --out docs/results/sd_erase/sd-v1-4.json
+    python benchmarks/sd_erase_cost.py --arch sdxl-base-1.0 --dtype bfloat16 --out docs/results/sd_erase/sdxl.json
+
+Measures, in one run on one pipeline (model building excluded):
+- Unlink erase time per concept (text encoding of its prompts included): the first erasure on a
+  pipeline (which also encodes the generic retain set once) and the median of later ones, for the
+  default (Rayleigh with the generic retain set) and the retain-free SVD variant;
+- the peak extra resident memory during a (later) erasure, against the model's size;
+- one UNet forward pass at the architecture's resolution (batch 1), and the cheapest optimisation
+  step of ESD (esd_x, with ``--esd``): no DDIM sampling of x_t, only its forward/backward passes;
+- the patch file size against the UNet's;
+- the UNet step at generation (batch 2, classifier-free guidance) before and after erasure
+  (interleaved), whose ratio shows whether erasure adds inference cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+import eraser
+from eraser.families.architectures import architecture, build_pipeline
+
+CONCEPTS = ["nude", "church", "van gogh", "parachute", "garbage truck", "tench"]
+
+
+class PeakRSS:
+    """Samples this process's resident memory every few milliseconds while active."""
+
+    def __init__(self, every_s: float = 0.002) -> None:
+        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.every_s)
+
+    def __enter__(self) -> PeakRSS:
+        self.base = self.rss()
+        self.peak = self.base
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def module_bytes(*mods: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
+
+
+@torch.no_grad()
+def unet_inputs(pipe, batch: int, dtype: torch.dtype) -> tuple:
+    unet = pipe.unet
+    size = unet.config.sample_size
+    latents = torch.randn(batch, unet.config.in_channels, size, size, dtype=dtype)
+    text = torch.randn(batch, 77, unet.config.cross_attention_dim, dtype=dtype)
+    kw = {}
+    if getattr(unet.config, "addition_embed_type", None) == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        res = size * 8
+        kw["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, dtype=dtype),
+            "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * batch, dtype=dtype),
+        }
+    return latents, torch.tensor(500), text, kw
+
+
+@torch.no_grad()
+def unet_forward_s(pipe, inputs: tuple) -> float:
+    latents, t, text, kw = inputs
+    t0 = time.perf_counter()
+    pipe.unet(latents, t, encoder_hidden_states=text, **kw)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="sd-v1-4")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--repeats", type=int, default=3, help="UNet forward passes per measurement (default 3)")
+    ap.add_argument("--esd", action="store_true", help="also time one ESD step (esd_x)")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+
+    t0 = time.perf_counter()
+    comps = tuple(n for n in ("unet", "text_encoder", "text_encoder_2") if n in architecture(args.arch))  # no VAE
+    pipe = build_pipeline(args.arch, dtype=dtype, components=comps)
+    build_s = time.perf_counter() - t0
+    text_encoders = [m for n, m in eraser.as_module(pipe).items() if n.startswith("text_encoder")]
+    model_bytes = module_bytes(pipe.unet, *text_encoders)
+    unet_bytes = module_bytes(pipe.unet)
+    res = {"arch": args.arch, "dtype": args.dtype, "torch_threads": torch.get_num_threads(),
+           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "build_s": build_s,
+           "model_bytes": model_bytes, "unet_bytes": unet_bytes, "date": time.strftime("%Y-%m-%d")}
+
+    # -- erase time ---------------------------------------------------------------------------
+    for variant in ("auto", "svd"):
+        times, parts = [], []
+        for concept in CONCEPTS:
+            t0 = time.perf_counter()
+            patch = eraser.erase_concepts(pipe, concept, variant=variant)
+            times.append(time.perf_counter() - t0)
+            parts.append(patch.metadata["timing_s"])
+            patch.revert(pipe)
+        res[f"erase_{variant}"] = {"first_s": times[0], "later_median_s": statistics.median(times[1:]),
+                                   "later_s": times[1:], "parts_last": parts[-1], "rank": patch.edits[patch.layers[0]].rank,
+                                   "layers": len(patch.layers)}
+    # -- memory of a (later) erasure ------------------------------------------------------------
+    with PeakRSS() as mem:
+        patch = eraser.erase_concepts(pipe, "nude")
+    res["erase_peak_extra_bytes"] = mem.peak - mem.base
+    res["erase_peak_extra_pct_of_model"] = 100 * (mem.peak - mem.base) / model_bytes
+    with tempfile.TemporaryDirectory() as d:
+        path = patch.save(Path(d) / "nude.safetensors")
+        res["patch_bytes"] = path.stat().st_size
+    res["patch_pct_of_unet"] = 100 * res["patch_bytes"] / unet_bytes
+    patch.revert(pipe)
+
+    # -- UNet forward and generation step before/after ----------------------------------------------
+    one = unet_inputs(pipe, 1, dtype)
+    unet_forward_s(pipe, one)  # warm-up
+    res["unet_forward_s"] = statistics.median(unet_forward_s(pipe, one) for _ in range(args.repeats))
+    two = unet_inputs(pipe, 2, dtype)
+    before, after = [], []
+    for _ in range(args.repeats):
+        before.append(unet_forward_s(pipe, two))
+        p = eraser.erase_concepts(pipe, "nude")
+        after.append(unet_forward_s(pipe, two))
+        p.revert(pipe)
+    res["gen_step_before_s"], res["gen_step_after_s"] = statistics.median(before), statistics.median(after)
+    res["gen_step_ratio"] = res["gen_step_after_s"] / res["gen_step_before_s"]
+    res["erase_over_unet_forward"] = res["erase_auto"]["later_median_s"] / res["unet_forward_s"]
+
+    if args.esd and "esd_x" in eraser.list_methods(family="diffusion"):
+        res["esd"] = esd_step(pipe)
+        res["erase_over_esd_step"] = res["erase_auto"]["later_median_s"] / res["esd"]["step_s"]
+
+    print(table(res))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+def esd_step(pipe) -> dict:
+    """One esd_x optimisation step at its cheapest (ddim_steps=1: x_t needs no sampling, leaving the
+    trained forward + backward and the two frozen predictions); its changes are reverted. A real
+    ESD step also samples x_t over k ~ U[0, 50) DDIM steps with guidance."""
+    t0 = time.perf_counter()
+    patch = eraser.erase_concepts(pipe, "nude", method="esd_x", steps=1, ddim_steps=1)
+    total = time.perf_counter() - t0
+    patch.revert(pipe)
+    timing = patch.metadata.get("timing_s", {})
+    return {"total_s": total, "timing_s": timing, "step_s": timing.get("train", total)}
+
+
+def table(r: dict) -> str:
+    mb = 1 / 2**20
+    rows = [
+        ("architecture", f"{r['arch']} ({r['dtype']}, random weights; UNet + text encoders {r['model_bytes'] * mb:,.0f} MB)"),
+        ("Unlink erase, one concept: median of later erasures", f"{r['erase_auto']['later_median_s']:.3f} s (rank {r['erase_auto']['rank']}, {r['erase_auto']['layers']} K/V layers)"),
+        ("Unlink erase, first on this pipeline (+ generic retain set)", f"{r['erase_auto']['first_s']:.3f} s"),
+        ("Unlink SVD variant (no retain), median", f"{r['erase_svd']['later_median_s']:.3f} s"),
+        ("UNet forward, batch 1", f"{r['unet_forward_s']:.3f} s"),
+        ("erase / UNet forward", f"{r['erase_over_unet_forward']:.3f}"),
+        ("peak extra memory during erasure", f"{r['erase_peak_extra_bytes'] * mb:,.0f} MB = {r['erase_peak_extra_pct_of_model']:.1f}% of the model"),
+        ("patch file, one concept", f"{r['patch_bytes'] / 1024:,.0f} KB = {r['patch_pct_of_unet']:.4f}% of the UNet ({r['unet_bytes'] * mb:,.0f} MB)"),
+        ("generation step (UNet, batch 2) before / after", f"{r['gen_step_before_s']:.3f} s / {r['gen_step_after_s']:.3f} s (ratio {r['gen_step_ratio']:.3f})"),
+    ]
+    if "esd" in r:
+        rows.append(("ESD (esd_x) step, cheapest (no x_t sampling)", f"{r['esd']['step_s']:.3f} s; erase / ESD step {r['erase_over_esd_step']:.4f}"))
+    rows.append(("machine", f"{r['machine']}, torch threads {r['torch_threads']}, {r['date']}"))
+    return "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+
+
+if __name__ == "__main__":
+    main()

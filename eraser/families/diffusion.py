@@ -1,0 +1,303 @@
+"""Text-to-image pipelines (diffusers): which layers take text features, and those features.
+
+The cross-attention key/value projections of a UNet (``attn2.to_k``/``attn2.to_v``) read the text
+encoders' hidden states, so their input features for a concept are the hidden states of the
+concept's prompts, computed without running the UNet. Only the tokens that carry the concept are
+kept: the start-of-text token and the padding are the same for every prompt, and removing their
+directions would damage every generation. Text-encoder layers (CLIP MLP/attention) are captured
+with the same hooks as any other layer, restricted to the same tokens.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..capture import GramAccumulator, capture_features
+from ..patch import as_module
+from ..subspace import Gram
+from ..targets import resolve_targets
+
+__all__ = [
+    "TARGET_PRESETS",
+    "TOKEN_MODES",
+    "ConceptPrompts",
+    "text_towers",
+    "expand_concepts",
+    "concept_token_mask",
+    "resolve_concept_targets",
+    "tokenize_prompts",
+    "encode_ids",
+    "encode_prompts",
+    "concept_grams",
+    "load_pipeline",
+]
+
+# PEFT-style presets over the pipeline's components ("unet.…", "text_encoder.…", "text_encoder_2.…").
+TARGET_PRESETS: dict[str, str] = {
+    "cross_attn_kv": r"unet\..*attn2\.to_[kv]",
+    "cross_attn_k": r"unet\..*attn2\.to_k",
+    "cross_attn_v": r"unet\..*attn2\.to_v",
+    "text_encoder_mlp": r"text_encoder(_2)?\..*layers\.\d+\.mlp\.fc[12]",
+    "text_encoder_attn": r"text_encoder(_2)?\..*layers\.\d+\.self_attn\.[qkv]_proj",
+}
+# Which token positions of a concept prompt are its features:
+#   concept_eot: the concept's tokens, the tokens after them and the end-of-text token (causal
+#                attention carries the concept into all of them); a template's prefix is left out.
+#   concept:     the concept's own tokens only.
+#   prompt:      every token of the prompt but the start-of-text (and the end-of-text).
+TOKEN_MODES = ("concept_eot", "concept", "prompt")
+_TOWERS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+_KV_NAME = re.compile(r"unet\..*\.(to_k|to_v|add_k_proj|add_v_proj)")
+
+
+def text_towers(pipe: Any) -> list[tuple[str, Any, nn.Module]]:
+    """``(component name, tokenizer, text encoder)`` for each text tower of ``pipe``, in order."""
+    towers = []
+    for tok_name, enc_name in _TOWERS:
+        tok, enc = getattr(pipe, tok_name, None), getattr(pipe, enc_name, None)
+        if tok is not None and isinstance(enc, nn.Module):
+            towers.append((enc_name, tok, enc))
+    if not towers or not isinstance(getattr(pipe, "unet", None), nn.Module):
+        raise TypeError(
+            f"{type(pipe).__name__} is not a text-to-image pipeline this library can edit: it needs "
+            "`unet`, and `tokenizer`/`text_encoder` (and optionally `tokenizer_2`/`text_encoder_2`)."
+        )
+    return towers
+
+
+@dataclass
+class ConceptPrompts:
+    """Prompts and, per prompt, where the concept's tokens start and how many there are."""
+
+    prompts: list[str]
+    starts: list[int]  # tokens before the concept (a template's prefix), excluding start-of-text
+    lengths: list[int]  # the concept's own tokens
+    owners: list[int]  # index of the concept each prompt comes from
+
+
+def _n_tokens(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
+
+
+def expand_concepts(
+    tokenizer: Any, concepts: Sequence[str], templates: Sequence[str], verbatim: Collection[int] = ()
+) -> ConceptPrompts:
+    """Each concept inserted into each template (``"a photo of {}"``), with the token span it
+    occupies; the concepts at the indices in ``verbatim`` (whole prompts) are used as they are."""
+    out = ConceptPrompts([], [], [], [])
+    limit = int(getattr(tokenizer, "model_max_length", 77)) - 2
+    for i, concept in enumerate(concepts):
+        n = _n_tokens(tokenizer, concept)
+        if n == 0:
+            raise ValueError(f"concept {concept!r} tokenises to nothing; give a word or a prompt.")
+        for template in ("{}",) if i in verbatim else templates:
+            if template.count("{}") != 1:
+                raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
+            prefix = template.split("{}")[0]
+            prompt = template.replace("{}", concept)
+            start = _n_tokens(tokenizer, prefix) if prefix.strip() else 0
+            total = _n_tokens(tokenizer, prompt)
+            if total > limit:
+                warnings.warn(
+                    f"prompt {prompt[:60]!r}... has {total} tokens; the text encoder reads {limit}, "
+                    "so it is truncated (as the pipeline itself would do).",
+                    stacklevel=3,
+                )
+            out.prompts.append(prompt)
+            out.starts.append(start)
+            out.lengths.append(n)
+            out.owners.append(i)
+    return out
+
+
+def concept_token_mask(input_ids: Tensor, eos_token_id: int, starts: Sequence[int], lengths: Sequence[int], mode: str) -> Tensor:
+    """Boolean (B, L) mask of the token positions that carry each prompt's concept.
+
+    ``input_ids`` start with the start-of-text token; the first ``eos_token_id`` after it ends the
+    prompt (padding may repeat it, as in Stable Diffusion's tokenizer).
+    """
+    if mode not in TOKEN_MODES:
+        raise ValueError(f"tokens must be one of {TOKEN_MODES}; got {mode!r}")
+    b, length = input_ids.shape
+    pos = torch.arange(length).expand(b, length)
+    is_eos = (input_ids == eos_token_id) & (pos > 0)
+    eot = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((b,), length - 1)).unsqueeze(1)
+    first = 1 + torch.as_tensor(list(starts)).unsqueeze(1)
+    if mode == "prompt":
+        return (pos >= 1) & (pos <= eot)
+    if mode == "concept":
+        return (pos >= first) & (pos < first + torch.as_tensor(list(lengths)).unsqueeze(1)) & (pos < eot)
+    return (pos >= first) & (pos <= eot)
+
+
+def resolve_concept_targets(pipe: Any, targets: str | Sequence[str]) -> tuple[list[str], dict[str, nn.Module]]:
+    """Split the targets into UNet key/value projections (fed by text features) and text-encoder layers."""
+    view = as_module(pipe)
+    pattern = TARGET_PRESETS.get(targets, targets) if isinstance(targets, str) else targets
+    resolved = resolve_targets(view, pattern)
+    kv = [n for n in resolved if _KV_NAME.fullmatch(n)]
+    text = {n: m for n, m in resolved.items() if n.split(".")[0] in dict(_TOWERS).values()}
+    other = [n for n in resolved if n not in kv and n not in text]
+    if other:
+        raise ValueError(
+            f"targets {other[:4]} take image features, not text features; concept erasure edits the "
+            f"UNet's cross-attention key/value projections or text-encoder layers (presets: {sorted(TARGET_PRESETS)})."
+        )
+    return kv, text
+
+
+def _hidden(out: Any, hidden_layer: str) -> Tensor:
+    if hidden_layer == "penultimate":
+        return out.hidden_states[-2]
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _hidden_layer(pipe: Any, hidden_layer: str) -> str:
+    if hidden_layer not in ("auto", "last", "penultimate"):
+        raise ValueError(f"hidden_layer must be 'auto', 'last' or 'penultimate'; got {hidden_layer!r}")
+    if hidden_layer != "auto":
+        return hidden_layer
+    # SDXL-style UNets (text_time conditioning) read the penultimate layer, as diffusers does.
+    return "penultimate" if getattr(pipe.unet.config, "addition_embed_type", None) == "text_time" else "last"
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[slice]:
+    for i in range(0, len(items), size):
+        yield slice(i, i + size)
+
+
+def tokenize_prompts(pipe: Any, prompts: Sequence[str], *, shortest: bool = False) -> list[Tensor]:
+    """Each text tower's token ids (B, L) for ``prompts``, padded and truncated as the pipeline does.
+
+    ``shortest`` pads only to the longest prompt of the batch when every tower is a causal CLIP
+    text model: positions up to the end-of-text token are then the same as with full padding, at a
+    fraction of the cost (concept prompts are a few tokens out of 77).
+    """
+    towers = text_towers(pipe)
+    short = shortest and all(type(enc).__name__.startswith("CLIPText") for _, _, enc in towers)
+    return [
+        tok(list(prompts), padding="longest" if short else "max_length", max_length=tok.model_max_length,
+            truncation=True, return_tensors="pt").input_ids
+        for _, tok, _ in towers
+    ]
+
+
+@torch.no_grad()
+def encode_ids(pipe: Any, ids: list[Tensor], *, hidden_layer: str = "auto", device: torch.device | str | None = None) -> Tensor:
+    """The UNet's text conditioning (B, L, D: the towers' hidden states side by side) for token ids."""
+    layer = _hidden_layer(pipe, hidden_layer)
+    hidden = []
+    for (_, _, enc), tower_ids in zip(text_towers(pipe), ids):
+        dev = torch.device(device) if device is not None else next(enc.parameters()).device
+        out = enc(tower_ids.to(dev), output_hidden_states=layer == "penultimate")
+        hidden.append(_hidden(out, layer))
+    return torch.cat(hidden, dim=-1)
+
+
+def encode_prompts(
+    pipe: Any, prompts: Sequence[str], *, hidden_layer: str = "auto", device: torch.device | str | None = None
+) -> Tensor:
+    """The UNet's text conditioning for ``prompts`` (B, L, D), as the pipeline computes it."""
+    return encode_ids(pipe, tokenize_prompts(pipe, prompts), hidden_layer=hidden_layer, device=device)
+
+
+def _mask(pipe: Any, ids: list[Tensor], cp: ConceptPrompts, sl: slice, mode: str) -> Tensor:
+    masks = []
+    for (_, tok, _), tower_ids in zip(text_towers(pipe), ids):
+        masks.append(concept_token_mask(tower_ids, tok.eos_token_id, cp.starts[sl], cp.lengths[sl], mode))
+    mask = masks[0]
+    for m in masks[1:]:  # the towers share CLIP's BPE, so their spans agree; keep what both mark
+        mask = mask & m
+    return mask
+
+
+@torch.no_grad()
+def concept_grams(
+    pipe: Any,
+    cp: ConceptPrompts,
+    kv_targets: Sequence[str],
+    text_targets: dict[str, nn.Module],
+    *,
+    tokens: str = "concept_eot",
+    hidden_layer: str = "auto",
+    batch_size: int = 16,
+    device: torch.device | str | None = None,
+    what: str = "concept prompts",
+    progress: bool = False,
+) -> tuple[dict[str, list[Gram]], list[int]]:
+    """Gram matrices of the concept tokens' features for every target (the K/V targets share one),
+    and the number of feature rows (tokens) each concept contributed."""
+    state: dict[str, Tensor] = {}
+    kv_acc = GramAccumulator()
+    counts = [0] * (max(cp.owners) + 1 if cp.owners else 0)
+    towers = text_towers(pipe)
+    was = [enc.training for _, _, enc in towers]
+    for _, _, enc in towers:
+        enc.eval()
+    try:
+        with capture_features(text_targets, lambda: GramAccumulator(row_mask=lambda: state["mask"])) as accs:
+            for sl in tqdm(list(_batches(cp.prompts, batch_size)), desc=f"encode {what}", disable=not progress, leave=False):
+                ids = tokenize_prompts(pipe, cp.prompts[sl], shortest=True)
+                state["mask"] = _mask(pipe, ids, cp, sl, tokens)  # read by the text-encoder hooks
+                hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device)
+                mask = state["mask"].to(hidden.device)
+                kv_acc.update(hidden[mask].unsqueeze(0))
+                for owner, n in zip(cp.owners[sl], state["mask"].sum(1).tolist()):
+                    counts[owner] += int(n)
+    finally:
+        for (_, _, enc), w in zip(towers, was):
+            enc.train(w)
+    grams: dict[str, list[Gram]] = {}
+    if kv_targets:
+        if kv_acc.nonfinite:
+            raise ValueError(f"the text encoder produced NaN or Inf for the {what}; the model was not changed.")
+        shared = kv_acc.compute()  # one Gram object for all K/V layers: fitted once
+        grams.update({name: shared for name in kv_targets})
+    for name, acc in accs.items():
+        if acc.nonfinite:
+            raise ValueError(f"features entering {name!r} contain NaN or Inf for the {what}; the model was not changed.")
+        grams[name] = acc.compute()
+    return grams, counts
+
+
+def load_pipeline(
+    model: str,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    local_files_only: bool | None = None,
+) -> Any:
+    """A diffusers pipeline from a local folder (with ``model_index.json``) or a hub id, with clear
+    errors for paths that do not exist or are not pipelines. Honours ``HF_HUB_OFFLINE``."""
+    import os
+    from pathlib import Path
+
+    from diffusers import DiffusionPipeline
+
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{model} is not a diffusers pipeline folder (it has no model_index.json).")
+    elif not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", model):
+        raise FileNotFoundError(f"no pipeline folder at {model}, and it is not a hub id of the form 'org/name'.")
+    offline = local_files_only if local_files_only is not None else os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    kwargs: dict[str, Any] = {"local_files_only": offline}
+    if dtype is not None:
+        kwargs["torch_dtype"] = dtype
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else model, **kwargs)
+    except Exception as err:  # diffusers raises several types for "cannot fetch/read"
+        where = "the local folder" if path.exists() else ("the local hub cache (offline mode)" if offline else "the hub")
+        raise ValueError(f"could not load a pipeline from {where} for {model!r}: {err}") from None
+    if device is not None:
+        pipe.to(device)
+    text_towers(pipe)  # a pipeline, but is it one we can edit?
+    return pipe

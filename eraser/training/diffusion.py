@@ -1,0 +1,608 @@
+"""The one training loop of the trained diffusion methods (ESD, SalUn, ...).
+
+A method picks UNet parameters (:func:`select_unet_parameters`), opens a :class:`UNetTrainer` on
+the pipeline, encodes its prompts (:meth:`UNetTrainer.encode`) and calls
+:meth:`UNetTrainer.fit` with a per-step loss. The trainer owns the plumbing: ``accelerate``
+(mixed precision, and DDP when run under ``accelerate launch``), gradient checkpointing, the
+optimiser, parameter masks, NaN stops, progress bars, DDIM sampling, the frozen model's
+predictions (:meth:`UNetTrainer.original`, without a second UNet) and the dense patch of the
+change (:meth:`UNetTrainer.patch`). If anything fails inside the ``with`` block, the pipeline's
+weights, devices and flags are restored before the error propagates.
+
+    names = select_unet_parameters(pipe.unet, "xattn")
+    with UNetTrainer(pipe, names, cfg) as tr:
+        cond = tr.encode(["a cat"])
+        losses = tr.fit(lambda step: ...)
+    patch = tr.patch({"method": "..."})
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..families.diffusion import encode_prompts, text_towers, tokenize_prompts
+
+__all__ = [
+    "DiffusionTrainConfig",
+    "Conditioning",
+    "UNetTrainer",
+    "train_unet",
+    "TRAIN_METHODS",
+    "MIXED_PRECISION",
+    "DIFFUSION_OPTIMIZERS",
+    "select_unet_parameters",
+    "resolve_mixed_precision",
+    "top_fraction_mask",
+    "concept_lists",
+    "patch_metadata",
+]
+
+TRAIN_METHODS = ("xattn", "noxattn", "kv", "full")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+DIFFUSION_OPTIMIZERS = ("adam", "adamw", "sgd")
+
+# ESD's "noxattn" leaves out, besides cross-attention, the time embedding and the output head
+# (CompVis names ``time_embed``/``out.``): in diffusers these are the modules below, plus SDXL's
+# added (time, pooled text) embedding, which is part of the time embedding there.
+_NOXATTN_EXCLUDED = ("time_embedding.", "add_embedding.", "conv_norm_out.", "conv_out.")
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """How a trained diffusion method optimises (method configs subclass this and add their own fields).
+
+    steps: optimiser steps.
+    lr: learning rate.
+    optimizer: ``adam``, ``adamw`` (decoupled ``weight_decay``) or ``sgd``.
+    weight_decay: L2 (adam, sgd) or decoupled (adamw) weight decay.
+    batch_size: latents per step.
+    mixed_precision: ``auto`` (a half-precision UNet's own precision; else bf16 on CUDA if
+        supported, fp16 on older GPUs, ``no`` on CPU), ``no``, ``fp16`` or ``bf16``. Trained
+        parameters are float32 while training (master weights) and get their dtype back after.
+    gradient_checkpointing: recompute UNet activations in the backward pass (saves memory).
+    seed: seeds the latents, noise and timesteps (each process adds its rank).
+    resolution: image side in pixels (None: the UNet's ``sample_size`` times the VAE's scale).
+    ddim_steps: DDIM steps of the sampler that makes training latents.
+    guidance_scale: classifier-free guidance of that sampler.
+    grad_clip: clip the gradient norm of the trained parameters to this (None: no clipping).
+    """
+
+    steps: int = 1000
+    lr: float = 1e-5
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    batch_size: int = 1
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    resolution: int | None = None
+    ddim_steps: int = 50
+    guidance_scale: float = 7.5
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in DIFFUSION_OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {DIFFUSION_OPTIMIZERS}; got {self.optimizer!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}; got {self.mixed_precision!r}")
+        if self.steps < 0 or self.batch_size < 1 or self.lr < 0 or self.ddim_steps < 1:
+            raise ValueError(
+                f"need steps >= 0, batch_size >= 1, lr >= 0 and ddim_steps >= 1 (got {self.steps}, "
+                f"{self.batch_size}, {self.lr}, {self.ddim_steps})"
+            )
+        if self.resolution is not None and self.resolution < 8:
+            raise ValueError(f"resolution must be at least 8 pixels; got {self.resolution}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive or None; got {self.grad_clip}")
+
+
+def select_unet_parameters(unet: nn.Module, method: str) -> list[str]:
+    """Names of the UNet parameters ESD's ``train_method`` trains.
+
+    ``xattn``: every parameter whose name contains ``attn2`` (cross-attention); ``noxattn``: all
+    but those, the time embedding and the output head (ESD's CompVis rule in diffusers names);
+    ``kv``: the cross-attention key/value weights (``attn2.to_k``/``attn2.to_v``); ``full``: all.
+    """
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"train_method must be one of {TRAIN_METHODS}; got {method!r}")
+    names = [n for n, _ in unet.named_parameters()]
+    if method == "xattn":
+        out = [n for n in names if "attn2" in n]
+    elif method == "noxattn":
+        out = [n for n in names if "attn2" not in n and not n.startswith(_NOXATTN_EXCLUDED)]
+    elif method == "kv":
+        out = [n for n in names if n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]
+    else:
+        out = names
+    if not out:
+        raise ValueError(f"the UNet has no parameters for train_method={method!r} (no cross-attention 'attn2' layers?)")
+    return out
+
+
+def resolve_mixed_precision(mode: str, device: torch.device, weights: torch.dtype = torch.float32) -> str:
+    """``auto`` -> the precision of half-precision ``weights``; else ``bf16`` on CUDA if supported,
+    ``fp16`` on older CUDA GPUs, ``no`` elsewhere. Other modes pass through."""
+    if mode not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}; got {mode!r}")
+    if mode != "auto":
+        return mode
+    if weights in (torch.float16, torch.bfloat16):
+        return "bf16" if weights == torch.bfloat16 else "fp16"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def top_fraction_mask(scores: dict[str, Tensor], ratio: float) -> dict[str, Tensor]:
+    """Boolean masks marking the ``ratio`` largest entries over all tensors together (one global
+    threshold); exactly ``int(ratio * total)`` entries are True, ties broken by position."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must lie in [0, 1]; got {ratio}")
+    flat = torch.cat([s.detach().reshape(-1).float() for s in scores.values()])
+    total, k = flat.numel(), int(ratio * flat.numel())
+    if k == 0:
+        chosen = torch.zeros(total, dtype=torch.bool, device=flat.device)
+    elif k == total:
+        chosen = torch.ones(total, dtype=torch.bool, device=flat.device)
+    else:
+        threshold = flat.kthvalue(total - k + 1).values  # the k-th largest value
+        chosen = flat > threshold
+        ties = torch.nonzero(flat == threshold).squeeze(1)
+        chosen[ties[: k - int(chosen.sum())]] = True
+    out, start = {}, 0
+    for name, s in scores.items():
+        out[name] = chosen[start : start + s.numel()].reshape(s.shape)
+        start += s.numel()
+    return out
+
+
+def concept_lists(concepts: Any, retain: Any) -> tuple[list[str], set[int], list[str]]:
+    """Concept texts, the indices of those given as prompt rows, and retain texts (may be empty);
+    ValueError for empty concepts or a retain prompt that is also a concept."""
+    from ..methods.unlink_diffusion import concept_texts  # the methods package imports this module
+
+    words, verbatim = concept_texts(concepts, "concepts")
+    keep, _ = concept_texts(retain, "retain prompts")
+    clash = sorted({w.casefold() for w in words} & {r.casefold() for r in keep})
+    if clash:
+        raise ValueError(f"{clash} are both concepts to erase and retain prompts; remove them from one list.")
+    return words, verbatim, keep
+
+
+def patch_metadata(pipe: Any, method: str, config: Any, concepts: list[str], retain: list[str], **extra: Any) -> dict[str, Any]:
+    """The metadata every diffusion method's patch carries (as ``unlink`` writes it)."""
+    from ..methods.unlink_diffusion import pipeline_id
+
+    return {
+        "method": method,
+        "family": "diffusion",
+        "names": list(concepts),
+        "concepts": list(concepts),
+        "retain": list(retain),
+        "base_model": pipeline_id(pipe),
+        "pipeline_class": type(pipe).__name__,
+        "config": asdict(config),
+        **extra,
+    }
+
+
+@dataclass
+class Conditioning:
+    """The UNet's text conditioning for a batch: hidden states (B, L, D) and, for SDXL-style
+    UNets, the added conditioning (``text_embeds``: pooled projection, ``time_ids``)."""
+
+    hidden: Tensor
+    added: dict[str, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def __getitem__(self, index: Any) -> Conditioning:
+        """Rows ``index`` (an int list or tensor; repeats allowed)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.hidden.device).reshape(-1)
+        added = {k: v[index.to(v.device)] for k, v in self.added.items()} if self.added else None
+        return Conditioning(self.hidden[index], added)
+
+    @staticmethod
+    def cat(conds: Sequence[Conditioning]) -> Conditioning:
+        """The conditionings' rows one after the other."""
+        added = None
+        if conds[0].added:
+            added = {k: torch.cat([c.added[k] for c in conds]) for k in conds[0].added}
+        return Conditioning(torch.cat([c.hidden for c in conds]), added)
+
+
+def _new_accelerator(mixed_precision: str, cpu: bool) -> Any:
+    """An ``Accelerator``; in a single process its global state is re-created if an earlier run
+    chose another precision or device (accelerate keeps one state per process)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    kw = dict(mixed_precision=mixed_precision, cpu=cpu, device_placement=False)
+    try:
+        return Accelerator(**kw)
+    except ValueError as err:
+        if "already been initialized" not in str(err) or PartialState().num_processes > 1:
+            raise
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return Accelerator(**kw)
+
+
+@dataclass
+class _Saved:
+    """What the trainer changes on the UNet besides the trained values, to put back."""
+
+    device: torch.device
+    training: bool
+    checkpointing: bool
+    requires_grad: list[tuple[nn.Parameter, bool]]
+    dtypes: dict[str, torch.dtype]
+    instance_attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class UNetTrainer:
+    """A pipeline's UNet prepared to train the parameters ``names`` (UNet-relative). Use it as a
+    context manager; on an error inside the block every trained parameter gets its original value
+    back. ``before`` holds those original values (the frozen model)."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        names: Iterable[str],
+        config: DiffusionTrainConfig,
+        *,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> None:
+        text_towers(pipe)  # a text-to-image pipeline?
+        self.pipe, self.unet, self.cfg, self.progress = pipe, pipe.unet, config, progress
+        named = dict(self.unet.named_parameters())
+        self.names = list(dict.fromkeys(names))
+        unknown = [n for n in self.names if n not in named]
+        if unknown:
+            raise ValueError(f"parameters {unknown[:4]} are not in the UNet")
+        if not self.names:
+            raise ValueError("no UNet parameters to train")
+        self.params: dict[str, nn.Parameter] = {n: named[n] for n in self.names}
+        self._device_arg = torch.device(device) if device is not None else None
+        self.before: dict[str, Tensor] = {}
+        self.losses: list[float] = []
+        self.timing: dict[str, float] = {}
+        self._saved: _Saved | None = None
+        self._t0 = 0.0
+
+    # -- set-up and tear-down ------------------------------------------------------------------
+    def __enter__(self) -> UNetTrainer:
+        self._t0 = time.perf_counter()
+        try:
+            self._setup()
+        except BaseException:
+            self._teardown(failed=True)
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self._teardown(failed=exc_type is not None)
+        self.timing["total"] = time.perf_counter() - self._t0
+        return False
+
+    def _setup(self) -> None:
+        from accelerate.state import PartialState
+        from diffusers import DDIMScheduler
+
+        cfg, unet = self.cfg, self.unet
+        device = self._device_arg or PartialState().device
+        dtype = next(unet.parameters()).dtype
+        precision = resolve_mixed_precision(cfg.mixed_precision, device, dtype)
+        if precision == "no" and dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(
+                f"the UNet is in {dtype}; train it with mixed_precision='fp16' or 'bf16', or load it in float32."
+            )
+        self.accelerator = _new_accelerator(precision, cpu=device.type == "cpu")
+        self.device, self.precision, self.dtype = device, precision, dtype
+        self._saved = _Saved(
+            device=next(unet.parameters()).device,
+            training=unet.training,
+            checkpointing=bool(getattr(unet, "is_gradient_checkpointing", False)),
+            requires_grad=[(p, p.requires_grad) for p in unet.parameters()],
+            dtypes={n: p.dtype for n, p in self.params.items()},
+            instance_attrs={k: unet.__dict__[k] for k in ("forward", "_original_forward") if k in unet.__dict__},
+        )
+        unet.to(device)
+        self.before = {n: p.detach().clone() for n, p in self.params.items()}
+        unet.requires_grad_(False)
+        for p in self.params.values():
+            if p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()  # Adam on half-precision weights loses small updates
+            p.requires_grad_(True)
+        if cfg.gradient_checkpointing and hasattr(unet, "enable_gradient_checkpointing"):
+            unet.enable_gradient_checkpointing()
+        # accelerate wraps the forward in autocast (and in DDP when several processes run).
+        self.model = self.accelerator.prepare(unet)
+        self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        self.scheduler.set_timesteps(cfg.ddim_steps, device=device)
+        scale = int(getattr(self.pipe, "vae_scale_factor", 8) or 8)
+        self.resolution = cfg.resolution or int(unet.config.sample_size) * scale
+        if self.resolution % scale:
+            raise ValueError(f"resolution {self.resolution} is not a multiple of the VAE's scale factor {scale}")
+        size = self.resolution // scale
+        self.latent_shape = (int(unet.config.in_channels), size, size)
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1000 * self.accelerator.process_index)
+
+    def _teardown(self, failed: bool) -> None:
+        saved, unet = self._saved, self.unet
+        if saved is None:
+            return
+        with torch.no_grad():
+            for n, p in self.params.items():
+                if failed and n in self.before:
+                    p.data = self.before[n].to(saved.dtypes[n])
+                elif p.dtype != saved.dtypes[n]:
+                    p.data = p.data.to(saved.dtypes[n])
+                p.grad = None
+        for p, flag in saved.requires_grad:
+            p.requires_grad_(flag)
+        if hasattr(self, "accelerator"):
+            self.accelerator.free_memory()
+        for k in ("forward", "_original_forward"):  # undo accelerate's autocast wrapper
+            unet.__dict__.pop(k, None)
+        unet.__dict__.update(saved.instance_attrs)
+        if not saved.checkpointing and getattr(unet, "is_gradient_checkpointing", False):
+            unet.disable_gradient_checkpointing()
+        unet.train(saved.training)
+        unet.to(saved.device)
+        if self.before and next(iter(self.before.values())).device != saved.device:
+            self.before = {n: t.to(saved.device) for n, t in self.before.items()}
+        self._saved = None
+
+    # -- text conditioning ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> Conditioning:
+        """The pipeline's conditioning for ``prompts`` (SDXL: with pooled text and time ids)."""
+        hidden = encode_prompts(self.pipe, list(prompts)).to(self.device)
+        return Conditioning(hidden, self._added(prompts))
+
+    def unconditional(self, n: int = 1) -> Conditioning:
+        """The negative conditioning the pipeline's classifier-free guidance uses: zeros when it
+        zeroes empty prompts (SDXL's ``force_zeros_for_empty_prompt``), else the empty prompt."""
+        null = self.encode([""])
+        if getattr(getattr(self.pipe, "config", None), "force_zeros_for_empty_prompt", False):
+            added = {k: (torch.zeros_like(v) if k == "text_embeds" else v) for k, v in null.added.items()} if null.added else None
+            null = Conditioning(torch.zeros_like(null.hidden), added)
+        return null[[0] * n]
+
+    def _added(self, prompts: Sequence[str]) -> dict[str, Tensor] | None:
+        config = self.unet.config
+        kind = getattr(config, "addition_embed_type", None)
+        if kind is None:
+            return None
+        if kind != "text_time":
+            raise NotImplementedError(f"UNets with addition_embed_type={kind!r} are not supported")
+        _, _, enc = text_towers(self.pipe)[-1]  # SDXL: text_encoder_2's projected pooled output
+        ids = tokenize_prompts(self.pipe, list(prompts))[-1].to(next(enc.parameters()).device)
+        out = enc(ids)
+        pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
+        n_ids = (int(config.projection_class_embeddings_input_dim) - pooled.shape[-1]) // int(config.addition_time_embed_dim)
+        if n_ids != 6:
+            raise NotImplementedError(
+                f"this UNet expects {n_ids} time ids (SDXL base uses 6: size, crop, target size); "
+                "aesthetic-score conditioning (the SDXL refiner) is not supported"
+            )
+        # original size, crop top-left, target size: as the SDXL pipeline builds them by default
+        side = float(self.resolution)
+        time_ids = torch.tensor([[side, side, 0.0, 0.0, side, side]]).repeat(len(prompts), 1)
+        return {"text_embeds": pooled.to(self.device), "time_ids": time_ids.to(self.device, pooled.dtype)}
+
+    # -- randomness and the forward process -------------------------------------------------------
+    def noise(self, n: int) -> Tensor:
+        """Standard normal latents (n, C, H, W), from the trainer's seeded generator."""
+        return torch.randn((n, *self.latent_shape), generator=self.generator).to(self.device)
+
+    def randint(self, high: int, n: int = 1) -> Tensor:
+        """``n`` integers uniform in [0, high), from the trainer's generator."""
+        return torch.randint(0, high, (n,), generator=self.generator)
+
+    def random_timesteps(self, n: int) -> Tensor:
+        """``n`` training timesteps, uniform over the schedule's ``num_train_timesteps``."""
+        return self.randint(int(self.scheduler.config.num_train_timesteps), n).to(self.device)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x_t of the forward process."""
+        return self.scheduler.add_noise(x0, noise, t)
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """What the UNet is trained to predict (noise, velocity or sample, by the scheduler's type)."""
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.scheduler.get_velocity(x0, noise, t)
+        return x0
+
+    # -- the UNet -----------------------------------------------------------------------------
+    def predict(self, latents: Tensor, t: Tensor | int, cond: Conditioning) -> Tensor:
+        """The UNet's output (float32) for ``latents`` at timesteps ``t`` under ``cond``; records
+        gradients unless called under ``torch.no_grad()``."""
+        t = torch.as_tensor(t, device=self.device)
+        if t.ndim == 0:
+            t = t.expand(latents.shape[0])
+        dtype = self.dtype if self.precision == "no" else torch.float32
+        added = {k: v.to(dtype) for k, v in cond.added.items()} if cond.added else None
+        with self.accelerator.autocast():
+            out = self.model(latents.to(dtype), t, encoder_hidden_states=cond.hidden.to(dtype),
+                             added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
+
+    @contextmanager
+    def original(self) -> Iterator[None]:
+        """Inside, the trained parameters hold their original values and no gradients are
+        recorded: the frozen model's predictions, without a second copy of the UNet."""
+        current = {}
+        with torch.no_grad():
+            try:
+                for n, p in self.params.items():
+                    current[n] = p.data
+                    p.data = self.before[n]
+                yield
+            finally:
+                for n, data in current.items():
+                    self.params[n].data = data
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Conditioning,
+        *,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        uncond: Conditioning | None = None,
+        latents: Tensor | None = None,
+    ) -> Tensor:
+        """Latents after the first ``steps`` (None: all) of ``ddim_steps`` DDIM steps from noise
+        (or from ``latents``), with classifier-free guidance against ``uncond`` (default: the
+        pipeline's), using the UNet's current weights."""
+        n = len(cond)
+        scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
+        x = latents if latents is not None else self.noise(n) * self.scheduler.init_noise_sigma
+        guided = scale > 1.0
+        both = Conditioning.cat([uncond if uncond is not None else self.unconditional(n), cond]) if guided else cond
+        for t in self.scheduler.timesteps[: self.cfg.ddim_steps if steps is None else steps]:
+            inp = torch.cat([x, x]) if guided else x
+            out = self.predict(self.scheduler.scale_model_input(inp, t), t, both)
+            if guided:
+                out_u, out_c = out.chunk(2)
+                out = out_u + scale * (out_c - out_u)
+            x = self.scheduler.step(out, t, x).prev_sample
+        return x
+
+    def timestep(self, index: int) -> Tensor:
+        """The timestep of DDIM step ``index`` (0: the noisiest)."""
+        return self.scheduler.timesteps[index]
+
+    # -- optimisation -------------------------------------------------------------------------
+    def backward(self, loss: Tensor) -> None:
+        """Backpropagate ``loss`` (scaled for fp16, synchronised across processes)."""
+        self.accelerator.backward(loss)
+
+    def gradients(self, loss_fn: Callable[[int], Tensor], batches: int) -> dict[str, Tensor]:
+        """The trained parameters' gradients of ``loss_fn(i)`` summed over ``i < batches`` (float32)."""
+        total = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.params.items()}
+        for i in range(batches):
+            loss = loss_fn(i)
+            _check_finite(float(loss.detach()), i, "saliency")
+            self.backward(loss)
+            for n, p in self.params.items():
+                if p.grad is not None:
+                    total[n] += p.grad.float()
+                    p.grad = None
+        return total
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def fit(self, loss_fn: Callable[[int], Tensor], *, masks: dict[str, Tensor] | None = None, desc: str = "train") -> list[float]:
+        """Minimise ``loss_fn(step)`` for ``config.steps`` steps; returns the losses.
+
+        ``masks`` (name -> boolean tensor, True = may change) restrict training to those entries:
+        their gradients are masked and the other entries are restored after every step, so
+        momentum and weight decay cannot move them either.
+        """
+        t0 = time.perf_counter()
+        masks = {n: m.to(self.device, torch.bool) for n, m in (masks or {}).items()}
+        for n, m in masks.items():
+            if n not in self.params or tuple(m.shape) != tuple(self.params[n].shape):
+                raise ValueError(f"mask {n!r} does not match a trained parameter")
+        # Fully masked tensors stay out of the optimiser but keep requires_grad: DDP expects a
+        # gradient for every parameter that had one when it was wrapped.
+        trained = [p for n, p in self.params.items() if n not in masks or bool(masks[n].any())]
+        if not trained:
+            raise ValueError("the masks leave no parameter entry to train")
+        opt = self.accelerator.prepare(self._optimizer(trained))
+        self.unet.train()
+        bar = tqdm(range(self.cfg.steps), desc=desc, leave=False,
+                   disable=not self.progress or not self.accelerator.is_main_process)
+        for step in bar:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(step)
+            value = float(loss.detach())
+            _check_finite(value, step, desc)
+            self.backward(loss)
+            for n, m in masks.items():
+                grad = self.params[n].grad
+                if grad is not None:
+                    grad.mul_(m)
+            if self.cfg.grad_clip is not None:
+                self.accelerator.clip_grad_norm_(trained, self.cfg.grad_clip)
+            opt.step()
+            if masks:
+                with torch.no_grad():
+                    for n, m in masks.items():
+                        p = self.params[n]
+                        p.copy_(torch.where(m, p, self.before[n].to(p.dtype)))
+            self.losses.append(value)
+            bar.set_postfix(loss=f"{value:.4g}")
+        bar.close()
+        opt.zero_grad(set_to_none=True)
+        self.timing["train"] = self.timing.get("train", 0.0) + time.perf_counter() - t0
+        return list(self.losses)
+
+    def patch(self, metadata: dict[str, Any]) -> Any:
+        """The dense :class:`~eraser.patch.ErasurePatch` of the trained parameters' change,
+        registered as applied to the pipeline (call after the ``with`` block)."""
+        from ..patch import ErasurePatch
+
+        if self._saved is not None:
+            raise RuntimeError("call patch() after the trainer's `with` block has closed")
+        meta = dict(metadata)
+        meta.setdefault("timing_s", {}).update(self.timing)
+        meta["steps"] = len(self.losses)
+        meta["final_loss"] = self.losses[-1] if self.losses else None
+        meta["mixed_precision"] = getattr(self, "precision", None)
+        patch = ErasurePatch.from_changes(self.pipe, {f"unet.{n}": t for n, t in self.before.items()}, meta)
+        if not patch.deltas:
+            warnings.warn("training left every parameter unchanged (lr=0 or steps=0?); the patch is empty.", stacklevel=2)
+        return patch
+
+
+def train_unet(
+    pipe: Any,
+    names: Iterable[str],
+    loss_fn: Callable[[UNetTrainer, int], Tensor],
+    config: DiffusionTrainConfig,
+    *,
+    metadata: dict[str, Any] | None = None,
+    masks: dict[str, Tensor] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> Any:
+    """Train the UNet parameters ``names`` on ``loss_fn(trainer, step)``; returns the applied
+    dense patch (the pipeline is restored if anything fails). For set-up work before training
+    (encoding prompts, sampling data, masks), use :class:`UNetTrainer` directly."""
+    with UNetTrainer(pipe, names, config, device=device, progress=progress) as tr:
+        tr.fit(lambda step: loss_fn(tr, step), masks=masks, desc=desc)
+    return tr.patch(metadata or {"method": desc})
+
+
+def _check_finite(value: float, step: int, desc: str) -> None:
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"{desc}: the loss became {value} at step {step}; the pipeline was restored. Lower the "
+            "learning rate, set grad_clip, or train with mixed_precision='no' or 'bf16'."
+        )

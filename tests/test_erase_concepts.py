@@ -1,0 +1,274 @@
+"""eraser.erase_concepts on tiny Stable Diffusion / SDXL pipelines built from config."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+import eraser
+from eraser import ErasurePatch, PatchError
+from eraser.families.architectures import build_pipeline
+from eraser.families.diffusion import concept_token_mask, encode_prompts, tokenize_prompts
+from prompts import GENERIC_RETAIN, PromptRow
+
+
+RETAIN_BOUND = 0.2  # tiny random text encoders are not semantic; real ones separate concepts better
+
+
+def kv_layers(pipe):
+    return {n: m for n, m in eraser.as_module(pipe).named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))}
+
+
+def kv_weights(pipe):
+    return {n: m.weight.detach().clone() for n, m in kv_layers(pipe).items()}
+
+
+def token_features(pipe, prompts, mode="prompt"):
+    """The K/V inputs (rows) of the given token positions, as the UNet receives them."""
+    hidden = encode_prompts(pipe, prompts)
+    ids = tokenize_prompts(pipe, prompts)[0]
+    mask = concept_token_mask(ids, pipe.tokenizer.eos_token_id, [0] * len(prompts), [99] * len(prompts), mode)
+    return hidden[mask]
+
+
+@pytest.fixture(params=["tiny-sd", "tiny-sdxl"])
+def pipe(request):
+    return build_pipeline(request.param)
+
+
+@pytest.fixture
+def sd():
+    return build_pipeline("tiny-sd")
+
+
+def test_features_equal_the_pipelines_own_encoding(pipe):
+    prompts = ["a photo of a nude woman", "a dog"]
+    ours = encode_prompts(pipe, prompts)
+    theirs = pipe.encode_prompt(prompts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
+    assert ours.shape == theirs.shape and ours.shape[-1] == pipe.unet.config.cross_attention_dim
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_token_mask_leaves_out_start_padding_and_template_prefix():
+    # [SOT, a, photo, of, nude, woman, EOT, EOT(pad), EOT(pad)]
+    ids = torch.tensor([[49406, 320, 1125, 539, 16630, 2308, 49407, 49407, 49407]])
+    m = lambda mode, start=3, n=1: concept_token_mask(ids, 49407, [start], [n], mode)[0].tolist()  # noqa: E731
+    assert m("concept_eot") == [False, False, False, False, True, True, True, False, False]
+    assert m("concept") == [False, False, False, False, True, False, False, False, False]
+    assert m("prompt") == [False, True, True, True, True, True, True, False, False]
+    with pytest.raises(ValueError, match="tokens must be one of"):
+        m("all")
+
+
+def test_erased_kv_annihilate_the_concept_subspace(pipe):
+    patch = eraser.erase_concepts(pipe, ["nude", "naked"], k=3, variant="svd")
+    assert set(patch.layers) == set(kv_layers(pipe)) and len(patch.layers) > 0
+    for name, mod in kv_layers(pipe).items():
+        u = patch.edits[name].basis[0]  # (D, k), orthonormal
+        assert (mod.weight.double() @ u).abs().max() < 1e-5
+    assert patch.metadata["retain_source"] == "none" and patch.metadata["variant"] == "svd"
+
+
+def test_default_protects_generic_subjects_and_annihilates_the_oblique_directions(pipe):
+    patch = eraser.erase_concepts(pipe, ["nude", "naked"], k=3)
+    assert patch.metadata["retain_source"] == "generic" and patch.metadata["variant"] == "rayleigh"
+    assert "a person" in patch.metadata["retain"]
+    for name, mod in kv_layers(pipe).items():
+        e = patch.edits[name]
+        full = e.eta[0] == 1  # W* = W (I - C_rr U diag(eta) U^T) is zero on C_rr u_i where eta_i = 1
+        assert full.any()
+        assert (mod.weight.double() @ e.dual[0][:, full]).abs().max() < 1e-5
+
+
+def test_svd_with_full_rank_zeroes_every_concept_token(sd):
+    """The features are exactly the UNet's K/V inputs for the concept's tokens: removing their whole
+    span makes K/V output zero there (up to the projection's bias, which attn2 does not have)."""
+    patch = eraser.erase_concepts(sd, "nude", variant="svd", energy=1.0, templates=["{}", "a photo of {}"])
+    rows = token_features(sd, ["nude", "a photo of nude"], mode="prompt")
+    concept_rows = torch.cat([rows[:2], rows[-2:]])  # "nude", EOT of prompt 1; "nude", EOT of prompt 2
+    for mod in kv_layers(sd).values():
+        assert mod(concept_rows).abs().max() < 1e-4
+    assert patch.metadata["tokens_per_concept"] == {"nude": 4}
+
+
+@torch.no_grad()
+def test_retain_prompts_change_less_than_concepts(pipe):
+    concept = token_features(pipe, ["a photo of nude", "naked"])
+    keep = token_features(pipe, ["a photo of a woman", "a man on a beach"])
+    before = {n: (m(concept), m(keep)) for n, m in kv_layers(pipe).items()}
+    rows = [PromptRow(prompt=p, case_number=i) for i, p in enumerate(["a photo of a woman", "a man on a beach"])]
+    eraser.erase_concepts(pipe, ["nude", "naked"], retain=rows)
+    for name, m in kv_layers(pipe).items():
+        c0, r0 = before[name]
+        c_change = float((m(concept) - c0).norm() / c0.norm())
+        r_change = float((m(keep) - r0).norm() / r0.norm())
+        # Stated bound: retained prompts' K/V outputs move by less than RETAIN_BOUND (relative
+        # Frobenius norm) and less than half as much as the concept's.
+        assert r_change < RETAIN_BOUND and r_change < 0.5 * c_change, (name, r_change, c_change)
+
+
+def test_revert_restores_exactly_and_stacks(sd):
+    w0 = kv_weights(sd)
+    a = eraser.erase_concepts(sd, "nude")
+    wa = kv_weights(sd)
+    b = eraser.erase_concepts(sd, "dog", retain=["cat"])
+    a.revert(sd)  # under b: b stays applied
+    assert any(not torch.equal(kv_weights(sd)[n], w0[n]) for n in w0)
+    b.revert(sd)
+    assert all(torch.equal(kv_weights(sd)[n], w0[n]) for n in w0)
+    a.apply(sd)
+    assert all(torch.equal(kv_weights(sd)[n], wa[n]) for n in w0)
+
+
+def test_patch_file_is_small_and_rebuilds_the_erased_pipeline(sd, tmp_path):
+    patch = eraser.erase_concepts(sd, ["nude", "naked"], k=4)
+    path = patch.save(tmp_path / "nude.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    assert sum(k.endswith(".basis") for k in keys) == 1  # every K/V layer shares one basis
+    fresh = build_pipeline("tiny-sd")
+    loaded = ErasurePatch.load(path)
+    assert loaded.metadata["concepts"] == ["nude", "naked"] and loaded.metadata["base_model"] == "tiny-sd"
+    assert loaded.metadata["config"]["k"] == 4 and loaded.metadata["method"] == "unlink"
+    loaded.apply(fresh)
+    for n, w in kv_weights(sd).items():
+        torch.testing.assert_close(kv_weights(fresh)[n], w, rtol=0, atol=1e-6)
+    with pytest.raises(PatchError, match="already applied"):
+        loaded.apply(fresh)
+
+
+def test_sd_patch_is_refused_on_sdxl_shapes(sd, tmp_path):
+    path = eraser.erase_concepts(sd, "nude").save(tmp_path / "p.safetensors")
+    xl = build_pipeline("tiny-sdxl")
+    before = kv_weights(xl)
+    with pytest.raises(PatchError, match="another architecture"):
+        ErasurePatch.load(path).apply(xl)
+    assert all(torch.equal(kv_weights(xl)[n], w) for n, w in before.items())
+
+
+def test_patch_for_other_weights_is_refused(sd, tmp_path):
+    path = eraser.erase_concepts(sd, "nude").save(tmp_path / "p.safetensors")
+    other = build_pipeline("tiny-sd", seed=1)
+    with pytest.raises(PatchError, match="fingerprint mismatch"):
+        ErasurePatch.load(path).apply(other)
+    ErasurePatch.load(path).apply(other, force=True)
+
+
+def test_fp16_pipeline():
+    pipe = build_pipeline("tiny-sd", dtype=torch.float16)
+    patch = eraser.erase_concepts(pipe, "nude", variant="svd")
+    for name, mod in kv_layers(pipe).items():
+        assert mod.weight.dtype == torch.float16 and torch.isfinite(mod.weight).all()
+        u = patch.edits[name].basis[0]
+        assert (mod.weight.double() @ u).abs().max() < 5e-3 * mod.weight.double().abs().max()
+    img = pipe("a photo of nude", num_inference_steps=2, height=32, width=32, output_type="pt",
+               generator=torch.Generator().manual_seed(0)).images
+    assert torch.isfinite(img).all()
+
+
+def test_text_encoder_targets(sd):
+    unet_before = kv_weights(sd)
+    patch = eraser.erase_concepts(sd, "nude", targets="text_encoder_mlp", k=2, variant="svd")
+    assert patch.layers and all(n.startswith("text_encoder.") and ".mlp.fc" in n for n in patch.layers)
+    assert all(torch.equal(kv_weights(sd)[n], w) for n, w in unet_before.items())
+    mods = dict(eraser.as_module(sd).named_modules())
+    for name in patch.layers:
+        assert (mods[name].weight.double() @ patch.edits[name].basis[0]).abs().max() < 1e-5
+
+
+def test_prompt_rows_are_used_verbatim(sd):
+    rows = [PromptRow(prompt="a nude figure on a beach", case_number=0)]
+    patch = eraser.erase_concepts(sd, rows, variant="svd", k=1)
+    # one prompt, every token after the start-of-text: 6 words + EOT
+    assert patch.metadata["tokens_per_concept"] == {"a nude figure on a beach": 7}
+
+
+def test_generic_retain_drops_entries_sharing_a_word(sd):
+    patch = eraser.erase_concepts(sd, ["dog", "woman"])
+    kept = patch.metadata["retain"]
+    assert "a dog" not in kept and "a woman" not in kept and "a cat" in kept
+    assert len(kept) == len(GENERIC_RETAIN) - 2
+
+
+def test_the_registry_serves_diffusion_unlink(sd):
+    assert {"unlink", "unlink_rayleigh"} <= set(eraser.list_methods(family="diffusion"))
+    spec = eraser.get_method("unlink", family="diffusion")
+    patch = spec(sd, ["nude"], k=2, variant="svd")
+    assert isinstance(patch, ErasurePatch) and patch.metadata["family"] == "diffusion"
+
+
+@pytest.mark.parametrize(
+    "concepts, kwargs, error",
+    [
+        ([], {}, "empty"),
+        (["nude", "  "], {}, "empty string"),
+        (["nude"], {"k": 500}, "exceeds the number of concept tokens"),
+        (["nude"], {"retain": ["Nude"]}, "both concepts to erase and retain"),
+        (["nude"], {"targets": "unet.conv_in"}, "image features"),
+        (["nude"], {"targets": "no_such_layer.*"}, "matches no module"),
+        (["nude"], {"templates": ["a photo of"]}, "exactly once"),
+        (["nude"], {"method": "unlink_rayleigh"}, "needs retain"),
+        (["nude"], {"tokens": "everything"}, "tokens must be one of"),
+        (["nude"], {"method": "salun"}, "classifier method"),
+    ],
+)
+def test_bad_input_is_refused_and_leaves_the_pipeline_unchanged(sd, concepts, kwargs, error):
+    before = kv_weights(sd)
+    with pytest.raises((ValueError, TypeError), match=error):
+        eraser.erase_concepts(sd, concepts, **kwargs)
+    assert all(torch.equal(kv_weights(sd)[n], w) for n, w in before.items())
+
+
+def test_long_prompts_are_truncated_with_a_warning(sd):
+    long = "nude " + " ".join(["very"] * 100)
+    with pytest.warns(UserWarning, match="truncated"):
+        eraser.erase_concepts(sd, [PromptRow(prompt=long, case_number=0)], variant="svd", k=1)
+
+
+def test_not_a_pipeline():
+    with pytest.raises(TypeError, match="text-to-image pipeline"):
+        eraser.erase_concepts(torch.nn.Linear(3, 3), "nude")
+
+
+def test_short_padding_gives_the_same_features_up_to_end_of_text(pipe):
+    from eraser.families.diffusion import encode_ids
+
+    prompts = ["a photo of nude", "an extremely long and detailed painting of a church at night"]
+    full = encode_ids(pipe, tokenize_prompts(pipe, prompts))
+    short_ids = tokenize_prompts(pipe, prompts, shortest=True)
+    short = encode_ids(pipe, short_ids)
+    assert short.shape[1] < full.shape[1]
+    torch.testing.assert_close(short, full[:, : short.shape[1]], rtol=1e-5, atol=1e-5)
+
+
+def test_retain_statistics_are_cached_until_the_text_encoder_changes(sd):
+    a = eraser.erase_concepts(sd, "nude")
+    a.revert(sd)
+    cached = sd.__dict__["_eraser_retain_grams"]
+    b = eraser.erase_concepts(sd, "church")
+    assert sd.__dict__["_eraser_retain_grams"] is cached  # reused, not recomputed
+    b.revert(sd)
+    with torch.no_grad():
+        next(sd.text_encoder.parameters()).mul_(1.01)
+    eraser.erase_concepts(sd, "church")
+    assert sd.__dict__["_eraser_retain_grams"] is not cached
+
+
+def test_patch_save_pretrained_from_pretrained(sd, tmp_path):
+    patch = eraser.erase_concepts(sd, "nude")
+    patch.save_pretrained(tmp_path / "patch")
+    assert (tmp_path / "patch" / "erasure_patch.safetensors").is_file()
+    assert ErasurePatch.from_pretrained(tmp_path / "patch").metadata["id"] == patch.metadata["id"]
+
+
+def test_any_object_with_unet_text_encoder_and_tokenizer_works(sd):
+    import types
+
+    bare = types.SimpleNamespace(unet=sd.unet, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer)
+    patch = eraser.erase_concepts(bare, "nude", variant="svd", k=1)
+    assert patch.metadata["base_model"] == "SimpleNamespace" and len(patch.layers) == len(kv_layers(sd))
+    patch.revert(bare)
