@@ -8,7 +8,8 @@ Measures, in one run on one pipeline (model building excluded):
 - Unlink erase time per concept (text encoding of its prompts included): the first erasure on a
   pipeline (which also encodes the generic retain set once) and the median of later ones, for the
   default (Rayleigh with the generic retain set) and the retain-free SVD variant;
-- the peak extra resident memory during a (later) erasure, against the model's size;
+- the peak extra resident memory during a (later) erasure, against the model's size, with the
+  default exact revert (the edited layers' original weights kept in memory) and without it;
 - one UNet forward pass at the architecture's resolution (batch 1), and the cheapest optimisation
   step of ESD (esd_x, with ``--esd``): no DDIM sampling of x_t, only its forward/backward passes;
 - the patch file size against the UNet's;
@@ -53,6 +54,11 @@ class PeakRSS:
             time.sleep(self.every_s)
 
     def __enter__(self) -> PeakRSS:
+        # Hand memory freed by earlier work back to the OS first, or the allocator would serve the
+        # erasure from pages already counted in the baseline and hide its cost.
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.base = self.rss()
         self.peak = self.base
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -65,14 +71,21 @@ class PeakRSS:
         self.peak = max(self.peak, self.rss())
 
 
+def note(text: str) -> None:
+    """Progress on stderr (a run on a big architecture takes a while)."""
+    import sys
+
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def module_bytes(*mods: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
 
 
 @torch.no_grad()
-def unet_inputs(pipe, batch: int, dtype: torch.dtype) -> tuple:
+def unet_inputs(pipe, batch: int, dtype: torch.dtype, resolution: int | None = None) -> tuple:
     unet = pipe.unet
-    size = unet.config.sample_size
+    size = resolution // 8 if resolution else unet.config.sample_size
     latents = torch.randn(batch, unet.config.in_channels, size, size, dtype=dtype)
     text = torch.randn(batch, 77, unet.config.cross_attention_dim, dtype=dtype)
     kw = {}
@@ -100,6 +113,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--repeats", type=int, default=3, help="UNet forward passes per measurement (default 3)")
     ap.add_argument("--esd", action="store_true", help="also time one ESD step (esd_x)")
+    ap.add_argument("--no-forward", action="store_true", help="skip the UNet forward and generation-step timings")
+    ap.add_argument("--resolution", type=int, default=None, help="UNet forward at this many pixels (default: the architecture's)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -116,6 +131,7 @@ def main() -> None:
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "build_s": build_s,
            "model_bytes": model_bytes, "unet_bytes": unet_bytes, "date": time.strftime("%Y-%m-%d")}
 
+    note(f"built {args.arch} in {build_s:.0f} s")
     # -- erase time ---------------------------------------------------------------------------
     for variant in ("auto", "svd"):
         times, parts = [], []
@@ -128,22 +144,34 @@ def main() -> None:
         res[f"erase_{variant}"] = {"first_s": times[0], "later_median_s": statistics.median(times[1:]),
                                    "later_s": times[1:], "parts_last": parts[-1], "rank": patch.edits[patch.layers[0]].rank,
                                    "layers": len(patch.layers)}
+        note(f"erase ({variant}): {[round(t, 3) for t in times]}")
     # -- memory of a (later) erasure ------------------------------------------------------------
+    with PeakRSS() as mem:
+        patch = eraser.erase_concepts(pipe, "nude", exact_revert=False)
+    res["erase_peak_extra_bytes_no_exact_revert"] = mem.peak - mem.base
+    patch.revert(pipe)
     with PeakRSS() as mem:
         patch = eraser.erase_concepts(pipe, "nude")
     res["erase_peak_extra_bytes"] = mem.peak - mem.base
     res["erase_peak_extra_pct_of_model"] = 100 * (mem.peak - mem.base) / model_bytes
+    note(f"memory: {res['erase_peak_extra_bytes'] / 2**20:.0f} MB (exact revert), "
+         f"{res['erase_peak_extra_bytes_no_exact_revert'] / 2**20:.0f} MB (without)")
     with tempfile.TemporaryDirectory() as d:
         path = patch.save(Path(d) / "nude.safetensors")
         res["patch_bytes"] = path.stat().st_size
     res["patch_pct_of_unet"] = 100 * res["patch_bytes"] / unet_bytes
     patch.revert(pipe)
 
+    if args.no_forward:
+        finish(res, args.out)
+        return
     # -- UNet forward and generation step before/after ----------------------------------------------
-    one = unet_inputs(pipe, 1, dtype)
+    res["resolution"] = args.resolution or pipe.unet.config.sample_size * 8
+    one = unet_inputs(pipe, 1, dtype, args.resolution)
     unet_forward_s(pipe, one)  # warm-up
     res["unet_forward_s"] = statistics.median(unet_forward_s(pipe, one) for _ in range(args.repeats))
-    two = unet_inputs(pipe, 2, dtype)
+    note(f"UNet forward {res['unet_forward_s']:.1f} s")
+    two = unet_inputs(pipe, 2, dtype, args.resolution)
     before, after = [], []
     for _ in range(args.repeats):
         before.append(unet_forward_s(pipe, two))
@@ -158,10 +186,14 @@ def main() -> None:
         res["esd"] = esd_step(pipe)
         res["erase_over_esd_step"] = res["erase_auto"]["later_median_s"] / res["esd"]["step_s"]
 
+    finish(res, args.out)
+
+
+def finish(res: dict, out: str | None) -> None:
     print(table(res))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=2))
 
 
 def esd_step(pipe) -> dict:
@@ -183,12 +215,18 @@ def table(r: dict) -> str:
         ("Unlink erase, one concept: median of later erasures", f"{r['erase_auto']['later_median_s']:.3f} s (rank {r['erase_auto']['rank']}, {r['erase_auto']['layers']} K/V layers)"),
         ("Unlink erase, first on this pipeline (+ generic retain set)", f"{r['erase_auto']['first_s']:.3f} s"),
         ("Unlink SVD variant (no retain), median", f"{r['erase_svd']['later_median_s']:.3f} s"),
-        ("UNet forward, batch 1", f"{r['unet_forward_s']:.3f} s"),
-        ("erase / UNet forward", f"{r['erase_over_unet_forward']:.3f}"),
-        ("peak extra memory during erasure", f"{r['erase_peak_extra_bytes'] * mb:,.0f} MB = {r['erase_peak_extra_pct_of_model']:.1f}% of the model"),
+        ("peak extra memory during erasure (exact revert: originals kept)", f"{r['erase_peak_extra_bytes'] * mb:,.0f} MB = {r['erase_peak_extra_pct_of_model']:.1f}% of the model"),
+        ("peak extra memory, exact_revert=False", f"{r['erase_peak_extra_bytes_no_exact_revert'] * mb:,.0f} MB = "
+         f"{100 * r['erase_peak_extra_bytes_no_exact_revert'] / r['model_bytes']:.1f}% of the model"),
         ("patch file, one concept", f"{r['patch_bytes'] / 1024:,.0f} KB = {r['patch_pct_of_unet']:.4f}% of the UNet ({r['unet_bytes'] * mb:,.0f} MB)"),
-        ("generation step (UNet, batch 2) before / after", f"{r['gen_step_before_s']:.3f} s / {r['gen_step_after_s']:.3f} s (ratio {r['gen_step_ratio']:.3f})"),
     ]
+    if "unet_forward_s" in r:
+        rows += [
+            (f"UNet forward, batch 1, {r['resolution']} px", f"{r['unet_forward_s']:.3f} s"),
+            ("erase / UNet forward", f"{r['erase_over_unet_forward']:.3f}"),
+            ("generation step (UNet, batch 2) before / after",
+             f"{r['gen_step_before_s']:.3f} s / {r['gen_step_after_s']:.3f} s (ratio {r['gen_step_ratio']:.3f})"),
+        ]
     if "esd" in r:
         rows.append(("ESD (esd_x) step, cheapest (no x_t sampling)", f"{r['esd']['step_s']:.3f} s; erase / ESD step {r['erase_over_esd_step']:.4f}"))
     rows.append(("machine", f"{r['machine']}, torch threads {r['torch_threads']}, {r['date']}"))

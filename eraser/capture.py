@@ -36,6 +36,7 @@ class GramAccumulator:
         self.matrix: Tensor | None = None
         self.n = 0
         self.nonfinite = False
+        self.rows: list[Tensor] | None = []  # kept while there are fewer rows than dimensions
 
     def update(self, features: Tensor) -> None:
         f = features.detach()
@@ -51,13 +52,16 @@ class GramAccumulator:
         g = f.transpose(1, 2) @ f
         self.matrix = g if self.matrix is None else self.matrix + g
         self.n += f.shape[1]
+        if self.rows is not None:
+            self.rows = self.rows + [f.to("cpu")] if self.n < f.shape[2] else None
 
     def compute(self) -> list[Gram]:
-        """One :class:`Gram` per group (on the CPU, float64)."""
+        """One :class:`Gram` per group (on the CPU, float64; with the rows when fewer than dims)."""
         if self.matrix is None:
             return []
         m = self.matrix.to("cpu", torch.float64)
-        return [Gram(m[i], self.n) for i in range(m.shape[0])]
+        rows = torch.cat(self.rows, dim=1).to(torch.float64) if self.rows else None
+        return [Gram(m[i], self.n, None if rows is None else rows[i]) for i in range(m.shape[0])]
 
 
 class FeatureRows:

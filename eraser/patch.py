@@ -123,7 +123,10 @@ class ErasurePatch:
     def __post_init__(self) -> None:
         self.metadata.setdefault("id", uuid.uuid4().hex)
         self.metadata.setdefault("format", FORMAT)
-        self._originals: dict[str, Tensor] = {}  # exact pre-edit values of dense parameters (memory only)
+        # Exact pre-edit values of the edited weights, kept in memory (never saved) so that revert
+        # is bit-exact; ``exact_revert = False`` saves that memory (revert is then exact up to rounding).
+        self._originals: dict[str, Tensor] = {}
+        self.exact_revert = True
 
     # -- inspection -------------------------------------------------------------------------
     @property
@@ -220,58 +223,74 @@ class ErasurePatch:
         return None
 
     def _edit_weights(self, model: nn.Module, undo: bool) -> None:
-        """Compute every new weight first, then assign them all (no partial edits on error).
+        """Edit (or restore) every weight, one layer at a time so that peak memory is one layer's;
+        if any layer fails, the layers already done are put back exactly and the error propagates.
 
-        Reverting restores the exact original weights kept in memory when the model still holds
-        exactly this patch's result (checked by fingerprint); otherwise it adds the undo factors
-        back, which is exact up to rounding and keeps any later change to the weights.
+        Reverting restores the exact original weights kept in memory (``exact_revert``) when the
+        model still holds exactly this patch's result (checked by fingerprint); otherwise it adds
+        the undo factors back, which is exact up to rounding and keeps later changes to the weights.
         """
         mods = self._check_architecture(model)
         exact = undo and bool(self._originals) and self.fingerprint_of(model) == self.metadata.get("applied_fingerprint")
         params = dict(model.named_parameters()) if self.deltas else {}
-        new: dict[str, Tensor] = {}
+        targets: list[tuple[str, Tensor, LayerEdit | None]] = [
+            (name, e._kind().weight(mods[name]), e) for name, e in self.edits.items()
+        ] + [(name, params[name], None) for name in self.deltas]
+        keep = undo or self.exact_revert  # without kept values, a rollback re-inverts (exact up to rounding)
+        done: list[tuple[str, Tensor, LayerEdit | None, Tensor | None]] = []
         factors: dict[str, Tensor] = {}
-        for name, e in self.edits.items():
-            mod, kind = mods[name], e._kind()
-            w = kind.as_matrix(mod).detach()
-            if not torch.isfinite(w).all():
-                raise PatchError(f"the weight of layer {name!r} contains NaN or Inf; refusing to edit it.")
-            if exact and name in self._originals:
-                new[name] = self._originals[name]
-                continue
+        try:
+            with torch.no_grad():
+                for name, weight, e in targets:
+                    new = self._new_value(name, weight, e, undo, exact, factors)
+                    previous = weight.detach().clone() if keep else None
+                    weight.copy_(new)
+                    done.append((name, weight, e, previous))
+        except BaseException:
+            with torch.no_grad():
+                for name, weight, e, previous in reversed(done):
+                    if previous is not None:
+                        weight.copy_(previous)
+                    elif e is None:
+                        weight.copy_((weight.to(torch.float32) - self.deltas[name].to(weight.device)).to(weight.dtype))
+                    else:
+                        m = weight.reshape(e.basis.shape[0], -1, e.basis.shape[1])
+                        weight.copy_(apply_factor(m, factors[name], e.basis, sign=+1.0).reshape(weight.shape))
+            raise
+        if undo:
+            self._originals = {}
+        else:
+            for name, e in self.edits.items():
+                e.undo = factors[name].detach().to("cpu")
+            self._originals = {name: previous for name, _, _, previous in done if previous is not None}
+
+    def _new_value(self, name: str, weight: Tensor, e: LayerEdit | None, undo: bool, exact: bool, factors: dict) -> Tensor:
+        """One layer's (or dense parameter's) new value."""
+        if exact and name in self._originals:
+            return self._originals[name].to(weight.device)
+        w = weight.detach()
+        nonfinite = PatchError(f"the weight of {name!r} contains NaN or Inf; refusing to edit it.")
+        if (e is None or undo) and not torch.isfinite(w).all():
+            raise nonfinite
+        if e is None:  # a dense delta
+            new = (w.to(torch.float32) + (-1.0 if undo else 1.0) * self.deltas[name].to(w.device)).to(w.dtype)
+        else:
+            m = w.reshape(e.basis.shape[0], -1, e.basis.shape[1])  # (groups, out/groups, D), as LayerKind.as_matrix
             if undo:
                 if e.undo is None:
                     raise PatchError(f"patch has no undo factor for {name!r}; it was never applied.")
                 a = e.undo
-                new[name] = apply_factor(w, a, e.basis, sign=+1.0)
+                new = apply_factor(m, a, e.basis, sign=+1.0)
             else:
-                a = edit_factor(w, e.basis, e.eta, e.dual)
-                new[name] = apply_factor(w, a, e.basis, sign=-1.0)
+                a = edit_factor(m, e.basis, e.eta, e.dual)
+                if not torch.isfinite(a).all():  # NaN/Inf anywhere in W reaches W V: a cheap check
+                    raise nonfinite
+                new = apply_factor(m, a, e.basis, sign=-1.0)
             factors[name] = a
-            if not torch.isfinite(new[name]).all():
-                raise PatchError(f"editing layer {name!r} produced NaN or Inf (weight dtype overflow?).")
-        for name, d in self.deltas.items():
-            p = params[name].detach()
-            if exact and name in self._originals:
-                new[name] = self._originals[name]
-                continue
-            new[name] = (p.to(torch.float32) + (-1.0 if undo else 1.0) * d.to(p.device)).to(p.dtype)
-            if not torch.isfinite(new[name]).all():
-                raise PatchError(f"editing parameter {name!r} produced NaN or Inf.")
-        with torch.no_grad():
-            for name, e in self.edits.items():
-                mod, kind = mods[name], e._kind()
-                weight = kind.weight(mod)
-                if not undo:
-                    self._originals[name] = weight.detach().clone()
-                    e.undo = factors[name].detach().to("cpu")
-                weight.copy_(new[name].reshape(weight.shape))
-            for name in self.deltas:
-                if not undo:
-                    self._originals[name] = params[name].detach().clone()
-                params[name].copy_(new[name])
-            if undo:
-                self._originals = {}
+            new = new.reshape(weight.shape)
+        if new.dtype in (torch.float16, torch.bfloat16) and not torch.isfinite(new).all():
+            raise PatchError(f"editing {name!r} produced NaN or Inf (weight dtype overflow?).")
+        return new
 
     def apply(self, model: Any, force: bool = False, *, _fingerprint: str | None = None) -> Any:
         """Edit ``model`` (an nn.Module or a pipeline) in place and return it. Refuses a model whose

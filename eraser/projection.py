@@ -27,7 +27,10 @@ def edit_factor(W: Tensor, U: Tensor, eta: Tensor | None = None, dual: Tensor | 
         )
     dt = compute_dtype(W)
     V = U if dual is None else dual
-    A = W.to(dt) @ V.to(device=W.device, dtype=dt)
+    # The product runs in W's precision (at least float32): a float64 copy of every weight would
+    # cost more than the whole edit. The small factor is returned in the compute dtype.
+    wt = torch.promote_types(W.dtype, torch.float32)
+    A = (W.to(wt) @ V.to(device=W.device, dtype=wt)).to(dt)
     if eta is not None:
         A = A * eta.to(device=W.device, dtype=dt).unsqueeze(-2)
     return A

@@ -26,13 +26,39 @@ def _head(model: nn.Module) -> list[str]:
     return last[-1:]
 
 
-PRESETS = {"head": _head}
+# Transformer blocks of CLIP towers, in both naming schemes: transformers
+# (``encoder.layers.N.mlp.fc1``, ``self_attn.q_proj``) and open_clip (``transformer.resblocks.N.mlp.c_fc``,
+# ``attn`` = nn.MultiheadAttention, whose out_proj it calls functionally, so it is left out).
+_CLIP_BLOCK = re.compile(r"(?:.*\.)?(?:layers|resblocks)\.(\d+)\.(.+)")
+_CLIP_MLP = re.compile(r"mlp\.(?:fc1|fc2|c_fc|c_proj)")
+_CLIP_ATTN = re.compile(r"self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|attn")
+
+
+def _clip_blocks(model: nn.Module, part: re.Pattern, last_only: bool = False) -> list[str]:
+    found = []
+    for name, mod in model.named_modules():
+        m = _CLIP_BLOCK.fullmatch(name)
+        if m and part.fullmatch(m.group(2)) and layer_kind(mod) is not None:
+            found.append((int(m.group(1)), name))
+    if last_only and found:
+        last = max(i for i, _ in found)
+        found = [(i, n) for i, n in found if i == last]
+    return [n for _, n in found]
+
+
+PRESETS = {
+    "head": _head,
+    "clip_mlp": lambda m: _clip_blocks(m, _CLIP_MLP),
+    "clip_attn": lambda m: _clip_blocks(m, _CLIP_ATTN),
+    "clip_last_mlp": lambda m: _clip_blocks(m, _CLIP_MLP, last_only=True),
+}
 
 
 def resolve_targets(model: nn.Module, layers: Targets) -> dict[str, nn.Module]:
     """Map layer names to modules.
 
-    ``layers`` is a preset name (``"head"``), a regular expression matched against whole module
+    ``layers`` is a preset name (``"head"``; for CLIP towers of transformers or open_clip
+    ``"clip_mlp"``, ``"clip_attn"``, ``"clip_last_mlp"``), a regular expression matched against whole module
     names (a string), or a list of names, each matching a module whose name equals it or ends in
     ``"." + name`` (PEFT's ``target_modules`` rules).
     """

@@ -272,3 +272,12 @@ def test_any_object_with_unet_text_encoder_and_tokenizer_works(sd):
     patch = eraser.erase_concepts(bare, "nude", variant="svd", k=1)
     assert patch.metadata["base_model"] == "SimpleNamespace" and len(patch.layers) == len(kv_layers(sd))
     patch.revert(bare)
+
+
+def test_without_exact_revert_no_weights_are_kept_and_revert_is_close(sd):
+    before = kv_weights(sd)
+    patch = eraser.erase_concepts(sd, "nude", exact_revert=False)
+    assert patch._originals == {} and patch.metadata["config"]["exact_revert"] is False
+    patch.revert(sd)
+    for n, w in before.items():
+        torch.testing.assert_close(kv_weights(sd)[n], w, rtol=0, atol=1e-6)

@@ -118,3 +118,19 @@ def test_rayleigh_clip_k_lowers_k_to_the_rank():
     with pytest.raises(ValueError, match="exceeds the rank"):
         rayleigh_subspace(Xf, Xr, k=3)
     assert rayleigh_subspace(Xf, Xr, k=3, clip_k=True).k == 2
+
+
+def test_few_rows_give_the_same_subspaces_as_the_gram():
+    """With fewer rows than dimensions the rows' thin SVD replaces the d x d eigendecomposition."""
+    from eraser.subspace import Gram, forget_subspace, rayleigh_subspace
+
+    torch.manual_seed(0)
+    xf, xr = torch.randn(12, 40, dtype=torch.float64), torch.randn(200, 40, dtype=torch.float64)
+    with_rows = Gram(xf.T @ xf, 12, xf)
+    matrix_only = Gram(xf.T @ xf, 12)
+    a, b = forget_subspace(with_rows, k=4), forget_subspace(matrix_only, k=4)
+    torch.testing.assert_close(a.basis @ a.basis.T, b.basis @ b.basis.T)  # same subspace
+    torch.testing.assert_close(a.spectrum, b.spectrum, atol=1e-9, rtol=1e-9)
+    r1, r2 = rayleigh_subspace(with_rows, xr, 3), rayleigh_subspace(matrix_only, xr, 3)
+    torch.testing.assert_close(r1.eta, r2.eta)
+    torch.testing.assert_close(r1.dual @ r1.basis.T, r2.dual @ r2.basis.T)  # same oblique projector

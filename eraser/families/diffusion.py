@@ -65,10 +65,11 @@ def text_towers(pipe: Any) -> list[tuple[str, Any, nn.Module]]:
         tok, enc = getattr(pipe, tok_name, None), getattr(pipe, enc_name, None)
         if tok is not None and isinstance(enc, nn.Module):
             towers.append((enc_name, tok, enc))
-    if not towers or not isinstance(getattr(pipe, "unet", None), nn.Module):
+    if not towers:
         raise TypeError(
-            f"{type(pipe).__name__} is not a text-to-image pipeline this library can edit: it needs "
-            "`unet`, and `tokenizer`/`text_encoder` (and optionally `tokenizer_2`/`text_encoder_2`)."
+            f"{type(pipe).__name__} is not a text-to-image pipeline or text encoder this library can edit: "
+            "it needs `tokenizer`/`text_encoder` (optionally `tokenizer_2`/`text_encoder_2`, and `unet` "
+            "for cross-attention targets)."
         )
     return towers
 
@@ -141,6 +142,11 @@ def concept_token_mask(input_ids: Tensor, eos_token_id: int, starts: Sequence[in
 def resolve_concept_targets(pipe: Any, targets: str | Sequence[str]) -> tuple[list[str], dict[str, nn.Module]]:
     """Split the targets into UNet key/value projections (fed by text features) and text-encoder layers."""
     view = as_module(pipe)
+    if targets in ("cross_attn_kv", "cross_attn_k", "cross_attn_v") and getattr(pipe, "unet", None) is None:
+        raise ValueError(
+            f"{type(pipe).__name__} has no UNet, so there is no cross-attention to edit; erase from its "
+            "text encoder with targets='text_encoder_mlp' or 'text_encoder_attn'."
+        )
     pattern = TARGET_PRESETS.get(targets, targets) if isinstance(targets, str) else targets
     resolved = resolve_targets(view, pattern)
     kv = [n for n in resolved if _KV_NAME.fullmatch(n)]
@@ -166,7 +172,9 @@ def _hidden_layer(pipe: Any, hidden_layer: str) -> str:
     if hidden_layer != "auto":
         return hidden_layer
     # SDXL-style UNets (text_time conditioning) read the penultimate layer, as diffusers does.
-    return "penultimate" if getattr(pipe.unet.config, "addition_embed_type", None) == "text_time" else "last"
+    unet = getattr(pipe, "unet", None)
+    text_time = unet is not None and getattr(unet.config, "addition_embed_type", None) == "text_time"
+    return "penultimate" if text_time else "last"
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[slice]:

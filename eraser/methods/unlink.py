@@ -32,6 +32,8 @@ class UnlinkConfig:
     uses k = DEFAULT_RAYLEIGH_K (lowered to the forget features' rank). docs/defaults.md has the
     evidence for this rule.
     ridge: Rayleigh regulariser, as a fraction of trace(C_rr)/d.
+    exact_revert: keep the edited layers' original weights in memory so that ``revert`` is
+        bit-exact (costs their size in memory; without it revert is exact up to rounding).
     """
 
     layers: str | list[str] = "head"
@@ -42,6 +44,7 @@ class UnlinkConfig:
     variant: str = "auto"
     ridge: float = 0.1
     batch_size: int = 64
+    exact_revert: bool = True
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -155,7 +158,6 @@ def unlink_from_grams(
     cfg = config or UnlinkConfig()
     variant = cfg.resolved_variant(retain is not None)
     targets = resolve_targets(model, list(forget))
-    _check_weights(targets)
     t0 = time.perf_counter()
     edits = {}
     # Layers fed the same statistics (e.g. every cross-attention K/V of a UNet) share one fit,
@@ -189,6 +191,7 @@ def unlink_from_grams(
         },
     )
     t1 = time.perf_counter()
+    patch.exact_revert = cfg.exact_revert
     patch.apply(model, _fingerprint=base_fingerprint)  # the weights were hashed just above
     t2 = time.perf_counter()
     patch.metadata["timing_s"] = {"fit": t1 - t0, "apply": t2 - t1}
