@@ -78,3 +78,20 @@ def test_text_tower_of_transformers_clip(hf_clip):
 def test_open_clip_text_tower_is_refused_clearly(oc_clip):
     with pytest.raises(TypeError, match="open_clip text towers"):
         text_view(oc_clip, clip_tokenizer())
+
+
+def test_image_encoder_reaches_the_projection(hf_clip):
+    from eraser.families.clip import ImageEncoder
+
+    enc = ImageEncoder(hf_clip)
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        before = enc(images)
+    assert before.shape == (6, 16)
+    patch = eraser.erase_classes(enc, images, layers=["model.visual_projection"], k=2)
+    assert patch.layers == ["model.visual_projection"]
+    patch.revert(enc)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(images), before)
+    with pytest.raises(TypeError, match="not a CLIP model"):
+        ImageEncoder(torch.nn.Linear(2, 2))

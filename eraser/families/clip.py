@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["TextView", "image_tower", "text_view"]
+__all__ = ["ImageEncoder", "TextView", "image_tower", "text_view"]
 
 
 def image_tower(model: nn.Module) -> nn.Module:
@@ -24,6 +24,23 @@ def image_tower(model: nn.Module) -> nn.Module:
         if isinstance(tower, nn.Module):
             return tower
     return model
+
+
+class ImageEncoder(nn.Module):
+    """A CLIP model's image path as one module (pixels -> image embeddings), so that layers up to and
+    including the final projection (transformers ``visual_projection``) can be erased."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not (hasattr(model, "get_image_features") or hasattr(model, "encode_image")):
+            raise TypeError(f"{type(model).__name__} is not a CLIP model (no get_image_features / encode_image)")
+        self.model = model
+
+    def forward(self, pixel_values):
+        if hasattr(self.model, "get_image_features"):
+            out = self.model.get_image_features(pixel_values=pixel_values)
+            return getattr(out, "pooler_output", out)
+        return self.model.encode_image(pixel_values)
 
 
 @dataclass
