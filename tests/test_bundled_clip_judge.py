@@ -60,7 +60,7 @@ def test_captions_are_varied_and_name_the_digit():
 
 
 def test_public_api():
-    for name in ("digit_prompt", "digits_clip", "digits_judge", "digits_pipeline"):
+    for name in ("digit_prompt", "digits_clip", "digits_judge"):
         assert name in bundled.__all__ and callable(getattr(bundled, name))
     assert "DIGIT_WORDS" in bundled.__all__ and bundled.DIGIT_WORDS[7] == "seven" and len(bundled.DIGIT_WORDS) == 10
 
