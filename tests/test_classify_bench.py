@@ -28,7 +28,7 @@ def test_bench_mnist_class_forgetting_resumes(mnist_root, tmp_path):
     assert by["original"]["UA"] < 10 and by["retrain"]["UA"] == 100.0
     assert by["unlink_rayleigh"]["UA"] > 90 and by["unlink_rayleigh"]["TA"] > by["original"]["TA"] - 3
     # Run times are recorded (comparing them belongs in benchmarks: a loaded machine reorders them).
-    assert all(r["RTE_s"] > 0 for r in rows)
+    assert all(r["RTE_s"] > 0 for r in rows if r["method"] != "original")
     assert all(r["n_forget"] == 1032 for r in rows)  # the 3s among the first 10k training digits
     table = json.loads((tmp_path / "run" / "table.json").read_text())
     assert {r["method"] for r in table["rows"]} == set(by)
