@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-mnist clean
+.PHONY: venv demo demo-classifier test bench bench-mnist clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## Erase a class from a real ImageNet classifier and print the table.
+## Erase the digit seven from the bundled text-to-image model: patch, before/after grid, judge table.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/eraser demo
+	HF_HUB_OFFLINE=1 $(BIN)/eraser erase --model bundled:digits --concept seven --concept 7 \
+		--out runs/demo/seven.safetensors --grid runs/demo/seven.png --check --overwrite
+
+## Erase a class from a real ImageNet classifier and print the table.
+demo-classifier: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/eraser demo-classifier
 
 ## Fast, deterministic test suite (slow real-data runs are excluded; `make test-slow` runs them).
 test: $(STAMP)

@@ -19,7 +19,7 @@ def _data_dir(arg: str | None) -> Path:
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise SystemExit(
-            f"eraser demo: Imagenette archives not found: {missing}. Pass --data DIR (or set ERASER_DATA) "
+            f"eraser demo-classifier: Imagenette archives not found: {missing}. Pass --data DIR (or set ERASER_DATA) "
             "to a folder holding imagenette/imagenette_224_train100.tar and imagenette/imagenette_224_val.tar."
         )
     return path
@@ -37,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     data = _data_dir(args.data)
     by_name = {name.lower(): wnid for wnid, (name, _) in IMAGENETTE.items()}
     if args.erase.lower() not in by_name:
-        raise SystemExit(f"eraser demo: unknown class {args.erase!r}; choose one of {[n for n, _ in IMAGENETTE.values()]}")
+        raise SystemExit(f"eraser demo-classifier: unknown class {args.erase!r}; choose one of {[n for n, _ in IMAGENETTE.values()]}")
     wnid = by_name[args.erase.lower()]
     wnids = list(IMAGENETTE)
     labels = {w: IMAGENETTE[w][1] for w in wnids}
@@ -79,6 +79,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"patch saved to {patch.save(args.save)}")
 
 
+def cmd_app(args: argparse.Namespace) -> None:
+    """Start the Gradio demo: erase concepts and compare images before and after in the browser."""
+    from apps.demo.app import run
+
+    run(args)
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     """List the registered methods (classifier and diffusion families)."""
     import eraser
@@ -95,13 +102,18 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 
 
 def _load_pipeline(model: str, dtype: str | None, device: str | None):
-    """A pipeline from a hub id, a local folder, or ``random:<arch>`` (published config, random weights)."""
+    """A pipeline from a hub id, a local folder, ``random:<arch>`` (published config, random
+    weights) or ``bundled:digits`` (the bundled digits text-to-image model)."""
     import torch
 
     from eraser.families.architectures import build_pipeline, names
     from eraser.families.diffusion import load_pipeline
 
     dt = getattr(torch, _DTYPES[dtype]) if dtype else None
+    if model == "bundled:digits":
+        from eraser.bundled import digits_pipeline
+
+        return digits_pipeline(device=device or "cpu", dtype=dt or torch.float32)
     if model.startswith("random:"):
         arch = model.split(":", 1)[1]
         if arch not in names():
@@ -146,6 +158,8 @@ def cmd_erase(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         pipe = _load_pipeline(args.model, args.dtype, args.device)
         load_s = time.perf_counter() - t0
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+        look = _Look(pipe, args, concepts, seeds) if (args.grid or args.check) else None
         t1 = time.perf_counter()
         patch = eraser.erase_concepts(pipe, concepts, retain=args.retain, k=args.k, targets=args.targets,
                                       method=args.method, device=args.device, progress=True, **options)
@@ -159,11 +173,77 @@ def cmd_erase(args: argparse.Namespace) -> None:
     print(f"layers edited: {len(patch.layers) + len(patch.parameters)} | rank {ranks} | "
           f"retain: {patch.metadata.get('retain_source', 'user' if args.retain else 'none')}")
     print(f"patch: {path} ({path.stat().st_size / 1024:.0f} KB)")
+    if look is not None:
+        look.after(pipe)
     if save_dir is not None:
         save_dir.mkdir(parents=True, exist_ok=True)
         pipe.save_pretrained(save_dir)
         (save_dir / "erasure_patch.json").write_text(json.dumps(patch.metadata, indent=2, default=str))
         print(f"erased pipeline: {save_dir} (load it with DiffusionPipeline.from_pretrained)")
+
+
+class _Look:
+    """``eraser erase --grid/--check``: the same prompts and seeds before and after the erasure."""
+
+    def __init__(self, pipe, args: argparse.Namespace, concepts: list, seeds: list[int]) -> None:
+        if args.check and args.model != "bundled:digits":
+            raise ValueError("--check runs the digit judge, so it needs --model bundled:digits")
+        if not seeds:
+            raise ValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2,3")
+        self.args, self.seeds = args, seeds
+        self.prompts = args.prompt or _default_prompts(args.model, concepts, args.retain)
+        self.before_images = self._images(pipe) if args.grid else None
+        self.before_judge = self._judge(pipe) if args.check else None
+
+    def _images(self, pipe) -> list[list]:
+        import torch
+
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+        rows = []
+        for prompt in self.prompts:
+            gens = [torch.Generator().manual_seed(s) for s in self.seeds]
+            steps = {} if self.args.steps is None else {"num_inference_steps": self.args.steps}
+            rows.append(pipe([prompt] * len(self.seeds), generator=gens, **steps).images)
+        return rows
+
+    def _judge(self, pipe) -> dict:
+        from eraser.bundled.evaluate import judge_digits
+
+        pipe.set_progress_bar_config(disable=True)
+        return judge_digits(pipe, self.args.check_images, steps=self.args.steps)["accuracy"]
+
+    def after(self, pipe) -> None:
+        from evaluation.grids import save_image_grid
+
+        if self.args.grid:
+            after = self._images(pipe)
+            rows = [b + a for b, a in zip(self.before_images, after)]
+            cols = [f"original {s}" for s in self.seeds] + [f"erased {s}" for s in self.seeds]
+            path = save_image_grid(rows, self.args.grid, row_labels=self.prompts, col_labels=cols)
+            print(f"before/after grid: {path} (rows: prompts; columns: seeds, original then erased)")
+        if self.args.check:
+            after = self._judge(pipe)
+            print("\n| digit | judge accuracy before | after |\n|---|---|---|")
+            for d in range(10):
+                print(f"| {d} | {self.before_judge[d]:.1f} | {after[d]:.1f} |")
+            print(f"({self.args.check_images} generations of 'a photo of the digit <word>' per digit, "
+                  "the bundled digit judge)")
+
+
+def _default_prompts(model: str, concepts: list, retain: list | None) -> list[str]:
+    """A few prompts showing the concept and what should survive."""
+    from prompts import GENERIC_RETAIN
+
+    words = [c for c in concepts if isinstance(c, str)][:3]
+    if model == "bundled:digits":
+        from eraser.bundled import DIGIT_WORDS, digit_prompt
+
+        erased = [d for d in range(10) if DIGIT_WORDS[d] in words or str(d) in words]
+        others = [d for d in range(10) if d not in erased][:3]
+        return [digit_prompt(d) for d in erased + others]
+    shown = [w if len(w.split()) > 2 else f"a photo of {w}" for w in words]
+    return shown + [f"a photo of {r}" for r in (retain or list(GENERIC_RETAIN))[:2]]
 
 
 def cmd_patch_info(args: argparse.Namespace) -> None:
@@ -254,9 +334,17 @@ def _split_methods(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from apps.demo.app import add_arguments as add_demo_arguments
+
     ap = argparse.ArgumentParser(prog="eraser", description="Erase concepts and classes from trained vision models.")
     sub = ap.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help=cmd_demo.__doc__)
+    app = sub.add_parser("demo", help=cmd_app.__doc__, description=cmd_app.__doc__ + "\n\nExamples:\n"
+                         "  eraser demo                      # the bundled digits model on CPU, http://127.0.0.1:7860\n"
+                         "  eraser demo --model 'SD 1.4=CompVis/stable-diffusion-v1-4' --device cuda --dtype float16 --host 0.0.0.0",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_demo_arguments(app)
+    app.set_defaults(func=cmd_app)
+    demo = sub.add_parser("demo-classifier", help=cmd_demo.__doc__)
     demo.add_argument("--erase", default="tench", help="Imagenette class to erase (default: tench)")
     demo.add_argument("--data", default=None, help=f"folder with imagenette/*.tar (default: $ERASER_DATA or {DEFAULT_DATA})")
     demo.add_argument("--forget", type=int, default=100, help="forget images of the class (default 100)")
@@ -272,10 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  eraser erase --model ./my-sd --concept 'van gogh' --retain monet --retain picasso --out vangogh.safetensors\n"
         "  eraser erase --model stabilityai/stable-diffusion-xl-base-1.0 --dtype fp16 --device cuda --concept church "
         "--out church.safetensors --save-pipeline ./sdxl-no-church\n"
-        "  eraser erase --model random:tiny-sd --concept nude --out /tmp/p.safetensors   # no download: random weights",
+        "  eraser erase --model random:tiny-sd --concept nude --out /tmp/p.safetensors   # no download: random weights\n"
+        "  eraser erase --model bundled:digits --concept seven --concept 7 --out seven.safetensors --grid seven.png --check",
     )
-    er.add_argument("--model", required=True, help="hub id, local pipeline folder, or random:<arch> "
-                    "(sd-v1-4, sd-v2-1, sdxl-base-1.0, tiny-sd, tiny-sdxl: published config, random weights)")
+    er.add_argument("--model", required=True, help="hub id, local pipeline folder, bundled:digits (the bundled digits "
+                    "model), or random:<arch> (sd-v1-4, sd-v2-1, sdxl-base-1.0, tiny-sd, tiny-sdxl: published config, random weights)")
     er.add_argument("--concept", action="append", help="a word or prompt to erase (repeatable), e.g. --concept nude")
     er.add_argument("--preset", action="append", help="concept preset (repeatable): nudity, imagenette, imagenette:<class>")
     er.add_argument("--concepts-csv", action="append", help="prompt CSV whose rows are erased as whole prompts (repeatable)")
@@ -291,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--out", required=True, help="patch file to write (.safetensors)")
     er.add_argument("--save-pipeline", default=None, help="also write the whole erased pipeline here (save_pretrained)")
     er.add_argument("--overwrite", action="store_true", help="replace an existing --out file / non-empty --save-pipeline folder")
+    er.add_argument("--grid", default=None, help="also write a PNG of the same prompts and seeds before and after, e.g. --grid seven.png")
+    er.add_argument("--prompt", action="append", help="a prompt for --grid (repeatable; default: the concepts and a few others)")
+    er.add_argument("--seeds", default="0,1,2,3", help="seeds for --grid (default 0,1,2,3)")
+    er.add_argument("--steps", type=int, default=None, help="denoising steps for --grid and --check (default: the pipeline's)")
+    er.add_argument("--check", action="store_true", help="bundled:digits only: the digit judge's accuracy per digit before and after")
+    er.add_argument("--check-images", type=int, default=20, help="generations per digit for --check (default 20)")
     er.set_defaults(func=cmd_erase)
     info = sub.add_parser("patch-info", help=cmd_patch_info.__doc__)
     info.add_argument("path")

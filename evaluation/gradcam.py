@@ -8,7 +8,6 @@ removes; gradients are taken with ``torch.autograd.grad`` on those activations o
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from eraser.data import to_model
+
+from .grids import save_png
 
 __all__ = ["grad_cam", "save_gradcam_grid", "conv_layers", "jet"]
 
@@ -178,14 +179,4 @@ def save_gradcam_grid(
             canvas.paste(Image.fromarray((column[r].numpy() * 255 + 0.5).astype(np.uint8)), (x0, y0))
             if labels[r]:
                 _tag(draw, (x0 + 2, y0 + 2), labels[r], font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            canvas.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_png(canvas, path)

@@ -29,7 +29,7 @@ def test_patch_info_on_a_bad_file(tmp_path):
 
 def test_demo_without_data_says_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match="--data DIR"):
-        main(["demo", "--data", str(tmp_path)])
+        main(["demo-classifier", "--data", str(tmp_path)])
 
 
 def test_console_script_is_installed():
@@ -39,7 +39,7 @@ def test_console_script_is_installed():
 
 @pytest.mark.slow
 def test_demo_on_real_data(shared_data, capsys):
-    main(["demo", "--data", str(shared_data), "--val-per-class", "10", "--forget", "50"])
+    main(["demo-classifier", "--data", str(shared_data), "--val-per-class", "10", "--forget", "50"])
     out = capsys.readouterr().out
     assert "UA (erased class no longer top-1)" in out
 
@@ -130,3 +130,28 @@ def test_erase_refuses_to_overwrite_and_bad_models(tmp_path):
         main(["erase", "--model", "random:tiny-sd", "--concept", "nude", "--option", "nope=1", "--out", str(new)])
     with pytest.raises(SystemExit, match="empty"):
         main(["erase", "--model", "random:tiny-sd", "--out", str(new)])
+
+
+def test_erase_bundled_digits_with_grid_and_check(tmp_path, capsys):
+    from PIL import Image
+
+    out, grid = tmp_path / "seven.safetensors", tmp_path / "seven.png"
+    main(["erase", "--model", "bundled:digits", "--concept", "seven", "--concept", "7", "--out", str(out),
+          "--grid", str(grid), "--seeds", "0,1", "--steps", "4", "--check", "--check-images", "2"])
+    text = capsys.readouterr().out
+    assert out.is_file() and "erased ['seven', '7']" in text
+    img = Image.open(grid)
+    assert img.size[0] > 4 * 96 and img.size[1] > 4 * 96  # 4 image columns (2 seeds x before/after), 4 prompt rows
+    assert "| digit | judge accuracy before | after |" in text and "| 9 |" in text
+
+
+def test_erase_check_needs_the_bundled_model(tmp_path):
+    with pytest.raises(SystemExit, match="--check runs the digit judge"):
+        main(["erase", "--model", "random:tiny-sd", "--concept", "cat", "--out", str(tmp_path / "p.safetensors"), "--check"])
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_demo_subcommand_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "Gradio" in capsys.readouterr().out

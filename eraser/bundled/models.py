@@ -16,7 +16,6 @@ Weights are safetensors only (never pickles); a missing or damaged file raises
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -153,19 +152,10 @@ def zero_shot_logits(model, tokenizer, images: Tensor, prompts: list[str] | list
     return clip_image_embeddings(model, images) @ text.T
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer_dir() -> str:
-    import tempfile
-
-    from ..families.clip_tokenizer import write_clip_tokenizer_files
-
-    return str(write_clip_tokenizer_files(tempfile.mkdtemp(prefix="eraser-bundled-tokenizer-")))
-
-
 def _tokenizer():
     from ..families.clip_tokenizer import clip_tokenizer
 
-    return clip_tokenizer(_tokenizer_dir())
+    return clip_tokenizer()
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ tokenizer (built offline by :mod:`eraser.families.clip_tokenizer`), so prompts t
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -386,18 +385,9 @@ def _build_model(config: dict[str, Any]) -> torch.nn.Module:
     return getattr(diffusers, cls_name)(**config).eval()
 
 
-_TOKENIZER_DIR: Path | None = None
-
-
 def _tokenizer(tokenizer_dir: str | Path | None, **kwargs: Any):
-    global _TOKENIZER_DIR
     from eraser.families.clip_tokenizer import clip_tokenizer
 
-    if tokenizer_dir is None:
-        # One folder per process: the vocabulary files are written once, then only read (~0.05 s).
-        if _TOKENIZER_DIR is None:
-            _TOKENIZER_DIR = Path(tempfile.mkdtemp(prefix="eraser-clip-tokenizer-"))
-        tokenizer_dir = _TOKENIZER_DIR
     return clip_tokenizer(tokenizer_dir, pad_token=kwargs["pad_token"], max_length=kwargs["model_max_length"])
 
 

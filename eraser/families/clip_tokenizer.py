@@ -6,8 +6,12 @@ Stable Diffusion v1/v2/XL and OpenAI/OpenCLIP text towers all use this tokenizer
 
 from __future__ import annotations
 
+import atexit
+import functools
 import gzip
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 __all__ = ["clip_tokenizer", "write_clip_tokenizer_files"]
@@ -43,18 +47,22 @@ def write_clip_tokenizer_files(directory: str | Path) -> Path:
     return directory
 
 
+@functools.lru_cache(maxsize=1)
+def _process_dir() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="eraser-clip-tokenizer-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return write_clip_tokenizer_files(d)
+
+
 def clip_tokenizer(directory: str | Path | None = None, pad_token: str = _EOT, max_length: int = 77):
     """A transformers ``CLIPTokenizer`` equal to OpenAI CLIP's (``pad_token="!"`` gives SDXL's second one).
 
-    ``directory`` keeps the vocabulary files (a temporary folder when omitted).
+    ``directory`` keeps the vocabulary files (when omitted: one temporary folder per process,
+    removed at exit).
     """
-    import tempfile
-
     from transformers import CLIPTokenizer
 
-    if directory is None:
-        directory = tempfile.mkdtemp(prefix="eraser-clip-tokenizer-")
-    d = Path(directory)
+    d = Path(directory) if directory is not None else _process_dir()
     if not (d / "vocab.json").is_file() or not (d / "merges.txt").is_file():
         write_clip_tokenizer_files(d)
     # from_pretrained on the local folder reads the two files in every transformers version.

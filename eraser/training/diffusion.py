@@ -18,6 +18,7 @@ weights, devices and flags are restored before the error propagates.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
@@ -339,6 +340,11 @@ class UNetTrainer:
         size = self.resolution // scale
         self.latent_shape = (int(unet.config.in_channels), size, size)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1000 * self.accelerator.process_index)
+        # A scheduler that clips its x0 estimate (pixel-space models) must derive the noise from the
+        # clipped x0, as the bundled digits pipeline samples; no effect when clip_sample is off (SD).
+        clips = bool(getattr(self.scheduler.config, "clip_sample", False))
+        takes = "use_clipped_model_output" in inspect.signature(self.scheduler.step).parameters
+        self._step_kwargs = {"use_clipped_model_output": True} if clips and takes else {}
 
     def _teardown(self, failed: bool) -> None:
         saved, unet = self._saved, self.unet
@@ -483,7 +489,7 @@ class UNetTrainer:
             if guided:
                 out_u, out_c = out.chunk(2)
                 out = out_u + scale * (out_c - out_u)
-            x = self.scheduler.step(out, t, x).prev_sample
+            x = self.scheduler.step(out, t, x, **self._step_kwargs).prev_sample
         return x
 
     def timestep(self, index: int) -> Tensor:

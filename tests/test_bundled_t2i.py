@@ -1,0 +1,127 @@
+"""The bundled digits text-to-image pipeline (eraser/bundled/pipeline.py, weights/t2i/)."""
+
+import shutil
+
+import pytest
+import torch
+
+import eraser
+from eraser.bundled import BundledWeightsError, digit_prompt, digits_pipeline
+from eraser.bundled.pipeline import T2I_DIR, DigitsPipeline
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = digits_pipeline()
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _gen(pipe, prompt, n=2, seed=0, steps=4, **kw):
+    g = torch.Generator().manual_seed(seed)
+    return pipe(prompt, num_images_per_prompt=n, num_inference_steps=steps, generator=g, output_type="pt", **kw).images
+
+
+def test_loads_bundled_layout(pipe):
+    assert isinstance(pipe, DigitsPipeline)
+    cfg = pipe.unet.config
+    assert (cfg.in_channels, cfg.out_channels, cfg.sample_size) == (1, 1, 32)
+    assert cfg.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert type(pipe.text_encoder).__name__ == "CLIPTextModel" and type(pipe.tokenizer).__name__ == "CLIPTokenizer"
+    assert pipe.tokenizer.model_max_length == 77
+    assert pipe.unet.dtype == torch.float32 and not pipe.unet.training
+    shipped = [f for f in T2I_DIR.rglob("*") if f.is_file() and "checkpoint" not in f.relative_to(T2I_DIR).parts]
+    assert sum(f.stat().st_size for f in shipped) <= 10e6
+
+
+def test_generates_deterministically(pipe):
+    a = _gen(pipe, digit_prompt(7))
+    b = _gen(pipe, digit_prompt(7))
+    assert a.shape == (2, 1, 32, 32) and a.dtype == torch.float32
+    assert 0 <= float(a.min()) and float(a.max()) <= 1
+    assert torch.equal(a, b)
+    assert not torch.equal(a, _gen(pipe, digit_prompt(7), seed=1))
+    pil = pipe(["handwritten 3", "the number five"], num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    assert len(pil) == 2 and pil[0].mode == "L" and pil[0].size == (32, 32)
+    arr = pipe("digit 4", num_inference_steps=2, output_type="np").images
+    assert arr.shape == (1, 32, 32, 1)
+
+
+def test_empty_non_latin_and_negative_prompts(pipe):
+    assert _gen(pipe, "", n=1).shape == (1, 1, 32, 32)  # unconditional
+    assert _gen(pipe, "", n=1, guidance_scale=1.0).shape == (1, 1, 32, 32)
+    assert torch.isfinite(_gen(pipe, "七", n=1)).all()
+    x = _gen(pipe, ["a photo of the digit one", "七"], n=1, negative_prompt="a photo of the digit seven")
+    assert x.shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="output_type"):
+        pipe("seven", output_type="jpeg")
+
+
+def test_encode_prompt_matches_sd_convention(pipe):
+    cond, uncond = pipe.encode_prompt(["seven", "two"], "cpu", 3, True)
+    assert cond.shape == (6, 77, pipe.text_encoder.config.hidden_size) and uncond.shape == cond.shape
+    empty = pipe.encode_prompt("", "cpu", 1, False)[0]
+    assert torch.allclose(uncond[0], empty[0])
+    assert pipe.encode_prompt("seven", "cpu", 1, False)[1] is None
+
+
+def test_erase_concepts_and_revert(pipe):
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    x = _gen(pipe, digit_prompt(7), n=1)
+    patch = eraser.erase_concepts(pipe, "seven")
+    try:
+        changed = [k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, before[k])]
+        assert changed and all("attn2.to_k" in k or "attn2.to_v" in k for k in changed)
+        assert not torch.equal(_gen(pipe, digit_prompt(7), n=1), x)
+    finally:
+        patch.revert(pipe)
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+    assert torch.equal(_gen(pipe, digit_prompt(7), n=1), x)
+
+
+def test_missing_and_damaged_files(tmp_path):
+    folder = tmp_path / "t2i"
+    shutil.copytree(T2I_DIR, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    good = weights.read_bytes()
+
+    weights.unlink()
+    with pytest.raises(BundledWeightsError, match=r"diffusion_pytorch_model\.safetensors is missing.*train_t2i"):
+        digits_pipeline(folder=folder)
+
+    weights.write_bytes(good[:1000])
+    with pytest.raises(BundledWeightsError, match=r"damaged.*train_t2i"):
+        digits_pipeline(folder=folder)
+
+    weights.write_bytes(good)
+    (folder / "scheduler" / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(BundledWeightsError, match=r"scheduler_config\.json is damaged.*train_t2i"):
+        digits_pipeline(folder=folder)
+
+    (folder / "meta.json").unlink()
+    with pytest.raises(BundledWeightsError, match=r"meta\.json is missing"):
+        digits_pipeline(folder=folder)
+
+
+def test_save_pretrained_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "p")
+    loaded = DigitsPipeline.from_pretrained(tmp_path / "p")
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.allclose(_gen(loaded, "handwritten 2", n=1), _gen(pipe, "handwritten 2", n=1), atol=1e-5)
+
+
+def test_generations_follow_the_prompt(pipe):
+    """Default sampling (20 steps, guidance 4): the judge reads the asked digit. (This caught a
+    sampler that clipped x0 without re-deriving the noise: 38% instead of 90+%.)"""
+    from eraser.bundled.evaluate import judge_digits
+
+    ev = judge_digits(pipe, 4, seed=7)
+    assert sum(ev["accuracy"].values()) / 10 >= 85, ev["accuracy"]
+
+
+@pytest.mark.slow
+def test_judge_accuracy_per_digit(pipe):
+    from eraser.bundled.evaluate import judge_digits
+
+    ev = judge_digits(pipe, 50, seed=100)
+    assert min(ev["accuracy"].values()) >= 90, ev["accuracy"]

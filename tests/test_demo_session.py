@@ -1,0 +1,138 @@
+"""The demo's logic (apps/demo/session.py) on the bundled digits model: per-session stacks,
+patch on demand (no leaks between sessions), revert, download/upload, and bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from apps.demo.session import BUNDLED, DemoConfig, DemoError, Limits, ModelSlot, Session
+from eraser.bundled import digits_pipeline
+from eraser.bundled.pipeline import random_digits_pipeline
+
+NAME = "digits"
+
+
+@pytest.fixture(scope="module")
+def slots():
+    return {NAME: ModelSlot(NAME, BUNDLED, digits_pipeline())}
+
+
+@pytest.fixture
+def config():
+    return DemoConfig(models={NAME: BUNDLED}, steps=3, limits=Limits(max_images=4, max_patch_bytes=5_000_000))
+
+
+def weights(slot):
+    return {k: v.clone() for k, v in slot.module.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def pixels(images):
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+def test_erase_changes_only_this_session(slots, config):
+    base = weights(slots[NAME])
+    a, b = Session(slots, config), Session(slots, config)
+    before, after = a.generate("a photo of the digit seven", [0, 1])
+    assert np.array_equal(pixels(before), pixels(after))  # nothing erased yet
+    entry = a.erase("seven, 7")
+    assert entry.seconds > 0 and entry.file.suffix == ".safetensors" and entry.size_bytes > 0
+    assert same(base, weights(slots[NAME]))  # erasing leaves the shared model as it was
+    before_a, after_a = a.generate("a photo of the digit seven", [0, 1])
+    assert np.array_equal(pixels(before_a), pixels(before))
+    assert not np.array_equal(pixels(after_a), pixels(before_a))
+    before_b, after_b = b.generate("a photo of the digit seven", [0, 1])
+    assert np.array_equal(pixels(before_b), pixels(after_b))  # no leak into session b
+    assert same(base, weights(slots[NAME]))
+    # the erased side is reproducible: applying the stack again gives the same images
+    assert np.array_equal(pixels(a.generate("a photo of the digit seven", [0, 1])[1]), pixels(after_a))
+
+
+def test_stack_revert_and_repeat(slots, config):
+    s = Session(slots, config)
+    s.erase("seven")
+    s.erase("three", method="Unlink")
+    assert [e.label for e in s.stack] == ["Unlink: seven", "Unlink: three"]
+    with pytest.raises(DemoError, match="already erased"):
+        s.erase("Seven")
+    one = pixels(s.generate("handwritten 3", [2])[1])
+    s.revert_last()
+    assert len(s.stack) == 1
+    before, after = s.generate("handwritten 3", [2])
+    assert not np.array_equal(one, pixels(after))
+    s.revert_last()
+    before, after = s.generate("handwritten 3", [2])
+    assert np.array_equal(pixels(before), pixels(after))
+    with pytest.raises(DemoError, match="nothing to revert"):
+        s.revert_last()
+
+
+def test_download_then_upload_reproduces_the_erasure(slots, config):
+    a, b = Session(slots, config), Session(slots, config)
+    entry = a.erase("five")
+    mine = pixels(a.generate("the number five", [3])[1])
+    b.upload(entry.file)
+    assert np.array_equal(pixels(b.generate("the number five", [3])[1]), mine)
+    assert b.stack[-1].label == "uploaded: five"
+
+
+def test_bad_input_leaves_everything_unchanged(slots, config, tmp_path):
+    base = weights(slots[NAME])
+    s = Session(slots, config)
+    for concepts, kwargs, match in [
+        ("", {}, "at least one concept"),
+        ("a, b, c, d, e", {}, "at most 4 concepts"),
+        ("x" * 61, {}, "at most 60 characters"),
+        ("seven", {"k": 0}, "rank k"),
+        ("seven", {"k": 1000}, "rank k"),
+        ("seven", {"k": 2.5}, "rank k"),
+        ("seven", {"method": "magic"}, "unknown method"),
+        ("seven", {"method": "Unlink + keep"}, "needs concepts to keep"),
+    ]:
+        with pytest.raises(DemoError, match=match):
+            s.erase(concepts, **kwargs)
+    with pytest.raises(DemoError, match="type a prompt"):
+        s.generate("   ", [0])
+    with pytest.raises(DemoError, match="at most 200 characters"):
+        s.generate("seven " * 50, [0])
+    txt = tmp_path / "patch.bin"
+    txt.write_bytes(b"not a patch")
+    with pytest.raises(DemoError, match=r"\.safetensors"):
+        s.upload(txt)
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"\x00" * 64)
+    with pytest.raises(DemoError, match="not an eraser patch"):
+        s.upload(fake)
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(b"\x00" * 6_000_000)
+    with pytest.raises(DemoError, match="at most 5 MB"):
+        s.upload(big)
+    # a patch made for another model (random weights of the same layout) is refused
+    import eraser
+
+    other = random_digits_pipeline(seed=3)
+    foreign = eraser.erase_concepts(other, "seven").save(tmp_path / "foreign.safetensors")
+    with pytest.raises(DemoError, match="does not fit"):
+        s.upload(foreign)
+    assert s.stack == [] and same(base, weights(slots[NAME]))
+
+
+def test_check_reports_judge_accuracy(slots, config):
+    s = Session(slots, config)
+    s.erase("seven, 7")
+    rows = s.check(per_digit=2)
+    assert len(rows) == 20 and {r["model"] for r in rows} == {"original", "erased"}
+    assert all(0 <= r["judge accuracy"] <= 100 for r in rows)
+
+
+def test_select_model(slots, config):
+    s = Session(slots, config)
+    s.erase("two")
+    with pytest.raises(DemoError, match="unknown model"):
+        s.select_model("elsewhere")
+    s.select_model(NAME)
+    assert len(s.stack) == 1
