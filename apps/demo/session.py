@@ -10,12 +10,13 @@ stack costs milliseconds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,6 @@ class DemoConfig:
     steps: int | None = None  # denoising steps (None: each pipeline's default)
     limits: Limits = field(default_factory=Limits)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "limits": asdict(self.limits)}
-
 
 def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Any:
     """A pipeline for a server-side model spec."""
@@ -94,7 +92,6 @@ class ModelSlot:
         # (uploaded patches that touch more are added before they are first applied).
         self._base: dict[str, Tensor] = {n: p.detach().clone() for n, p in self._params.items()
                                           if re.search(r"attn2\.to_[kv]\.weight$", n)}
-        self.fingerprint = _base_fingerprint(self.module)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
 
@@ -143,19 +140,6 @@ class Erasure:
     @property
     def size_bytes(self) -> int:
         return self.file.stat().st_size
-
-
-def _base_fingerprint(module: torch.nn.Module) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for n, p in sorted(module.named_parameters()):
-        h.update(n.encode())
-        h.update(str(float(p.detach().double().sum())).encode())
-    return h.hexdigest()[:16]
-
-
-_CONCEPT = re.compile(r"[\w][\w '\-.]*", re.UNICODE)
 
 
 class Session:
@@ -312,16 +296,11 @@ class Session:
         return rows
 
 
-_JUDGE: Any = None
-
-
+@functools.lru_cache(maxsize=1)
 def _judge() -> Any:
-    global _JUDGE
-    if _JUDGE is None:
-        from eraser.bundled import digits_judge
+    from eraser.bundled import digits_judge
 
-        _JUDGE = digits_judge()
-    return _JUDGE
+    return digits_judge()
 
 
 def _concepts_of(patch: Any) -> list[str]:
