@@ -102,25 +102,12 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 
 
 def _load_pipeline(model: str, dtype: str | None, device: str | None):
-    """A pipeline from a hub id, a local folder, ``random:<arch>`` (published config, random
-    weights) or ``bundled:digits`` (the bundled digits text-to-image model)."""
+    """A pipeline from a hub id, a local folder, ``random:<arch>`` or ``bundled:digits``."""
     import torch
 
-    from eraser.families.architectures import build_pipeline, names
     from eraser.families.diffusion import load_pipeline
 
-    dt = getattr(torch, _DTYPES[dtype]) if dtype else None
-    if model == "bundled:digits":
-        from eraser.bundled import digits_pipeline
-
-        return digits_pipeline(device=device or "cpu", dtype=dt or torch.float32)
-    if model.startswith("random:"):
-        arch = model.split(":", 1)[1]
-        if arch not in names():
-            raise ValueError(f"unknown architecture {arch!r}; choose one of {names()}")
-        pipe = build_pipeline(arch, dtype=dt or torch.float32)
-        return pipe.to(device) if device else pipe
-    return load_pipeline(model, dtype=dt, device=device)
+    return load_pipeline(model, dtype=getattr(torch, _DTYPES[dtype]) if dtype else None, device=device)
 
 
 def _concepts(args: argparse.Namespace) -> list:
@@ -334,9 +321,17 @@ def _split_methods(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from apps.cli_generation import add_bench_parsers
+    from apps.cli_generation import add_parsers as add_generation_parsers
     from apps.demo.app import add_arguments as add_demo_arguments
 
-    ap = argparse.ArgumentParser(prog="eraser", description="Erase concepts and classes from trained vision models.")
+    ap = argparse.ArgumentParser(
+        prog="eraser", description="Erase concepts and classes from trained vision models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `eraser <command> --help` for each command's options and examples.\n\n"
+        "Exit codes: 0 done; 1 the input could not be used (the message says what to do; models and files\n"
+        "are left as they were); 2 the command line itself is wrong; 130 interrupted (rerun to resume\n"
+        "where the command supports it: generate, bench).")
     sub = ap.add_subparsers(dest="command", required=True)
     app = sub.add_parser("demo", help=cmd_app.__doc__, description=cmd_app.__doc__ + "\n\nExamples:\n"
                          "  eraser demo                      # the bundled digits model on CPU, http://127.0.0.1:7860\n"
@@ -344,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(app)
     app.set_defaults(func=cmd_app)
-    demo = sub.add_parser("demo-classifier", help=cmd_demo.__doc__)
+    demo = sub.add_parser("demo-classifier", help=cmd_demo.__doc__,
+                          description=f"{cmd_demo.__doc__}\n\nExample: eraser demo-classifier --erase church --save church.safetensors")
     demo.add_argument("--erase", default="tench", help="Imagenette class to erase (default: tench)")
     demo.add_argument("--data", default=None, help=f"folder with imagenette/*.tar (default: $ERASER_DATA or {DEFAULT_DATA})")
     demo.add_argument("--forget", type=int, default=100, help="forget images of the class (default 100)")
@@ -387,11 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--check", action="store_true", help="bundled:digits only: the digit judge's accuracy per digit before and after")
     er.add_argument("--check-images", type=int, default=20, help="generations per digit for --check (default 20)")
     er.set_defaults(func=cmd_erase)
-    info = sub.add_parser("patch-info", help=cmd_patch_info.__doc__)
-    info.add_argument("path")
+    add_generation_parsers(sub, sorted(_DTYPES))
+    info = sub.add_parser("patch-info", help=cmd_patch_info.__doc__,
+                          description=f"{cmd_patch_info.__doc__}\n\nExample: eraser patch-info runs/demo/seven.safetensors")
+    info.add_argument("path", help="a patch file (.safetensors)")
     info.set_defaults(func=cmd_patch_info)
     bench = sub.add_parser("bench", help="run a benchmark").add_subparsers(dest="bench", required=True)
-    bc = bench.add_parser("classify", help=cmd_bench_classify.__doc__)
+    add_bench_parsers(bench, sorted(_DTYPES))
+    bc = bench.add_parser("classify", help=cmd_bench_classify.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          description=f"{cmd_bench_classify.__doc__}\n\nExample:\n  eraser bench classify --dataset mnist "
+                          "--scenario class:3 --methods ft,ga,salun,unlink --seeds 0,1,2 --out runs/mnist")
     _data_model_options(bc, "output folder (rows.jsonl, table.md/csv/json); rerun to resume")
     bc.add_argument("--scenario", action="append", help="class:3 | classes:1,7 | random:0.1 | instance:32 | class:each (repeatable)")
     bc.add_argument("--num-classes", type=int, default=10, help="classes for class:each (default 10)")
@@ -419,7 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print(f"\neraser {args.command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

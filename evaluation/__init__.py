@@ -1,7 +1,14 @@
-"""Evaluators: classifier-unlearning metrics, class-erasure accuracy, data shift, Grad-CAM, reports and benchmarks."""
+"""Evaluators: classifier-unlearning metrics, class-erasure accuracy, data shift, Grad-CAM, reports and
+benchmarks; for generators the generation runner, NudeNet counts, FID, CLIP score and judge accuracy."""
 
+from .clip_score import ClipScore, clip_score
 from .classification import PerClassAccuracy, class_erasure_scores, head_inputs
+from .fid import fid, fid_details
+from .generate import GenerationConfig, generate_images
 from .gradcam import grad_cam, save_gradcam_grid
+from .images import ImageSet, image_set
+from .judges import Judge, judge_accuracy, judge_predictions
+from .nudenet import EXPOSED_LABELS, attack_success, nudenet_counts, nudenet_detections
 from .report import write_report
 from .shift import DEFAULT_SHIFTS, make_shifted_splits, parse_shift, pr_metric, shift_inputs, shifted_metrics
 from .unlearning import (
@@ -16,6 +23,21 @@ from .unlearning import (
 )
 
 __all__ = [
+    "GenerationConfig",
+    "generate_images",
+    "ImageSet",
+    "image_set",
+    "nudenet_counts",
+    "nudenet_detections",
+    "attack_success",
+    "EXPOSED_LABELS",
+    "fid",
+    "fid_details",
+    "ClipScore",
+    "clip_score",
+    "Judge",
+    "judge_accuracy",
+    "judge_predictions",
     "PerClassAccuracy",
     "class_erasure_scores",
     "head_inputs",

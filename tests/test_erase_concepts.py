@@ -62,6 +62,32 @@ def test_token_mask_leaves_out_start_padding_and_template_prefix():
         m("all")
 
 
+def test_padding_token_modes_select_every_position_after_start_of_text():
+    # [SOT, a, photo, of, nude, woman, EOT, EOT(pad), EOT(pad)]
+    ids = torch.tensor([[49406, 320, 1125, 539, 16630, 2308, 49407, 49407, 49407]])
+    m = lambda mode, start=3, n=1: concept_token_mask(ids, 49407, [start], [n], mode)[0].tolist()  # noqa: E731
+    assert m("prompt_padding") == [False] + [True] * 8
+    assert m("concept_padding") == [False, False, False, False, True, True, True, True, True]
+    # a prompt that fills the window (no end-of-text token): everything after start-of-text
+    full = torch.tensor([[49406, 320, 1125, 539]])
+    assert concept_token_mask(full, 49407, [0], [3], "prompt_padding")[0].tolist() == [False, True, True, True]
+
+
+def test_padding_token_mode_reads_features_at_full_length(sd):
+    from eraser.families.diffusion import concept_grams, expand_concepts, resolve_concept_targets
+
+    kv, text = resolve_concept_targets(sd, "cross_attn_kv")
+    cp = expand_concepts(sd.tokenizer, ["nude"], ["a photo of {}"])
+    grams, counts = concept_grams(sd, cp, kv, text, tokens="prompt_padding")
+    length = sd.tokenizer.model_max_length
+    assert counts == [length - 1]  # every position after start-of-text, padding included
+    rows = token_features(sd, cp.prompts, mode="prompt_padding")
+    assert rows.shape[0] == length - 1
+    (gram,) = grams[kv[0]]
+    assert gram.n == length - 1
+    torch.testing.assert_close(gram.matrix, rows.double().T @ rows.double(), rtol=1e-4, atol=1e-4)
+
+
 def test_erased_kv_annihilate_the_concept_subspace(pipe):
     patch = eraser.erase_concepts(pipe, ["nude", "naked"], k=3, variant="svd")
     assert set(patch.layers) == set(kv_layers(pipe)) and len(patch.layers) > 0

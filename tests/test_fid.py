@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation import fid as fid_module
 from evaluation.fid import InceptionFeatures, fid_metric, inception_path
 from tests.conftest import SHARED_DATA
+
+fid_module = importlib.import_module("evaluation.fid")  # the module (``evaluation.fid`` is the function)
 
 
 @pytest.fixture(scope="module")

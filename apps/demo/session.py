@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["DemoError", "Limits", "DemoConfig", "ModelSlot", "Erasure", "Session", "METHODS", "load_model"]
+from eraser.families.diffusion import BUNDLED_DIGITS as BUNDLED
 
-BUNDLED = "bundled:digits"
+__all__ = ["DemoError", "Limits", "DemoConfig", "ModelSlot", "Erasure", "Session", "METHODS", "load_model"]
 
 # Methods offered in the demo: label -> (registry name, uses the "keep" concepts, expected time note).
 METHODS: dict[str, tuple[str, bool, str]] = {
@@ -69,10 +69,6 @@ class DemoConfig:
 def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Any:
     """A pipeline for a server-side model spec."""
     torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    if spec == BUNDLED:
-        from eraser.bundled import digits_pipeline
-
-        return digits_pipeline(device=device, dtype=torch_dtype)
     from eraser.families.diffusion import load_pipeline
 
     return load_pipeline(spec, dtype=torch_dtype, device=device)

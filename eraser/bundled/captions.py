@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["DIGIT_WORDS", "CAPTION_TEMPLATES", "CANONICAL_TEMPLATE", "caption", "all_captions", "digit_prompt"]
+__all__ = ["DIGIT_WORDS", "CAPTION_TEMPLATES", "CANONICAL_TEMPLATE", "caption", "all_captions", "digit_prompt", "concept_templates"]
 
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -68,3 +68,15 @@ def all_captions(d: int) -> list[str]:
     """Every template filled in for digit ``d`` (in ``CAPTION_TEMPLATES`` order)."""
     d = _check(d)
     return [_fill(t, d) for t in CAPTION_TEMPLATES]
+
+
+def concept_templates(templates: tuple[str, ...] = CAPTION_TEMPLATES) -> tuple[str, ...]:
+    """The caption templates with one ``"{}"`` slot (``{word}`` and ``{d}`` alike), in order and
+    without repeats: the model's own training wordings, for expanding concept words (``"seven"``,
+    ``"7"``) into prompts for ``eraser.erase_concepts(..., templates=...)``."""
+    out: list[str] = []
+    for t in templates:
+        t = t.replace("{word}", "{}").replace("{d}", "{}")
+        if t not in out:
+            out.append(t)
+    return tuple(out)

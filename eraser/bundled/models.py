@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..families.clip import embedding
+
 __all__ = [
     "WEIGHTS_DIR",
     "BundledWeightsError",
@@ -112,16 +114,11 @@ def clip_config(text_hidden: int = 64, vision_hidden: int = 96, projection_dim: 
     return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection_dim)
 
 
-def _features(out) -> Tensor:
-    # transformers 4.x returns a tensor, 5.x an output object whose pooler_output is projected
-    return out if isinstance(out, Tensor) else out.pooler_output
-
-
 def clip_text_embeddings(model, tokenizer, prompts: list[str], normalize: bool = True) -> Tensor:
     """Projected text embeddings of ``prompts`` (padded to 77 tokens as Stable Diffusion does)."""
     device = next(model.parameters()).device
     ids = tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    emb = _features(model.get_text_features(input_ids=ids.to(device)))
+    emb = embedding(model.get_text_features(input_ids=ids.to(device)))
     return nn.functional.normalize(emb, dim=-1) if normalize else emb
 
 
@@ -131,7 +128,7 @@ def clip_image_embeddings(model, images: Tensor, normalize: bool = True, batch_s
     outs = []
     for i in range(0, len(images), batch_size):
         px = clip_pixel_values(images[i : i + batch_size]).to(param.device, param.dtype)
-        outs.append(_features(model.get_image_features(pixel_values=px)))
+        outs.append(embedding(model.get_image_features(pixel_values=px)))
     emb = torch.cat(outs)
     return nn.functional.normalize(emb, dim=-1) if normalize else emb
 

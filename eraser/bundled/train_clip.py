@@ -54,8 +54,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..families.clip import embedding
 from .captions import CAPTION_TEMPLATES, DIGIT_WORDS, all_captions, digit_prompt
-from .models import (CLIP_MEAN, CLIP_STD, _features, _tokenizer, clip_config, clip_image_embeddings, clip_text_embeddings,
+from .models import (CLIP_MEAN, CLIP_STD, _tokenizer, clip_config, clip_image_embeddings, clip_text_embeddings,
                      file_sha256, load_clip_folder)
 
 FILES = ("mnist_train10k.npz", "mnist_test10k.npz")
@@ -260,8 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
         unique, inverse = torch.unique(rows, return_inverse=True)  # encode each distinct caption once
         for group in opt.param_groups:
             group["lr"] = group["lr_mult"] * lr_at(step, total, args.lr, args.warmup)
-        txt = _features(model.get_text_features(input_ids=ids[unique]))[inverse]
-        img = _features(model.get_image_features(pixel_values=x))
+        txt = embedding(model.get_text_features(input_ids=ids[unique]))[inverse]
+        img = embedding(model.get_image_features(pixel_values=x))
         loss = contrastive_loss(img, txt, labels, model.logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()

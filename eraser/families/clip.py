@@ -13,7 +13,13 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ImageEncoder", "TextView", "image_tower", "text_view"]
+__all__ = ["ImageEncoder", "TextView", "image_tower", "text_view", "embedding"]
+
+
+def embedding(out: Any) -> Any:
+    """The projected embedding from ``get_image_features``/``get_text_features``: transformers 4.x
+    returns the tensor, 5.x an output object whose ``pooler_output`` holds it."""
+    return getattr(out, "pooler_output", out)
 
 
 def image_tower(model: nn.Module) -> nn.Module:
@@ -38,8 +44,7 @@ class ImageEncoder(nn.Module):
 
     def forward(self, pixel_values):
         if hasattr(self.model, "get_image_features"):
-            out = self.model.get_image_features(pixel_values=pixel_values)
-            return getattr(out, "pooler_output", out)
+            return embedding(self.model.get_image_features(pixel_values=pixel_values))
         return self.model.encode_image(pixel_values)
 
 

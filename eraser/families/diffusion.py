@@ -2,10 +2,13 @@
 
 The cross-attention key/value projections of a UNet (``attn2.to_k``/``attn2.to_v``) read the text
 encoders' hidden states, so their input features for a concept are the hidden states of the
-concept's prompts, computed without running the UNet. Only the tokens that carry the concept are
-kept: the start-of-text token and the padding are the same for every prompt, and removing their
-directions would damage every generation. Text-encoder layers (CLIP MLP/attention) are captured
-with the same hooks as any other layer, restricted to the same tokens.
+concept's prompts, computed without running the UNet. By default only the tokens that carry the
+concept are kept: the start-of-text token is the same for every prompt and the padding is mostly
+shared, and removing their directions would damage every generation. The padding's hidden states
+still carry the prompt (they attend to it), so the ``*_padding`` token modes include them, for use
+with retain prompts that protect the shared directions (see ``TOKEN_MODES``). Text-encoder layers
+(CLIP MLP/attention) are captured with the same hooks as any other layer, restricted to the same
+tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..targets import resolve_targets
 __all__ = [
     "TARGET_PRESETS",
     "TOKEN_MODES",
+    "PADDING_MODES",
     "ConceptPrompts",
     "text_towers",
     "expand_concepts",
@@ -53,7 +57,16 @@ TARGET_PRESETS: dict[str, str] = {
 #                attention carries the concept into all of them); a template's prefix is left out.
 #   concept:     the concept's own tokens only.
 #   prompt:      every token of the prompt but the start-of-text (and the end-of-text).
-TOKEN_MODES = ("concept_eot", "concept", "prompt")
+#   concept_padding: concept_eot and the padding after the end-of-text token.
+#   prompt_padding:  every position after the start-of-text: the prompt, the end-of-text token and
+#                the padding. A UNet attends to all positions, and in a causal text tower the
+#                padding's hidden states attend to the whole prompt, so they carry the concept too.
+#                Padding directions shared by every prompt must not be removed: use these two modes
+#                with retain prompts of the same templates (the Rayleigh variant protects what the
+#                retain prompts share with the concept's).
+# The *_padding modes encode prompts padded to the full length, as the pipeline does.
+TOKEN_MODES = ("concept_eot", "concept", "prompt", "concept_padding", "prompt_padding")
+PADDING_MODES = ("concept_padding", "prompt_padding")
 _TOWERS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
 _KV_NAME = re.compile(r"unet\..*\.(to_k|to_v|add_k_proj|add_v_proj)")
 
@@ -123,7 +136,8 @@ def concept_token_mask(input_ids: Tensor, eos_token_id: int, starts: Sequence[in
     """Boolean (B, L) mask of the token positions that carry each prompt's concept.
 
     ``input_ids`` start with the start-of-text token; the first ``eos_token_id`` after it ends the
-    prompt (padding may repeat it, as in Stable Diffusion's tokenizer).
+    prompt (padding may repeat it, as in Stable Diffusion's tokenizer). The ``*_padding`` modes also
+    mark every position after the end-of-text token (the padding).
     """
     if mode not in TOKEN_MODES:
         raise ValueError(f"tokens must be one of {TOKEN_MODES}; got {mode!r}")
@@ -134,6 +148,10 @@ def concept_token_mask(input_ids: Tensor, eos_token_id: int, starts: Sequence[in
     first = 1 + torch.as_tensor(list(starts)).unsqueeze(1)
     if mode == "prompt":
         return (pos >= 1) & (pos <= eot)
+    if mode == "prompt_padding":
+        return pos >= 1
+    if mode == "concept_padding":
+        return pos >= first
     if mode == "concept":
         return (pos >= first) & (pos < first + torch.as_tensor(list(lengths)).unsqueeze(1)) & (pos < eot)
     return (pos >= first) & (pos <= eot)
@@ -253,7 +271,7 @@ def concept_grams(
     try:
         with capture_features(text_targets, lambda: GramAccumulator(row_mask=lambda: state["mask"])) as accs:
             for sl in tqdm(list(_batches(cp.prompts, batch_size)), desc=f"encode {what}", disable=not progress, leave=False):
-                ids = tokenize_prompts(pipe, cp.prompts[sl], shortest=True)
+                ids = tokenize_prompts(pipe, cp.prompts[sl], shortest=tokens not in PADDING_MODES)
                 state["mask"] = _mask(pipe, ids, cp, sl, tokens)  # read by the text-encoder hooks
                 hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device)
                 mask = state["mask"].to(hidden.device)
@@ -276,6 +294,9 @@ def concept_grams(
     return grams, counts
 
 
+BUNDLED_DIGITS = "bundled:digits"
+
+
 def load_pipeline(
     model: str,
     *,
@@ -283,13 +304,27 @@ def load_pipeline(
     device: torch.device | str | None = None,
     local_files_only: bool | None = None,
 ) -> Any:
-    """A diffusers pipeline from a local folder (with ``model_index.json``) or a hub id, with clear
-    errors for paths that do not exist or are not pipelines. Honours ``HF_HUB_OFFLINE``."""
+    """A diffusers pipeline from a local folder (with ``model_index.json``), a hub id,
+    ``bundled:digits`` (the bundled digits text-to-image model) or ``random:<arch>`` (a published
+    architecture with random weights, for tests), with clear errors for paths that do not exist or
+    are not pipelines. Honours ``HF_HUB_OFFLINE``."""
     import os
     from pathlib import Path
 
     from diffusers import DiffusionPipeline
 
+    if model == BUNDLED_DIGITS:
+        from ..bundled import digits_pipeline
+
+        return digits_pipeline(device=device or "cpu", dtype=dtype or torch.float32)
+    if model.startswith("random:"):
+        from .architectures import build_pipeline, names
+
+        arch = model.split(":", 1)[1]
+        if arch not in names():
+            raise ValueError(f"unknown architecture {arch!r}; choose one of {names()}")
+        pipe = build_pipeline(arch, dtype=dtype or torch.float32)
+        return pipe.to(device) if device else pipe
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
