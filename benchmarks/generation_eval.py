@@ -5,7 +5,7 @@ throughput, and FID sanity values on real images.
     python benchmarks/generation_eval.py --skip-fid --out runs/generation_eval      # no Inception passes
 
 1. Generation (bundled digits model, 10 digits x 4 wordings x ``--images-per-prompt``, labels in
-   the CSV): one process; two processes under ``accelerate launch --multi_gpu --num_processes 2``
+   the CSV): one process; one process with batch size 1 instead of 4; two processes under ``accelerate launch --multi_gpu --num_processes 2``
    (torchrun; the runner asks accelerate for its multi-CPU mode when there is no GPU); and one
    process killed with SIGKILL once ``--kill-after`` images exist, then rerun. Counts of
    byte-identical images against the single uninterrupted run, and whether the judge report
@@ -44,6 +44,18 @@ def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.png"))}
 
 
+def max_pixel_diff(a: Path, b: Path) -> int:
+    """Largest absolute difference of any pixel (0-255) between same-named images of two folders."""
+    import numpy as np
+    from PIL import Image
+
+    worst = 0
+    for p in sorted(a.glob("*.png")):
+        x, y = (np.asarray(Image.open(q), dtype=int) for q in (p, b / p.name))
+        worst = max(worst, int(np.abs(x - y).max()))
+    return worst
+
+
 def eraser_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "apps.cli", *args]
 
@@ -73,6 +85,12 @@ def generation(out: Path, images_per_prompt: int, kill_after: int) -> list[dict]
     t_one = run(eraser_cmd(*common, "--out", str(one)))
     ref = digests(one)
     rows.append({"run": "1 process", "images": len(ref), "identical to 1 process": len(ref), "wall s": t_one})
+
+    batch1 = out / "batch1"  # the same rows, one image per pipeline call instead of four
+    t_b1 = run(eraser_cmd(*common, "--batch-size", "1", "--out", str(batch1)))
+    got = digests(batch1)
+    rows.append({"run": "1 process, batch size 1 (others: 4)", "images": len(got),
+                 "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()), "wall s": t_b1})
 
     two = out / "two"
     accelerate = str(Path(sys.executable).with_name("accelerate"))
@@ -118,11 +136,13 @@ def generation(out: Path, images_per_prompt: int, kill_after: int) -> list[dict]
                  "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()), "wall s": t_resumed})
 
     reports = {}
-    for name in ("one", "two", "crashed", "resumed"):
+    names = ("one", "batch1", "two", "crashed", "resumed")
+    for name in names:
         run(eraser_cmd("evaluate", "judge", str(out / name), "--judge", "digits", "--by-label", "--out", str(out / f"judge_{name}")))
         reports[name] = json.loads((out / f"judge_{name}" / "judge.json").read_text())["rows"]
-    for row, name in zip(rows, ("one", "two", "crashed", "resumed")):
+    for row, name in zip(rows, names):
         row["same judge report"] = reports[name] == reports["one"]
+        row["max pixel diff"] = max_pixel_diff(one, out / name)
     mean_acc = sum(r["accuracy"] for r in reports["one"]) / len(reports["one"])
     print(f"judge accuracy over the 10 digits (uninterrupted run): {mean_acc:.1f}%")
     return rows
@@ -170,9 +190,10 @@ def main() -> None:
 
     print("\n## Generation: sharding and resume (bundled digits model)\n")
     gen = generation(out / "gen", args.images_per_prompt, args.kill_after)
-    print("| run | images | identical to 1 process | same judge report | wall s |\n|---|---|---|---|---|")
+    print("| run | images | identical to 1 process | max pixel diff (0-255) | same judge report | wall s |\n"
+          "|---|---|---|---|---|---|")
     for r in gen:
-        print(f"| {r['run']} | {r['images']} | {r['identical to 1 process']} | {r['same judge report']} "
+        print(f"| {r['run']} | {r['images']} | {r['identical to 1 process']} | {r['max pixel diff']} | {r['same judge report']} "
               f"| {r['wall s']:.1f} |")
 
     tmp = out / "real"
