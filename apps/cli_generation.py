@@ -50,9 +50,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if args.patch and not Path(args.patch).is_file():
             raise FileNotFoundError(f"patch not found: {args.patch}")
         pipe = _load_pipeline(args.model, args.dtype, args.device or str(state.device))
+        # the runner takes its share from accelerate's state itself (and waits for the others)
         result = generate_images(pipe, rows, args.out, config, patch=args.patch, prompts_file=args.prompts,
-                                 overwrite=args.overwrite, process_index=state.process_index,
-                                 num_processes=state.num_processes)
+                                 overwrite=args.overwrite)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"eraser generate: {err}") from None
     print(f"process {state.process_index + 1}/{state.num_processes}: {result.generated} images generated, "

@@ -191,7 +191,8 @@ def generate_images(
     ``patch``: the path of an :class:`~eraser.ErasurePatch` to apply before generating (recorded
     with its sha256; the pipeline is reverted afterwards). ``prompts_file``: the CSV the rows came
     from (recorded with its sha256). ``process_index``/``num_processes`` default to accelerate's
-    ``PartialState`` (one process without ``accelerate launch``)."""
+    ``PartialState`` (one process without ``accelerate launch``); then the processes wait for each
+    other before and after generating. Pass both only to run one shard by hand (no waiting)."""
     from tqdm.auto import tqdm
 
     config = config or GenerationConfig()
