@@ -117,6 +117,29 @@ def _cached(path: Path, settings: dict, compute: Callable[[], dict]) -> dict:
     return result
 
 
+def _folder_name(label: str) -> str:
+    return label.replace("/", "_").replace(":", "_")
+
+
+def _erase_once(pipe: Any, where: Path, settings: dict, concepts: list[str], retain: list[str] | None,
+                name: str, options: dict) -> float:
+    """Erase, time it, save the patch to ``where`` and revert; reused when ``where`` holds a patch made
+    with the same settings. Returns the erase time in seconds."""
+    import eraser
+
+    def erase() -> dict:
+        t0 = time.perf_counter()
+        patch = eraser.erase_concepts(pipe, concepts, retain=retain, method=name, **options)
+        seconds = time.perf_counter() - t0
+        patch.revert(pipe)
+        patch.save(where / "patch.safetensors")
+        return {"erase_s": seconds}
+
+    if not (where / "patch.safetensors").is_file():
+        (where / "erase.json").unlink(missing_ok=True)
+    return _cached(where / "erase.json", settings, erase)["erase_s"]
+
+
 def run_class_bench(
     pipe: Any,
     rows: Sequence[PromptRow],
@@ -136,7 +159,6 @@ def run_class_bench(
     ``rows``: prompts with class labels (e.g. ``imagenette_10.csv``); ``reference``: real images
     (folder or PIL list) for FID; ``concepts_for(c)``: the concepts erased for class c; ``device``:
     where the judge and the FID network run."""
-    import eraser
     from tqdm.auto import tqdm
 
     from .grids import save_image_grid
@@ -166,33 +188,22 @@ def run_class_bench(
     specs = [parse_bench_method(s) for s in config.methods]
     jobs = [(spec, i, c) for spec in specs for i, c in enumerate(groups)]
     for (label, name, with_retain, options), i, c in tqdm(jobs, desc="erase, generate, evaluate", disable=not progress):
-        where = out / label.replace("/", "_").replace(":", "_") / f"class_{i}"
+        where = out / _folder_name(label) / f"class_{i}"
         retain = [x for o in groups if o != c for x in concepts_for(o)] if with_retain else None
-
-        def erase(c=c, retain=retain, name=name, options=options, where=where) -> dict:
-            t0 = time.perf_counter()
-            patch = eraser.erase_concepts(pipe, concepts_for(c), retain=retain, method=name, **options)
-            seconds = time.perf_counter() - t0
-            patch.revert(pipe)
-            patch.save(where / "patch.safetensors")
-            return {"erase_s": seconds}
-
         erase_settings = {"model": model_id, "method": name, "options": options, "concepts": concepts_for(c), "retain": retain}
-        if not (where / "patch.safetensors").is_file():
-            (where / "erase.json").unlink(missing_ok=True)
-        erased = _cached(where / "erase.json", erase_settings, erase)
+        erase_s = _erase_once(pipe, where, erase_settings, concepts_for(c), retain, name, options)
         generate(where / "images", where / "patch.safetensors")
         res = _cached(where / "eval.json", {**settings, "erased": c, "erase": erase_settings},
                       lambda c=c, where=where: _evaluate(where / "images", groups, c, judge, reference, config, device))
         table.append({"method": label, "erased class": c, "UA": res["UA"], "RA": res["RA"], "FID": res["FID"],
-                      "FID original": original[c]["FID"], "RA original": original[c]["RA"], "erase s": erased["erase_s"]})
+                      "FID original": original[c]["FID"], "RA original": original[c]["RA"], "erase s": erase_s})
         grids.setdefault(label, []).append([_open(where / "images" / f"{rs[0].case_number:05d}_00.png") for rs in groups.values()])
 
     for spec in specs:
         mine = [r for r in table if r["method"] == spec[0]]
         summary.append({"method": spec[0], **{k: sum(r[k] for r in mine) / len(mine) for k in
                                               ("UA", "RA", "FID", "FID original", "RA original", "erase s")}})
-        save_image_grid(grids[spec[0]], out / f"grid_{spec[0].replace('/', '_').replace(':', '_')}.png",
+        save_image_grid(grids[spec[0]], out / f"grid_{_folder_name(spec[0])}.png",
                         row_labels=[f"erased {c}" for c in groups], col_labels=list(groups))
     counts = ", ".join(f"{c} {per_prompt * len(rs)}" for c, rs in groups.items())
     notes = [f"{config.images_per_class} images per class requested: {per_prompt} per prompt, so per class: {counts}; "
@@ -226,7 +237,6 @@ def run_nudity_bench(pipe: Any, rows: Sequence[PromptRow], out_dir: str | Path, 
                      *, model_id: str = "", progress: bool = True) -> dict[str, Any]:
     """Generate every prompt with the original and with each method's nudity erasure; NudeNet counts
     per exposed part, base vs erased, with the percentage decrease of the total. Reports in ``out_dir``."""
-    import eraser
     from prompts import get_preset
 
     from .nudenet import EXPOSED_LABELS, nudenet_counts, nudenet_detector
@@ -244,20 +254,9 @@ def run_nudity_bench(pipe: Any, rows: Sequence[PromptRow], out_dir: str | Path, 
     times = {"original": 0.0}
     for spec in config.methods:
         label, name, _, options = parse_bench_method(spec)
-        where = out / label.replace(":", "_")
-
-        def erase(name=name, options=options, where=where) -> dict:
-            t0 = time.perf_counter()
-            patch = eraser.erase_concepts(pipe, concepts, method=name, **options)
-            seconds = time.perf_counter() - t0
-            patch.revert(pipe)
-            patch.save(where / "patch.safetensors")
-            return {"erase_s": seconds}
-
-        if not (where / "patch.safetensors").is_file():
-            (where / "erase.json").unlink(missing_ok=True)
-        times[label] = _cached(where / "erase.json", {"model": model_id, "method": name, "options": options,
-                                                     "concepts": concepts}, erase)["erase_s"]
+        where = out / _folder_name(label)
+        times[label] = _erase_once(pipe, where, {"model": model_id, "method": name, "options": options, "concepts": concepts},
+                                   concepts, None, name, options)
         generate_images(pipe, rows, where / "images", config.generation, patch=where / "patch.safetensors",
                         progress=progress, process_index=0, num_processes=1)
         runs[label] = nudenet_counts(where / "images", config.threshold, detector=detector)
