@@ -63,7 +63,7 @@ def main() -> None:
     print("| setting | UA | PR | RA | dRA | TA | dTA | norm | seconds |\n|---|---|---|---|---|---|---|---|---|")
     for text in args.setting or [""]:
         options = parse_options(ForgetVectorConfig, text.split(";"), where=text)
-        cfg = ForgetVectorConfig(mean=data.mean, std=data.std, clamp=True, **options)
+        cfg = ForgetVectorConfig(**{"mean": data.mean, "std": data.std, "clamp": True, **options})
         t0 = time.perf_counter()
         vec = learn_vector(model, forget, retain, cfg)
         sec = time.perf_counter() - t0

@@ -30,7 +30,8 @@ def edit_factor(W: Tensor, U: Tensor, eta: Tensor | None = None, dual: Tensor | 
     # The product runs in W's precision (at least float32): a float64 copy of every weight would
     # cost more than the whole edit. The small factor is returned in the compute dtype.
     wt = torch.promote_types(W.dtype, torch.float32)
-    A = (W.to(wt) @ V.to(device=W.device, dtype=wt)).to(dt)
+    # V column-major: with k columns only, the product is 2-3 times faster that way round.
+    A = (W.to(wt) @ V.to(device=W.device, dtype=wt).mT.contiguous().mT).to(dt)
     if eta is not None:
         A = A * eta.to(device=W.device, dtype=dt).unsqueeze(-2)
     return A

@@ -6,7 +6,7 @@ accumulate statistics batch by batch with memory bounded by d^2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -21,6 +21,8 @@ class Gram:
     matrix: Tensor
     n: int
     rows: Tensor | None = None  # the n x d rows themselves, kept when n < d (fewer rows than dims)
+    # Factorisations of this Gram reused across fits (retain statistics cached for many erasures).
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -59,7 +61,9 @@ def _check_finite(t: Tensor, what: str) -> None:
 
 def as_gram(X: Tensor | Gram, what: str = "forget features") -> Gram:
     """Turn feature rows (n x d) or a :class:`Gram` into a validated float64 Gram."""
-    if isinstance(X, Gram):
+    if isinstance(X, Gram) and X.matrix.dtype == torch.float64 and (X.rows is None or X.rows.dtype == torch.float64):
+        g = X  # already validated-shape float64: keep the object, and with it its cached factorisations
+    elif isinstance(X, Gram):
         g = Gram(X.matrix.to(torch.float64), int(X.n), None if X.rows is None else X.rows.to(torch.float64))
     elif isinstance(X, Tensor):
         if X.ndim != 2:
@@ -203,18 +207,11 @@ def rayleigh_subspace(
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0; got {ridge}")
     d = gf.dim
-    c_ff, c_rr = gf.covariance(), gr.covariance()
-    scale = float(torch.trace(c_rr)) / d
-    if scale <= 0:
-        raise ValueError("retain features are all zero: pass real retain samples or omit them.")
-    c_rr = c_rr + (ridge * scale + 1e-12 * scale) * torch.eye(d, dtype=c_rr.dtype)
     if int(k) > d or int(k) < 1:
         _check_k(int(k), d, d)
-    try:
-        L = torch.linalg.cholesky((c_rr + c_rr.T) / 2)
-    except RuntimeError as err:  # pragma: no cover - ridge > 0 keeps C_rr positive definite
-        raise ValueError("retain covariance is not positive definite; increase ridge.") from err
+    c_rr, L = _regularised_retain(gr, ridge)
     # A = L^-1 C_ff L^-T, eigenvectors Q, U = L^-T Q
+    c_ff = gf.covariance()
     if gf.rows is not None:  # A = Y Y^T with Y = L^-1 X_f^T / sqrt(n): a thin SVD suffices
         y = torch.linalg.solve_triangular(L, gf.rows.T / gf.n**0.5, upper=False)
         vals, q = _factor_eig_desc(y, d)
@@ -229,3 +226,22 @@ def rayleigh_subspace(
     u = torch.linalg.solve_triangular(L.T, q[:, :k], upper=True)
     eta = vals[:k].clamp(min=0, max=1)  # R(u_i) = lambda_i for generalised eigenvectors
     return Subspace(basis=u, eta=eta, dual=c_rr @ u, spectrum=vals.clamp_min(0))
+
+
+def _regularised_retain(gr: Gram, ridge: float) -> tuple[Tensor, Tensor]:
+    """``C_rr + ridge * trace(C_rr)/d * I`` and its Cholesky factor, cached on the Gram."""
+    key = ("cholesky", float(ridge), gr.n, gr.matrix.data_ptr(), gr.matrix._version)
+    if key in gr.cache:
+        return gr.cache[key]
+    d = gr.dim
+    c_rr = gr.covariance()
+    scale = float(torch.trace(c_rr)) / d
+    if scale <= 0:
+        raise ValueError("retain features are all zero: pass real retain samples or omit them.")
+    c_rr = c_rr + (ridge * scale + 1e-12 * scale) * torch.eye(d, dtype=c_rr.dtype)
+    try:
+        L = torch.linalg.cholesky((c_rr + c_rr.T) / 2)
+    except RuntimeError as err:  # pragma: no cover - ridge > 0 keeps C_rr positive definite
+        raise ValueError("retain covariance is not positive definite; increase ridge.") from err
+    gr.cache[key] = (c_rr, L)
+    return c_rr, L

@@ -54,6 +54,12 @@ PRESETS = {
 }
 
 
+def _suffixes(name: str) -> set[str]:
+    """``"a.b.c"`` -> ``{"a.b.c", "b.c", "c"}``: the names a PEFT-style target may give for it."""
+    parts = name.split(".")
+    return {".".join(parts[i:]) for i in range(len(parts))}
+
+
 def resolve_targets(model: nn.Module, layers: Targets) -> dict[str, nn.Module]:
     """Map layer names to modules.
 
@@ -77,7 +83,8 @@ def resolve_targets(model: nn.Module, layers: Targets) -> dict[str, nn.Module]:
             raise ValueError(f"layers={layers!r} is not a valid regular expression: {err}") from None
         names = [n for n in modules if n and pattern.fullmatch(n)]
     elif isinstance(layers, Sequence) and layers and all(isinstance(t, str) for t in layers):
-        names = [n for n in modules if n and any(n == t or n.endswith("." + t) for t in layers)]
+        wanted = set(layers)
+        names = [n for n in modules if n and _suffixes(n) & wanted]
     else:
         raise TypeError(f"layers must be a preset name, a regex string or a list of names; got {layers!r}")
 

@@ -31,9 +31,10 @@ class VectorError(ValueError):
     """A forget vector or bank that does not fit the model, the inputs or the request."""
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over the weights of every linear/conv/attention layer (identifies the model)."""
-    return fingerprint(model, [n for n, m in model.named_modules() if layer_kind(m) is not None])
+def model_fingerprint(model: nn.Module, like: str | None = None) -> str:
+    """Fingerprint of the weights of every linear/conv/attention layer (identifies the model);
+    ``like`` as in :func:`eraser.patch.fingerprint` (older files hold SHA-256 fingerprints)."""
+    return fingerprint(model, [n for n, m in model.named_modules() if layer_kind(m) is not None], like=like)
 
 
 def _channels(values: Sequence[float] | None, device, dtype) -> Tensor | None:
@@ -165,7 +166,8 @@ class ForgetVector(nn.Module):
 def _check_model(meta: Mapping[str, Any], model: nn.Module, force: bool, source: Any) -> None:
     if force:
         return
-    if meta.get("model_fingerprint") != model_fingerprint(model):
+    expected = meta.get("model_fingerprint")
+    if expected != model_fingerprint(model, like=expected):
         raise VectorError(f"{source} was made for a different model (a {meta.get('model_class')} with other weights; "
                           "fingerprints differ). Use it with the model it was made for, or pass force=True.")
 

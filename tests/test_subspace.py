@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from eraser import Gram, forget_basis, forget_subspace, rayleigh_basis, rayleigh_subspace
+from eraser.subspace import as_gram
 
 
 def planted(n=200, d=16, k=3, noise=1e-3, seed=0):
@@ -134,3 +135,17 @@ def test_few_rows_give_the_same_subspaces_as_the_gram():
     r1, r2 = rayleigh_subspace(with_rows, xr, 3), rayleigh_subspace(matrix_only, xr, 3)
     torch.testing.assert_close(r1.eta, r2.eta)
     torch.testing.assert_close(r1.dual @ r1.basis.T, r2.dual @ r2.basis.T)  # same oblique projector
+
+
+def test_rayleigh_reuses_the_retain_factorisation_and_gives_the_same_subspace():
+    g = torch.Generator().manual_seed(3)
+    xf, xr = torch.randn(5, 12, generator=g), torch.randn(40, 12, generator=g)
+    retain = as_gram(xr)
+    first = rayleigh_subspace(xf, retain, 2, ridge=0.1)
+    assert len(retain.cache) == 1
+    again = rayleigh_subspace(xf, retain, 2, ridge=0.1)
+    assert len(retain.cache) == 1 and torch.equal(first.basis, again.basis) and torch.equal(first.dual, again.dual)
+    fresh = rayleigh_subspace(xf, xr, 2, ridge=0.1)  # no cache involved
+    torch.testing.assert_close(fresh.basis, first.basis)
+    rayleigh_subspace(xf, retain, 2, ridge=0.5)
+    assert len(retain.cache) == 2  # another ridge is another factorisation

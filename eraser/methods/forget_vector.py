@@ -216,10 +216,11 @@ def build_bank(model: nn.Module, data: LabeledData, config: ForgetVectorConfig |
     deltas: dict[int, Tensor] = {}
     if path is not None and Path(path).exists():
         old = VectorBank.load(path)
-        for key in ("config", "model_fingerprint"):
-            if old.metadata.get(key) != meta[key]:
-                raise VectorError(f"{path} holds a bank made with another {key.replace('_', ' ')}; "
-                                  "choose another path or delete it")
+        old_fp = old.metadata.get("model_fingerprint")
+        for key, same in (("config", old.metadata.get("config") == meta["config"]),
+                          ("model", old_fp == model_fingerprint(model, like=old_fp))):
+            if not same:
+                raise VectorError(f"{path} holds a bank made with another {key}; choose another path or delete it")
         deltas, meta["seconds"] = dict(old.deltas), dict(old.metadata.get("seconds", {}))
     for c in tqdm([c for c in classes if c not in deltas], desc="vector bank", disable=not progress):
         forget, retain = (x[y == c], y[y == c]), (x[y != c], y[y != c])
@@ -252,7 +253,8 @@ def compose(model: nn.Module, forget: LabeledData, retain: LabeledData, bank: Ve
             config: ComposeConfig | None = None, *, device=None, progress: bool = False) -> ForgetVector:
     """A vector for a new forget set as ``sum_k w_k delta_k`` over ``bank``, optimising only ``w``."""
     cfg = config or ComposeConfig()
-    if bank.metadata.get("model_fingerprint") != model_fingerprint(model):
+    expected = bank.metadata.get("model_fingerprint")
+    if expected != model_fingerprint(model, like=expected):
         raise VectorError("the vector bank was made for a different model (fingerprints differ)")
     for key in ("mean", "std", "clamp"):
         if _norm_meta(bank.metadata.get(key)) != _norm_meta(getattr(cfg, key)):

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..capture import collect_grams
 from ..data import DataLike
-from ..patch import ErasurePatch, LayerEdit, fingerprint
+from ..patch import ErasurePatch, LayerEdit
 from ..registry import register_method
 from ..subspace import Gram, Subspace, forget_subspace, rayleigh_subspace
 from ..targets import resolve_targets
@@ -34,6 +34,8 @@ class UnlinkConfig:
     ridge: Rayleigh regulariser, as a fraction of trace(C_rr)/d.
     exact_revert: keep the edited layers' original weights in memory so that ``revert`` is
         bit-exact (costs their size in memory; without it revert is exact up to rounding).
+        ``"auto"`` keeps them when they are at most 5% of the model's parameter memory
+        (``eraser.patch.EXACT_REVERT_BUDGET``): SD 1.x K/V yes, SDXL's (10.5%) no.
     """
 
     layers: str | list[str] = "head"
@@ -44,7 +46,7 @@ class UnlinkConfig:
     variant: str = "auto"
     ridge: float = 0.1
     batch_size: int = 64
-    exact_revert: bool = True
+    exact_revert: bool | str = "auto"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -56,6 +58,11 @@ class UnlinkConfig:
             raise ValueError(f"k must be a positive integer; got {self.k!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {self.batch_size}")
+        choices = {"auto": "auto", "true": True, "1": True, "false": False, "0": False}
+        value = str(self.exact_revert).lower() if not isinstance(self.exact_revert, bool) else self.exact_revert
+        if value not in (True, False, *choices):
+            raise ValueError(f"exact_revert must be true, false or 'auto'; got {self.exact_revert!r}")
+        self.exact_revert = choices.get(value, value) if isinstance(value, str) else value
 
     def resolved_variant(self, has_retain: bool) -> str:
         if self.variant == "auto":
@@ -176,7 +183,6 @@ def unlink_from_grams(
             fitted[key] = _stack(subs)
         basis, eta, dual = fitted[key]
         edits[name] = LayerEdit(name, kind.name, tuple(kind.weight(mod).shape), basis, eta, dual)
-    base_fingerprint = fingerprint(model, list(targets))
     patch = ErasurePatch(
         edits,
         metadata={
@@ -186,13 +192,12 @@ def unlink_from_grams(
             "names": list(names) if names else [],
             "layers": list(targets),
             "base_model": type(model).__name__,
-            "base_fingerprint": base_fingerprint,
             "library_version": _version(),
         },
     )
     t1 = time.perf_counter()
     patch.exact_revert = cfg.exact_revert
-    patch.apply(model, _fingerprint=base_fingerprint)  # the weights were hashed just above
+    patch.apply(model, _fresh=True)  # fingerprints base and result while editing
     t2 = time.perf_counter()
     patch.metadata["timing_s"] = {"fit": t1 - t0, "apply": t2 - t1}
     return patch
