@@ -136,6 +136,9 @@ def cmd_erase(args: argparse.Namespace) -> None:
             raise SystemExit("eraser erase: --save-pipeline must not be the model's own folder (its files are never overwritten).")
         if save_dir.exists() and any(save_dir.iterdir()) and not args.overwrite:
             raise SystemExit(f"eraser erase: {save_dir} is not empty; pass --overwrite or choose another folder.")
+    from eraser.training.processes import process_state
+
+    state = process_state(args.device)  # under `accelerate launch`, trained methods use every process
     try:
         concepts = _concepts(args)
         spec = eraser.get_method(args.method, family="diffusion")
@@ -153,10 +156,14 @@ def cmd_erase(args: argparse.Namespace) -> None:
         erase_s = time.perf_counter() - t1
     except (ValueError, TypeError, FileNotFoundError, eraser.PatchError) as err:
         raise SystemExit(f"eraser erase: {err}") from None
+    if not state.is_main_process:  # every process holds the same result: one writes it
+        state.wait_for_everyone()
+        return
     path = patch.save(out)
     ranks = sorted({e.rank for e in patch.edits.values()})
     print(f"erased {patch.metadata.get('concepts')} from {patch.metadata.get('base_model')} with {args.method} "
-          f"in {erase_s:.2f} s (loading took {load_s:.1f} s)")
+          f"in {erase_s:.2f} s{f' on {state.num_processes} processes' if state.num_processes > 1 else ''} "
+          f"(loading took {load_s:.1f} s)")
     print(f"layers edited: {len(patch.layers) + len(patch.parameters)} | rank {ranks} | "
           f"retain: {patch.metadata.get('retain_source', 'user' if args.retain else 'none')}")
     print(f"patch: {path} ({path.stat().st_size / 1024:.0f} KB)")
@@ -167,6 +174,7 @@ def cmd_erase(args: argparse.Namespace) -> None:
         pipe.save_pretrained(save_dir)
         (save_dir / "erasure_patch.json").write_text(json.dumps(patch.metadata, indent=2, default=str))
         print(f"erased pipeline: {save_dir} (load it with DiffusionPipeline.from_pretrained)")
+    state.wait_for_everyone()
 
 
 class _Look:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from eraser.bundled.models import file_sha256
+from eraser.training.processes import process_state
 from prompts.csv import PromptRow
 
 from .report import package_versions
@@ -121,15 +122,6 @@ def plan_batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
         else:
             batches.append([job])
     return batches
-
-
-def process_state() -> Any:
-    """accelerate's ``PartialState`` for this process. Without GPUs it asks for the multi-CPU (gloo)
-    mode, so ``accelerate launch --multi_gpu --num_processes N`` (torchrun underneath) on a CPU-only
-    machine gives N cooperating processes instead of N copies of one."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _describe_pipeline(pipe: Any) -> dict[str, Any]:

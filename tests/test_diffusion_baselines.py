@@ -276,3 +276,33 @@ def test_train_unet_function_returns_patch_of_chosen_parameters():
                        metadata={"method": "custom"})
     assert sorted(patch.parameters) == sorted(f"unet.{n}" for n in names)
     assert patch.metadata["method"] == "custom" and patch.metadata["steps"] == 2
+
+
+def test_trained_baseline_under_accelerate_launch_with_two_processes(tmp_path):
+    """The real thing: `accelerate launch` starts two processes (torchrun; gloo on CPU). DDP trains
+    them together (the trainer checks they end with equal weights), and one of them writes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from apps.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    common = ["erase", "--model", "random:tiny-sd", "--concept", "nude", "--method", "esd_x",
+              "--option", "steps=2", "--option", "ddim_steps=3", "--option", "resolution=32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    launched = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "apps.cli", *common, "--out", str(tmp_path / "two.safetensors")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert launched.stdout.count("patch:") == 1 and "on 2 processes" in launched.stdout
+    two = ErasurePatch.load(tmp_path / "two.safetensors")
+    main([*common, "--out", str(tmp_path / "one.safetensors")])
+    one = ErasurePatch.load(tmp_path / "one.safetensors")
+    assert two.metadata["num_processes"] == 2 and one.metadata["num_processes"] == 1
+    assert sorted(two.deltas) == sorted(one.deltas)
+    # The second process's own noise samples entered the averaged update.
+    assert any(not torch.equal(two.deltas[n], one.deltas[n]) for n in one.deltas)

@@ -299,11 +299,13 @@ class UNetTrainer:
         return False
 
     def _setup(self) -> None:
-        from accelerate.state import PartialState
         from diffusers import DDIMScheduler
 
+        from .processes import process_state
+
         cfg, unet = self.cfg, self.unet
-        device = self._device_arg or PartialState().device
+        state = process_state(self._device_arg)  # before any Accelerator: joins accelerate launch's processes
+        device = torch.device(self._device_arg) if self._device_arg is not None else state.device
         dtype = next(unet.parameters()).dtype
         precision = resolve_mixed_precision(cfg.mixed_precision, device, dtype)
         if precision == "no" and dtype in (torch.float16, torch.bfloat16):
@@ -565,8 +567,24 @@ class UNetTrainer:
             bar.set_postfix(loss=f"{value:.4g}")
         bar.close()
         opt.zero_grad(set_to_none=True)
+        self._check_processes_agree()
         self.timing["train"] = self.timing.get("train", 0.0) + time.perf_counter() - t0
         return list(self.losses)
+
+    def _check_processes_agree(self) -> None:
+        """Under ``accelerate launch`` every process must end with the same weights (DDP averages
+        the gradients); a difference means the processes did not train together."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return
+        with torch.no_grad():
+            sums = torch.stack([p.detach().double().sum() for p in self.params.values()]).to(acc.device)
+            everyone = acc.gather(sums[None])
+        if not torch.equal(everyone, everyone[:1].expand_as(everyone)):
+            raise RuntimeError(
+                f"the {acc.num_processes} processes ended with different weights, so they did not train "
+                "together; launch with `accelerate launch` and leave the device to it."
+            )
 
     def patch(self, metadata: dict[str, Any]) -> Any:
         """The dense :class:`~eraser.patch.ErasurePatch` of the trained parameters' change,
@@ -580,6 +598,7 @@ class UNetTrainer:
         meta["steps"] = len(self.losses)
         meta["final_loss"] = self.losses[-1] if self.losses else None
         meta["mixed_precision"] = getattr(self, "precision", None)
+        meta["num_processes"] = self.accelerator.num_processes if hasattr(self, "accelerator") else 1
         patch = ErasurePatch.from_changes(self.pipe, {f"unet.{n}": t for n, t in self.before.items()}, meta)
         if not patch.deltas:
             warnings.warn("training left every parameter unchanged (lr=0 or steps=0?); the patch is empty.", stacklevel=2)
