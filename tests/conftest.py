@@ -9,6 +9,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED_DATA = Path(os.environ.get("ERASER_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+def launch_two_processes(cli_args: list[str], timeout: int = 600):
+    """``accelerate launch --multi_gpu --num_processes 2 -m apps.cli ...`` (torchrun; gloo on CPU)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "apps.cli", *cli_args],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

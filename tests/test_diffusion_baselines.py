@@ -281,22 +281,12 @@ def test_train_unet_function_returns_patch_of_chosen_parameters():
 def test_trained_baseline_under_accelerate_launch_with_two_processes(tmp_path):
     """The real thing: `accelerate launch` starts two processes (torchrun; gloo on CPU). DDP trains
     them together (the trainer checks they end with equal weights), and one of them writes."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from apps.cli import main
+    from tests.conftest import launch_two_processes
 
-    root = Path(__file__).resolve().parents[1]
     common = ["erase", "--model", "random:tiny-sd", "--concept", "nude", "--method", "esd_x",
               "--option", "steps=2", "--option", "ddim_steps=3", "--option", "resolution=32"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    accelerate = Path(sys.executable).with_name("accelerate")
-    launched = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "apps.cli", *common, "--out", str(tmp_path / "two.safetensors")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    launched = launch_two_processes([*common, "--out", str(tmp_path / "two.safetensors")])
     assert launched.returncode == 0, launched.stderr[-2000:]
     assert launched.stdout.count("patch:") == 1 and "on 2 processes" in launched.stdout
     two = ErasurePatch.load(tmp_path / "two.safetensors")

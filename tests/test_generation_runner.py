@@ -2,9 +2,6 @@
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,7 @@ import torch
 
 import eraser
 from apps.cli import main
+from tests.conftest import launch_two_processes
 from eraser.bundled import digits_pipeline
 from evaluation.generate import GenerationConfig, generate_images, plan_batches, plan_jobs, read_index
 from prompts.csv import PromptRow
@@ -137,12 +135,7 @@ def test_two_processes_under_accelerate_match_one(rows, tmp_path):
     """The real thing: `accelerate launch` starts two processes (torchrun; gloo on CPU)."""
     _, csv = rows
     common = ["generate", "--model", "bundled:digits", "--prompts", str(csv), "--steps", str(STEPS), "--images-per-prompt", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    accelerate = Path(sys.executable).with_name("accelerate")
-    launched = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "apps.cli", *common, "--out", str(tmp_path / "two")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    launched = launch_two_processes([*common, "--out", str(tmp_path / "two")], timeout=300)
     assert launched.returncode == 0, launched.stderr[-2000:]
     assert "process 1/2" in launched.stdout and "process 2/2" in launched.stdout
     main([*common, "--out", str(tmp_path / "one")])
