@@ -57,6 +57,16 @@ def test_bench_config_rejects_bad_lists():
         ClassifyBenchConfig(methods=["retrain"])
 
 
+def test_scenario_presets_refine_by_dataset():
+    from evaluation.classify_bench import scenario_presets
+
+    mnist, other = scenario_presets("mnist", "random"), scenario_presets("cifar10", "random")
+    assert mnist["forget_vector"]["retain_weight"] == 30.0 and other["forget_vector"]["retain_weight"] == 1.0
+    assert mnist["unlink"] == other["unlink"] == {"tail_beta": 0.05}  # the kind's settings still apply
+    assert mnist["forget_vector_compose"]["lr"] == 0.01 and "forget_vector_compose" not in other
+    assert scenario_presets("mnist", "class") == {}
+
+
 def test_bench_forget_vector_rows_bank_and_shifts(mnist_root, tmp_path, monkeypatch):
     cfg = ClassifyBenchConfig(
         data_root=str(mnist_root), scenarios=["class:3"], seeds=[0],
