@@ -44,6 +44,25 @@ def test_forget_vector_forgets_the_class_and_leaves_weights_alone(toy_model, toy
     assert vec.metadata["config"]["max_steps"] == 30 and vec.metadata["fit"]["steps"] == 30
 
 
+def test_kl_retain_loss_keeps_the_original_predictions(toy_model, toy_task):
+    from eraser.methods.forget_vector import VectorObjective, _Perturbed
+
+    cfg = ForgetVectorConfig(**FAST, retain_loss="kl")
+    xr, yr = toy_task["retain"]
+    wrapper = _Perturbed(toy_model, cfg, tuple(xr.shape[1:]))
+    assert VectorObjective(cfg)._retain(wrapper, xr, yr).item() == pytest.approx(0.0, abs=1e-6)  # delta = 0
+    with torch.no_grad():
+        wrapper.delta.copy_(2 * torch.randn(wrapper.delta.shape, generator=torch.Generator().manual_seed(0)))
+    assert VectorObjective(cfg)._retain(wrapper, xr, yr).item() > 0.01
+    vec = learn_vector(toy_model, toy_task["forget"], toy_task["retain"], cfg)
+    assert accuracy(vec, toy_task["forget"]) < 10
+    with torch.no_grad():
+        agree = (vec(xr).argmax(1) == toy_model(xr).argmax(1)).float().mean().item()
+    assert agree > 0.85 and vec.metadata["config"]["retain_loss"] == "kl"
+    with pytest.raises(ValueError, match="retain_loss must be one of"):
+        ForgetVectorConfig(retain_loss="mse")
+
+
 def test_norm_penalty_variants_shrink_the_vector(toy_model, toy_task):
     weak = learn_vector(toy_model, toy_task["forget"], toy_task["retain"], ForgetVectorConfig(**FAST, norm_weight=0.0))
     strong = learn_vector(toy_model, toy_task["forget"], toy_task["retain"], ForgetVectorConfig(**FAST, norm_weight=1.0))

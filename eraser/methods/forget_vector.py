@@ -2,7 +2,8 @@
 
 Loss (GUIDE.md section 1), model frozen, only the perturbation trained:
 ``l_f + retain_weight * CE(retain + delta) + norm_weight * penalty`` with the C&W margin
-``l_f = mean max(z_y - max_{k != y} z_k, -tau)`` on the forget set, and penalty ``||delta||_2^2``
+``l_f = mean max(z_y - max_{k != y} z_k, -tau)`` on the forget set (``retain_loss="kl"`` replaces
+the CE by the KL divergence from the unperturbed model's predictions), and penalty ``||delta||_2^2``
 (the paper) or ``||delta||_2 / B`` (``norm="per_batch"``, the authors' code). Composition trains
 only the weights ``w`` of ``delta(w) = sum_k w_k delta_k`` over a bank's class vectors, with
 ``norm_weight * ||w||^2``.
@@ -28,6 +29,7 @@ from ..vectors import ForgetVector, VectorBank, VectorError, model_fingerprint, 
 __all__ = ["ForgetVectorConfig", "ComposeConfig", "learn_vector", "build_bank", "compose", "margin_loss"]
 
 NORMS = ("squared", "per_batch")
+RETAIN_LOSSES = ("ce", "kl")
 
 
 def margin_loss(logits: Tensor, labels: Tensor, tau: float = 1.0) -> Tensor:
@@ -48,6 +50,9 @@ class ForgetVectorConfig(TrainConfig):
     norm: ``squared`` (the paper) or ``per_batch`` (``||delta||_2 / B``, the authors' code; that
         code also lets weight decay act on delta: set ``weight_decay``).
     tau: the margin of the forget loss.
+    retain_loss: ``ce`` (the paper: cross-entropy to the labels) or ``kl`` (KL divergence from the
+        unperturbed model's predictions: keep what the model did, including its mistakes, which a
+        single perturbation cannot fix anyway; one more forward pass per step).
     mean/std: the model's input normalisation; when given, delta is in pixel units.
     clamp: keep perturbed images in [0, 1] (pixel space).
     """
@@ -64,6 +69,7 @@ class ForgetVectorConfig(TrainConfig):
     norm_weight: float = 0.01
     norm: str = "squared"
     tau: float = 1.0
+    retain_loss: str = "ce"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     clamp: bool = False
@@ -72,6 +78,8 @@ class ForgetVectorConfig(TrainConfig):
         super().__post_init__()
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}; got {self.norm!r}")
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise ValueError(f"retain_loss must be one of {RETAIN_LOSSES}; got {self.retain_loss!r}")
         self.mean, self.std = _floats(self.mean, "mean"), _floats(self.std, "std")
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std (normalised inputs, delta in pixels) or neither")
@@ -135,8 +143,16 @@ class VectorObjective(Objective):
             penalty = p.pow(2).sum()
         else:
             penalty = p.norm() / xf.shape[0]
-        loss = margin_loss(model(xf), yf, self.cfg.tau) + self.cfg.retain_weight * nn.functional.cross_entropy(model(xr), yr)
+        loss = margin_loss(model(xf), yf, self.cfg.tau) + self.cfg.retain_weight * self._retain(model, xr, yr)
         return loss + self.cfg.norm_weight * penalty
+
+    def _retain(self, model: _Perturbed, xr: Tensor, yr: Tensor) -> Tensor:
+        logits = model(xr)
+        if self.cfg.retain_loss == "ce":
+            return nn.functional.cross_entropy(logits, yr)
+        with torch.no_grad():
+            target = nn.functional.log_softmax(model.model(xr), dim=1)
+        return nn.functional.kl_div(nn.functional.log_softmax(logits, dim=1), target, log_target=True, reduction="batchmean")
 
     def backward(self, model: _Perturbed, batches, info: StepInfo) -> float:
         value = super().backward(model, batches, info)
