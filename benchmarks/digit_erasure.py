@@ -24,6 +24,9 @@ the four wordings with the digit left out ("a photo of the digit", "handwritten"
 what an erasure that removes exactly the digit's information scores: the model then draws digits
 at its base rates, and the judge still sees the erased digit in that share of the images.
 
+With ``--grids`` a picture per digit and method goes to ``<out>/grids/``: a row of generations of
+the erased digit's wordings over a row with one generation of each other digit.
+
 After each method the patch is reverted and the UNet and text encoder are checked to be exactly the
 original again. Reports (Markdown, CSV, JSON with every setting) go to ``--out``.
 """
@@ -116,6 +119,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
     ap.add_argument("--reference-images", type=int, default=2000, help="real MNIST test digits for FID")
     ap.add_argument("--no-fid", action="store_true")
+    ap.add_argument("--grids", action="store_true",
+                    help="save a picture per digit and method: 9 generations of the erased digit's wordings over one per other digit")
     ap.add_argument("--no-digit-row", action="store_true",
                     help="add the reference row 'no digit in prompt' (UA of the wordings without the digit)")
     ap.add_argument("--seed", type=int, default=0)
@@ -147,12 +152,23 @@ def main() -> None:
         with torch.no_grad():
             ua = 100 * float((judge(xf).argmax(-1) != d).float().mean())
             ra = 100 * float((judge(xr).argmax(-1) == yr).float().mean())
-        return ua, ra, xr
+        return ua, ra, xf, xr
+
+    def save_grid(d: int, label: str, xf: torch.Tensor, xr: torch.Tensor) -> None:
+        from torchvision.utils import save_image
+
+        picks = xf[torch.linspace(0, len(xf) - 1, 9).round().long()]  # spread over the four wordings
+        firsts = xr[:: args.retain_images]  # the first generation of each other digit
+        slug = "".join(c if c.isalnum() or c in "=._" else "-" for c in label)
+        (Path(args.out) / "grids").mkdir(parents=True, exist_ok=True)
+        save_image(torch.cat([picks, firsts]), Path(args.out) / "grids" / f"digit-{d}_{slug}.png", nrow=9, padding=2, pad_value=0.5)
 
     rows, pooled = [], {}
     t_start = time.perf_counter()
     for d in digits:
-        ua, ra, xr = evaluate(d)
+        ua, ra, xf, xr = evaluate(d)
+        if args.grids:
+            save_grid(d, "original", xf, xr)
         rows.append({"digit": d, "method": "original", "UA": ua, "retained acc": ra, "erase s": 0.0})
         pooled.setdefault("original", []).append(xr)
         print(f"digit {d} original: UA {ua:.1f}, retained acc {ra:.1f}", flush=True)
@@ -170,13 +186,15 @@ def main() -> None:
             patch = eraser.erase_concepts(pipe, concepts_of(d), retain=retain, method=name, progress=False, **options)
             seconds = time.perf_counter() - t0
             try:
-                ua, ra, xr = evaluate(d)
+                ua, ra, xf, xr = evaluate(d)
             finally:
                 patch.revert(pipe)
             now = snapshot(pipe)
             if any(not torch.equal(now[k], v) for k, v in original.items()):
                 raise SystemExit(f"{label} on digit {d}: reverting did not restore the original weights")
             rows.append({"digit": d, "method": label, "UA": ua, "retained acc": ra, "erase s": seconds})
+            if args.grids:
+                save_grid(d, label, xf, xr)
             pooled.setdefault(label, []).append(xr)
             print(f"digit {d} {label}: UA {ua:.1f}, retained acc {ra:.1f}, erase {seconds:.3f} s", flush=True)
 

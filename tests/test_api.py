@@ -49,6 +49,19 @@ def test_erased_inputs_no_longer_reach_the_head(tiny, images):
     assert after.norm() / before.norm() < 1e-5
 
 
+def test_strength_two_reflects_the_subspace_and_reverts(tiny, images):
+    W = tiny.head.weight.detach().clone()
+    patch = eraser.erase_classes(tiny, images, k=2, strength=2.0)
+    U = patch.edits["head"].basis[0].to(W.dtype)
+    reflected = W @ (torch.eye(W.shape[1]) - 2 * U @ U.T)
+    torch.testing.assert_close(tiny.head.weight.detach(), reflected, atol=1e-5, rtol=0)
+    # a reflection keeps the norm of every row's component along the subspace, with its sign flipped
+    torch.testing.assert_close(tiny.head.weight.detach() @ U, -(W @ U), atol=1e-5, rtol=0)
+    assert patch.metadata["config"]["strength"] == 2.0
+    patch.revert(tiny)  # the head is over 5% of this tiny model: revert adds the factors back
+    torch.testing.assert_close(tiny.head.weight.detach(), W, atol=1e-6, rtol=0)
+
+
 def test_retain_data_selects_the_rayleigh_variant(tiny, images):
     patch = eraser.erase_classes(tiny, images, retain_data=torch.randn(40, 3, 8, 8), k=1)
     assert patch.metadata["variant"] == "rayleigh"
@@ -126,6 +139,8 @@ def test_timm_style_head_preset():
         ({"ridge": 0.1, "bogus_option": 1}, TypeError, "unknown options"),
         ({"variant": "weird"}, ValueError, "variant must be"),
         ({"energy": 0.9, "k": 2}, ValueError, "only one"),
+        ({"strength": 0.0}, ValueError, "strength must be"),
+        ({"strength": 2.5}, ValueError, "strength must be"),
     ],
 )
 def test_bad_input_changes_nothing(tiny, images, kwargs, error, message):

@@ -32,6 +32,10 @@ class UnlinkConfig:
     uses k = DEFAULT_RAYLEIGH_K (lowered to the forget features' rank). docs/defaults.md has the
     evidence for this rule.
     ridge: Rayleigh regulariser, as a fraction of trace(C_rr)/d.
+    strength: scales the removal, ``W* = W - strength * W U diag(eta) U^T``. 1 removes the
+        subspace; 2 reflects it (the concept's features point the other way, which steers
+        generations away from the concept, like a negative guidance; still a low-rank,
+        reversible edit); values in (0, 1) only weaken it.
     exact_revert: keep the edited layers' original weights in memory so that ``revert`` is
         bit-exact (costs their size in memory; without it revert is exact up to rounding).
         ``"auto"`` keeps them when they are at most 5% of the model's parameter memory
@@ -45,6 +49,7 @@ class UnlinkConfig:
     sv_ratio: float | None = None
     variant: str = "auto"
     ridge: float = 0.1
+    strength: float = 1.0
     batch_size: int = 64
     exact_revert: bool | str = "auto"
 
@@ -58,6 +63,8 @@ class UnlinkConfig:
             raise ValueError(f"k must be a positive integer; got {self.k!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {self.batch_size}")
+        if not 0.0 < float(self.strength) <= 2.0:
+            raise ValueError(f"strength must be in (0, 2] (1 removes the subspace, 2 reflects it); got {self.strength!r}")
         choices = {"auto": "auto", "true": True, "1": True, "false": False, "0": False}
         value = str(self.exact_revert).lower() if not isinstance(self.exact_revert, bool) else self.exact_revert
         if value not in (True, False, *choices):
@@ -180,7 +187,8 @@ def unlink_from_grams(
                     subs.append(fit_subspace(fg, retain[name][g] if retain else None, cfg))
                 except ValueError as err:
                     raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
-            fitted[key] = _stack(subs)
+            basis, eta, dual = _stack(subs)
+            fitted[key] = (basis, eta * float(cfg.strength), dual)
         basis, eta, dual = fitted[key]
         edits[name] = LayerEdit(name, kind.name, tuple(kind.weight(mod).shape), basis, eta, dual)
     patch = ErasurePatch(
