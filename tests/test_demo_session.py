@@ -71,6 +71,13 @@ def test_stack_revert_and_repeat(slots, config):
         s.revert_last()
 
 
+def test_strength_reaches_the_patch(slots, config):
+    s = Session(slots, config)
+    plain, steered = s.erase("seven"), s.erase("three", strength=1.5)
+    assert "strength" not in plain.label and steered.label.endswith("strength 1.5")
+    assert plain.patch.metadata["config"]["strength"] == 1.0 and steered.patch.metadata["config"]["strength"] == 1.5
+
+
 def test_download_then_upload_reproduces_the_erasure(slots, config):
     a, b = Session(slots, config), Session(slots, config)
     entry = a.erase("five")
@@ -92,6 +99,9 @@ def test_bad_input_leaves_everything_unchanged(slots, config, tmp_path):
         ("seven", {"k": 2.5}, "rank k"),
         ("seven", {"method": "magic"}, "unknown method"),
         ("seven", {"method": "Unlink + keep"}, "needs concepts to keep"),
+        ("seven", {"strength": 2.5}, "strength must be"),
+        ("seven", {"strength": 0.5}, "strength must be"),
+        ("seven", {"method": "UCE", "strength": 1.5}, "Unlink only"),
     ]:
         with pytest.raises(DemoError, match=match):
             s.erase(concepts, **kwargs)

@@ -77,10 +77,11 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
         s.select_model(name)
         return (s, *stack_view(s))
 
-    def on_erase(concepts: str, keep: str, method: str, k: float | None, state: Session | None):
+    def on_erase(concepts: str, keep: str, method: str, k: float | None, strength: float | None, state: Session | None):
         s = session(state)
         try:
-            e = s.erase(concepts, keep, method, None if k in (None, "", 0) else k)  # 0: automatic
+            e = s.erase(concepts, keep, method, None if k in (None, "", 0) else k,  # 0: automatic
+                        1.0 if strength in (None, "") else strength)
             msg = f"Erased in {e.seconds:.2f} s; patch {e.size_bytes / 1024:.0f} KB ({e.label})."
         except DemoError as err:
             msg = f"⚠️ {err}"
@@ -153,6 +154,8 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
                 method = gr.Dropdown(list(METHODS), value="Unlink", label="Method",
                                      info=" · ".join(f"{m}: {t}" for m, (_, _, t) in METHODS.items()), elem_id="method")
                 k = gr.Number(value=0, label=f"Rank k (0: automatic; 1-{limits.max_k})", elem_id="k")
+                strength = gr.Number(value=1.0, minimum=1.0, maximum=2.0, step=0.25, elem_id="strength",
+                                     label="Unlink strength (1: remove; up to 2: reverse, steers away)")
             erase_btn = gr.Button("Erase", variant="primary", elem_id="erase")
             status = gr.Markdown(elem_id="status")
             stack = gr.Markdown("No erasures yet.", elem_id="stack")
@@ -181,7 +184,7 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
 
         stack_out = [state, status, stack, download]
         model.change(on_model, [model, state], [state, stack, download])
-        erase_btn.click(on_erase, [concepts, keep, method, k, state], stack_out, api_name="erase")
+        erase_btn.click(on_erase, [concepts, keep, method, k, strength, state], stack_out, api_name="erase")
         revert_btn.click(on_revert, [state], stack_out, api_name="revert")
         upload_btn.click(on_upload, [upload, state], stack_out, api_name="upload")
         gen_btn.click(on_generate, [prompt, seeds, state], [state, original, erased, gen_note], api_name="generate")

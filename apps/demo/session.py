@@ -181,8 +181,11 @@ class Session:
         return str(prompt).strip()
 
     # -- actions ----------------------------------------------------------------------------------
-    def erase(self, concepts: str, keep: str = "", method: str = "Unlink", k: int | None = None) -> Erasure:
-        """Erase ``concepts`` (comma-separated) on top of this user's stack; returns the new entry."""
+    def erase(self, concepts: str, keep: str = "", method: str = "Unlink", k: int | None = None,
+              strength: float = 1.0) -> Erasure:
+        """Erase ``concepts`` (comma-separated) on top of this user's stack; returns the new entry.
+        ``strength`` (Unlink only): 1 removes the concepts' directions, up to 2 reverses them, which
+        steers generations away from the concepts (docs/benchmarks.md, "Reflecting instead of removing")."""
         lim = self.config.limits
         if method not in METHODS:
             raise DemoError(f"unknown method {method!r}; choose one of {list(METHODS)}")
@@ -193,6 +196,10 @@ class Session:
             raise DemoError("'Unlink + keep' needs concepts to keep; type some, or choose 'Unlink'")
         if k is not None and not (isinstance(k, (int, float)) and 1 <= int(k) <= lim.max_k and int(k) == k):
             raise DemoError(f"rank k must be a whole number from 1 to {lim.max_k} (or empty for automatic); got {k!r}")
+        if not (isinstance(strength, (int, float)) and 1.0 <= strength <= 2.0):
+            raise DemoError(f"strength must be a number from 1 (remove) to 2 (reflect); got {strength!r}")
+        if strength != 1.0 and name != "unlink":
+            raise DemoError(f"strength applies to Unlink only; set it back to 1 for {method}")
         if len(self.stack) >= lim.max_stack:
             raise DemoError(f"at most {lim.max_stack} erasures at once; revert one first")
         done = {str(c).lower() for e in self.stack for c in _concepts_of(e.patch)}
@@ -201,6 +208,8 @@ class Session:
         options: dict[str, Any] = {}
         if name != "unlink" and name != "uce":
             options["steps"] = lim.trained_steps
+        if name == "unlink" and strength != 1.0:
+            options["strength"] = float(strength)
         import eraser
 
         with self.slot.applied(self.stack) as pipe:
@@ -217,7 +226,8 @@ class Session:
                 raise DemoError(f"{method} edited layers outside cross-attention ({outside[0]}, ...); "
                                 "the demo only offers cross-attention erasures")
         file = patch.save(self._dir / f"erasure_{len(self.stack) + 1}_{_slug(forget)}.safetensors")
-        entry = Erasure(label=f"{method}: {', '.join(forget)}" + (f" (keep {', '.join(retain)})" if retain else ""),
+        entry = Erasure(label=f"{method}: {', '.join(forget)}" + (f" (keep {', '.join(retain)})" if retain else "")
+                        + (f" strength {strength:g}" if strength != 1.0 else ""),
                         patch=patch, seconds=seconds, file=file)
         self.stack.append(entry)
         return entry
