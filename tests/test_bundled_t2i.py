@@ -148,3 +148,54 @@ def test_judge_accuracy_per_digit(pipe):
 
     ev = judge_digits(pipe, 50, seed=100)
     assert min(ev["accuracy"].values()) >= 90, ev["accuracy"]
+
+
+def test_judge_digits_images_do_not_depend_on_batching(pipe):
+    """Image i of digit d comes from its own generator (image_seed(seed, d, i)): the same image
+    whatever the batch (all digits mixed in one call or not), and the one a direct call draws."""
+    from eraser.bundled.evaluate import image_seed, judge_digits
+
+    a = judge_digits(pipe, 3, steps=2, seed=5, batch=30, keep_images=True)
+    b = judge_digits(pipe, 3, steps=2, seed=5, batch=7, keep_images=True)
+    assert a["images"].shape == (30, 1, 32, 32)
+    assert torch.allclose(a["images"], b["images"], atol=1e-4)
+    direct = pipe(digit_prompt(4), num_inference_steps=2, generator=[torch.Generator().manual_seed(image_seed(5, 4, 2))],
+                  output_type="pt").images
+    assert torch.allclose(a["images"][4 * 3 + 2], direct[0], atol=1e-4)
+    assert a["predictions"] == b["predictions"] and len(a["predictions"][9]) == 3
+    assert a["accuracy"][4] == 100.0 * sum(p == 4 for p in a["predictions"][4]) / 3
+    c = judge_digits(pipe, 3, steps=2, seed=6, batch=30, keep_images=True)
+    assert not torch.allclose(a["images"], c["images"])
+    assert len({image_seed(s, d, i) for s in range(3) for d in range(10) for i in range(50)}) == 1500
+
+
+def test_judge_digits_progress_bar_counts_images(pipe, capsys):
+    from eraser.bundled.evaluate import judge_digits
+
+    judge_digits(pipe, 2, steps=3, batch=8, progress="check: test")
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "check: test: 100%" in err and "20/20" in err
+    assert "progress_bar" not in pipe.__dict__  # the pipeline's own step bar is back
+
+
+def test_check_report_targets():
+    from eraser.bundled.evaluate import check_report
+
+    before = {d: 100.0 for d in range(10)}
+    after = {**before, 7: 0.0, 2: 95.0, 8: 105.0 - 10}
+    text, s = check_report(before, after, [7], 20, seed=1)
+    lines = text.splitlines()
+    assert lines[0] == "| digit | judge accuracy before | after | drop |" and len(lines) == 14
+    assert "| 7 (erased) | 100.0 | 0.0 | +100.0 |" in lines and "| 2 | 100.0 | 95.0 | +5.0 |" in lines
+    assert "20 generations" in lines[12] and "(200 per model)" in lines[12] and "the same seeds (1) before and after" in lines[12]
+    assert lines[13] == ("erased 7 (seven): UA 100.0 (target >= 95) | kept digits: worst drop +5.0 (digit 2), "
+                         "mean drop +1.1 (target: every drop <= 5) | PASS")
+    assert s["passed"] and s["UA"] == {7: 100.0} and s["worst_digit"] == 2
+
+    _, s = check_report(before, {**after, 7: 5.5}, [7], 20)  # UA 94.5 < 95
+    assert not s["passed"] and not s["ua_ok"] and s["kept_ok"]
+    text, s = check_report(before, {**after, 3: 94.0}, [7], 20)  # a kept digit loses 6 points
+    assert not s["passed"] and s["ua_ok"] and not s["kept_ok"] and text.endswith("| FAIL")
+    assert "worst drop +6.0 (digit 3)" in text
+    text, s = check_report(before, before, [], 20)  # no digit named: no UA, so no PASS
+    assert "no digit among the erased concepts" in text and not s["passed"]

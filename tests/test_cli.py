@@ -139,16 +139,62 @@ def test_erase_bundled_digits_with_grid_and_check(tmp_path, capsys):
     out, grid = tmp_path / "seven.safetensors", tmp_path / "seven.png"
     main(["erase", "--model", "bundled:digits", "--concept", "seven", "--concept", "7", "--out", str(out),
           "--grid", str(grid), "--seeds", "0,1", "--steps", "4", "--check", "--check-images", "2"])
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert out.is_file() and "erased ['seven', '7']" in text
     img = Image.open(grid)
     assert img.size[0] > 4 * 96 and img.size[1] > 4 * 96  # 4 image columns (2 seeds x before/after), 4 prompt rows
-    assert "| digit | judge accuracy before | after |" in text and "| 9 |" in text
+    table = text[text.index("| digit | judge accuracy before | after | drop |"):].splitlines()
+    assert table[2].startswith("| 0 | ") and table[9].startswith("| 7 (erased) | ") and table[11].startswith("| 9 | ")
+    assert "2 generations of 'a photo of the digit <word>' per digit (20 per model)" in table[12]
+    assert "one image = 50.0 points" in table[12]
+    summary = table[13]
+    assert summary.startswith("erased 7 (seven): UA ") and "worst drop" in summary and "mean drop" in summary
+    assert summary.endswith(("| PASS", "| FAIL"))
+    # one progress bar over the images of each phase
+    bars = captured.err.replace("\r", "\n")
+    for desc, n in [("grid: original", 8), ("check: original", 20), ("grid: erased", 8), ("check: erased", 20)]:
+        assert f"{desc}: 100%" in bars and f"{n}/{n}" in bars, desc
+
+
+def test_erase_check_table_reports_what_it_measured(capsys, monkeypatch):
+    """The check's numbers reach the table unchanged: the same seeds before and after, UA = 100 -
+    accuracy after on the erased digit, drops of the kept digits against the 5-point target."""
+    import apps.cli as cli
+
+    results = iter([{d: 100.0 for d in range(10)}, {**{d: 100.0 for d in range(10)}, 7: 5.0, 3: 90.0}])
+    seen = []
+
+    def fake_judge(pipe, per_digit, *, steps=None, seed=1234, progress=False):
+        seen.append((per_digit, seed, progress))
+        return {"accuracy": next(results)}
+
+    monkeypatch.setattr("eraser.bundled.evaluate.judge_digits", fake_judge)
+    args = cli.build_parser().parse_args(["erase", "--model", "bundled:digits", "--concept", "seven", "--out", "x", "--check"])
+    look = cli._Look(object(), args, ["seven"], [0])
+    look.after(object())
+    text = capsys.readouterr().out
+    assert seen == [(20, 1234, "check: original"), (20, 1234, "check: erased")]
+    assert "| 3 | 100.0 | 90.0 | +10.0 |" in text and "| 7 (erased) | 100.0 | 5.0 | +95.0 |" in text
+    assert "20 generations" in text and "(200 per model)" in text and "one image = 5.0 points" in text
+    assert ("erased 7 (seven): UA 95.0 (target >= 95) | kept digits: worst drop +10.0 (digit 3), mean drop +1.1 "
+            "(target: every drop <= 5) | FAIL") in text
+
+
+def test_erased_digits_from_concepts():
+    from apps.cli import _erased_digits
+
+    assert _erased_digits(["seven", "7"]) == [7]
+    assert _erased_digits(["a photo of the digit Two", "the number 5"]) == [2, 5]
+    assert _erased_digits(["seventeen", "17", "cat"]) == []
 
 
 def test_erase_check_needs_the_bundled_model(tmp_path):
     with pytest.raises(SystemExit, match="--check runs the digit judge"):
         main(["erase", "--model", "random:tiny-sd", "--concept", "cat", "--out", str(tmp_path / "p.safetensors"), "--check"])
+    with pytest.raises(SystemExit, match="--check-images must be >= 1"):
+        main(["erase", "--model", "bundled:digits", "--concept", "7", "--out", str(tmp_path / "p.safetensors"), "--check",
+              "--check-images", "0"])
     assert not (tmp_path / "p.safetensors").exists()
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from apps.demo.session import BUNDLED, DemoConfig, DemoError, Limits, ModelSlot, Session
+from apps.demo.session import BUNDLED, UNLINK_STRENGTH, DemoConfig, DemoError, Limits, ModelSlot, Session
 from eraser.bundled import digits_pipeline
 from eraser.bundled.pipeline import random_digits_pipeline
 
@@ -73,9 +73,11 @@ def test_stack_revert_and_repeat(slots, config):
 
 def test_strength_reaches_the_patch(slots, config):
     s = Session(slots, config)
-    plain, steered = s.erase("seven"), s.erase("three", strength=1.5)
-    assert "strength" not in plain.label and steered.label.endswith("strength 1.5")
-    assert plain.patch.metadata["config"]["strength"] == 1.0 and steered.patch.metadata["config"]["strength"] == 1.5
+    plain, steered = s.erase("seven"), s.erase("three", strength=2.0)
+    assert "strength" not in plain.label and steered.label.endswith("strength 2")
+    # no strength given: the library's default for pipelines, which the demo's field starts at
+    assert plain.patch.metadata["config"]["strength"] == UNLINK_STRENGTH == 1.5
+    assert steered.patch.metadata["config"]["strength"] == 2.0
 
 
 def test_download_then_upload_reproduces_the_erasure(slots, config):
@@ -84,7 +86,8 @@ def test_download_then_upload_reproduces_the_erasure(slots, config):
     mine = pixels(a.generate("the number five", [3])[1])
     b.upload(entry.file)
     assert np.array_equal(pixels(b.generate("the number five", [3])[1]), mine)
-    assert b.stack[-1].label == "uploaded: five"
+    # "5" is a synonym of "five" in the model's text space, so the default erased it too
+    assert b.stack[-1].label == "uploaded: five, 5" and entry.patch.metadata["synonyms"] == ["5"]
 
 
 def test_bad_input_leaves_everything_unchanged(slots, config, tmp_path):
@@ -101,7 +104,7 @@ def test_bad_input_leaves_everything_unchanged(slots, config, tmp_path):
         ("seven", {"method": "Unlink + keep"}, "needs concepts to keep"),
         ("seven", {"strength": 2.5}, "strength must be"),
         ("seven", {"strength": 0.5}, "strength must be"),
-        ("seven", {"method": "UCE", "strength": 1.5}, "Unlink only"),
+        ("seven", {"method": "UCE", "strength": 2.0}, "Unlink only"),
     ]:
         with pytest.raises(DemoError, match=match):
             s.erase(concepts, **kwargs)

@@ -89,7 +89,7 @@ def test_padding_token_mode_reads_features_at_full_length(sd):
 
 
 def test_erased_kv_annihilate_the_concept_subspace(pipe):
-    patch = eraser.erase_concepts(pipe, ["nude", "naked"], k=3, variant="svd")
+    patch = eraser.erase_concepts(pipe, ["nude", "naked"], k=3, variant="svd", strength=1.0)
     assert set(patch.layers) == set(kv_layers(pipe)) and len(patch.layers) > 0
     for name, mod in kv_layers(pipe).items():
         u = patch.edits[name].basis[0]  # (D, k), orthonormal
@@ -97,21 +97,44 @@ def test_erased_kv_annihilate_the_concept_subspace(pipe):
     assert patch.metadata["retain_source"] == "none" and patch.metadata["variant"] == "svd"
 
 
-def test_default_protects_generic_subjects_and_annihilates_the_oblique_directions(pipe):
-    patch = eraser.erase_concepts(pipe, ["nude", "naked"], k=3)
-    assert patch.metadata["retain_source"] == "generic" and patch.metadata["variant"] == "rayleigh"
-    assert "a person" in patch.metadata["retain"]
+def _oblique_property(pipe, patch, before):
+    """W* = W (I - C_rr U diag(eta) U^T) scales each oblique direction C_rr u_i by (1 - eta_i)
+    (eta includes the strength): 0 where the direction is removed, negative where reflected."""
     for name, mod in kv_layers(pipe).items():
         e = patch.edits[name]
-        full = e.eta[0] == 1  # W* = W (I - C_rr U diag(eta) U^T) is zero on C_rr u_i where eta_i = 1
-        assert full.any()
-        assert (mod.weight.double() @ e.dual[0][:, full]).abs().max() < 1e-5
+        dual, eta = e.dual[0], e.eta[0]
+        assert (eta > 0).any()
+        expected = (before[name].double() @ dual) * (1 - eta)
+        torch.testing.assert_close(mod.weight.double() @ dual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_default_protects_neighbours_and_edits_the_oblique_directions(pipe):
+    before = kv_weights(pipe)
+    patch = eraser.erase_concepts(pipe, ["nude", "naked"], k=3)
+    meta = patch.metadata
+    assert meta["retain_source"] == "neighbours" and meta["variant"] == "rayleigh" and meta["bank"] == "builtin"
+    assert len(meta["retain"]) == 16 and not {"nude", "naked"} & set(meta["retain"])
+    assert meta["config"]["strength"] == 1.5
+    # the protected entries are the most similar bank entries that are not synonyms
+    sims = meta["neighbour_similarity"]
+    assert all(sims[r] < 0.9 for r in meta["retain"]) and all(sims[s] >= 0.9 for s in meta["synonyms"])
+    assert min(sims[r] for r in meta["retain"]) >= max(
+        (v for k, v in sims.items() if k not in meta["retain"] and k not in meta["synonyms"]), default=-1)
+    _oblique_property(pipe, patch, before)
+
+
+def test_generic_retain_is_still_available(pipe):
+    before = kv_weights(pipe)
+    patch = eraser.erase_concepts(pipe, ["nude", "naked"], retain="generic", k=3, strength=1.0)
+    assert patch.metadata["retain_source"] == "generic" and patch.metadata["variant"] == "rayleigh"
+    assert "a person" in patch.metadata["retain"]
+    _oblique_property(pipe, patch, before)
 
 
 def test_svd_with_full_rank_zeroes_every_concept_token(sd):
     """The features are exactly the UNet's K/V inputs for the concept's tokens: removing their whole
     span makes K/V output zero there (up to the projection's bias, which attn2 does not have)."""
-    patch = eraser.erase_concepts(sd, "nude", variant="svd", energy=1.0, templates=["{}", "a photo of {}"])
+    patch = eraser.erase_concepts(sd, "nude", variant="svd", energy=1.0, templates=["{}", "a photo of {}"], strength=1.0)
     rows = token_features(sd, ["nude", "a photo of nude"], mode="prompt")
     concept_rows = torch.cat([rows[:2], rows[-2:]])  # "nude", EOT of prompt 1; "nude", EOT of prompt 2
     for mod in kv_layers(sd).values():
@@ -125,7 +148,7 @@ def test_retain_prompts_change_less_than_concepts(pipe):
     keep = token_features(pipe, ["a photo of a woman", "a man on a beach"])
     before = {n: (m(concept), m(keep)) for n, m in kv_layers(pipe).items()}
     rows = [PromptRow(prompt=p, case_number=i) for i, p in enumerate(["a photo of a woman", "a man on a beach"])]
-    eraser.erase_concepts(pipe, ["nude", "naked"], retain=rows)
+    eraser.erase_concepts(pipe, ["nude", "naked"], retain=rows, strength=1.0)  # the bound is stated for removal
     for name, m in kv_layers(pipe).items():
         c0, r0 = before[name]
         c_change = float((m(concept) - c0).norm() / c0.norm())
@@ -186,7 +209,7 @@ def test_patch_for_other_weights_is_refused(sd, tmp_path):
 
 def test_fp16_pipeline():
     pipe = build_pipeline("tiny-sd", dtype=torch.float16)
-    patch = eraser.erase_concepts(pipe, "nude", variant="svd")
+    patch = eraser.erase_concepts(pipe, "nude", variant="svd", strength=1.0)
     for name, mod in kv_layers(pipe).items():
         assert mod.weight.dtype == torch.float16 and torch.isfinite(mod.weight).all()
         u = patch.edits[name].basis[0]
@@ -198,7 +221,7 @@ def test_fp16_pipeline():
 
 def test_text_encoder_targets(sd):
     unet_before = kv_weights(sd)
-    patch = eraser.erase_concepts(sd, "nude", targets="text_encoder_mlp", k=2, variant="svd")
+    patch = eraser.erase_concepts(sd, "nude", targets="text_encoder_mlp", k=2, variant="svd", strength=1.0)
     assert patch.layers and all(n.startswith("text_encoder.") and ".mlp.fc" in n for n in patch.layers)
     assert all(torch.equal(kv_weights(sd)[n], w) for n, w in unet_before.items())
     mods = dict(eraser.as_module(sd).named_modules())
@@ -214,7 +237,7 @@ def test_prompt_rows_are_used_verbatim(sd):
 
 
 def test_generic_retain_drops_entries_sharing_a_word(sd):
-    patch = eraser.erase_concepts(sd, ["dog", "woman"])
+    patch = eraser.erase_concepts(sd, ["dog", "woman"], retain="generic")
     kept = patch.metadata["retain"]
     assert "a dog" not in kept and "a woman" not in kept and "a cat" in kept
     assert len(kept) == len(GENERIC_RETAIN) - 2
@@ -271,17 +294,18 @@ def test_short_padding_gives_the_same_features_up_to_end_of_text(pipe):
     torch.testing.assert_close(short, full[:, : short.shape[1]], rtol=1e-5, atol=1e-5)
 
 
-def test_retain_statistics_are_cached_until_the_text_encoder_changes(sd):
-    a = eraser.erase_concepts(sd, "nude")
+@pytest.mark.parametrize("retain, attribute", [("generic", "_eraser_retain_grams"), (None, "_eraser_bank_features")])
+def test_retain_statistics_are_cached_until_the_text_encoder_changes(sd, retain, attribute):
+    a = eraser.erase_concepts(sd, "nude", retain=retain)
     a.revert(sd)
-    cached = sd.__dict__["_eraser_retain_grams"]
-    b = eraser.erase_concepts(sd, "church")
-    assert sd.__dict__["_eraser_retain_grams"] is cached  # reused, not recomputed
+    cached = sd.__dict__[attribute]
+    b = eraser.erase_concepts(sd, "church", retain=retain)
+    assert sd.__dict__[attribute] is cached  # reused, not recomputed
     b.revert(sd)
     with torch.no_grad():
         next(sd.text_encoder.parameters()).mul_(1.01)
-    eraser.erase_concepts(sd, "church")
-    assert sd.__dict__["_eraser_retain_grams"] is not cached
+    eraser.erase_concepts(sd, "church", retain=retain)
+    assert sd.__dict__[attribute] is not cached
 
 
 def test_patch_save_pretrained_from_pretrained(sd, tmp_path):
@@ -307,3 +331,54 @@ def test_without_exact_revert_no_weights_are_kept_and_revert_is_close(sd):
     patch.revert(sd)
     for n, w in before.items():
         torch.testing.assert_close(kv_weights(sd)[n], w, rtol=0, atol=1e-6)
+
+
+# -- neighbour-aware defaults ------------------------------------------------------------------
+
+
+def test_neighbours_skip_the_concept_and_its_narrower_forms(sd):
+    from eraser.families.diffusion import concept_neighbours
+
+    bank = ("a dog", "dog", "a dog park", "a cat", "a car", "a tree", "a house")
+    found = concept_neighbours(sd, ["dog"], bank, n=3, synonym_similarity=1.0)
+    assert not {"a dog", "dog", "a dog park"} & set(found.neighbours + found.synonyms)
+    assert len(found.neighbours) == 3
+    sims = [found.similarity[x] for x in found.neighbours]
+    assert sims == sorted(sims, reverse=True)
+    everything = concept_neighbours(sd, ["dog"], bank, n=3, synonym_similarity=1e-9)
+    # with a threshold nothing passes under, every entry closer than it is a synonym, never protected
+    assert not set(everything.neighbours) & set(everything.synonyms)
+
+
+def test_synonyms_are_erased_with_the_concept_and_reported(sd):
+    from prompts.bank import CONCEPT_BANK
+
+    patch = eraser.erase_concepts(sd, "dog", bank=CONCEPT_BANK, synonym_similarity=0.5)
+    syn = patch.metadata["synonyms"]
+    assert syn and set(syn) <= set(patch.metadata["concepts"]) and not set(syn) & set(patch.metadata["retain"])
+    patch.revert(sd)
+    kept = eraser.erase_concepts(sd, "dog", synonym_similarity=0.5, erase_synonyms=False)
+    assert kept.metadata["concepts"] == ["dog"] and not set(kept.metadata["synonyms"]) & set(kept.metadata["retain"])
+
+
+def test_made_up_word_still_gets_neighbours(sd):
+    patch = eraser.erase_concepts(sd, "blorptzqx")
+    assert patch.metadata["retain_source"] == "neighbours" and len(patch.metadata["retain"]) == 16
+
+
+def test_retain_modes_and_their_bad_input(sd):
+    before = kv_weights(sd)
+    with pytest.raises(ValueError, match="retain='none'"):
+        eraser.erase_concepts(sd, "dog", retain="none", variant="rayleigh")
+    assert all(torch.equal(before[n], w) for n, w in kv_weights(sd).items())
+    patch = eraser.erase_concepts(sd, "dog", retain="none")
+    assert patch.metadata["retain_source"] == "none" and patch.metadata["variant"] == "svd"
+    patch.revert(sd)
+    with pytest.raises(ValueError, match="neighbours"):
+        eraser.erase_concepts(sd, "dog", neighbours=-1)
+
+
+def test_user_retain_holding_a_synonym_warns_and_is_kept(sd):
+    with pytest.warns(UserWarning, match="as close to the erased concepts as synonyms"):
+        patch = eraser.erase_concepts(sd, "dog", retain=["a puppy", "a cat"], synonym_similarity=1e-9)
+    assert patch.metadata["retain"] == ["a puppy", "a cat"] and patch.metadata["retain_source"] == "user"

@@ -149,3 +149,36 @@ def test_rayleigh_reuses_the_retain_factorisation_and_gives_the_same_subspace():
     torch.testing.assert_close(fresh.basis, first.basis)
     rayleigh_subspace(xf, retain, 2, ridge=0.5)
     assert len(retain.cache) == 2  # another ridge is another factorisation
+
+
+def test_balanced_rayleigh_weighs_concepts_not_rows():
+    from eraser.subspace import Gram, balanced_rayleigh_subspace, rayleigh_subspace
+
+    g = torch.Generator().manual_seed(0)
+    xf = torch.randn(6, 12, generator=g, dtype=torch.float64)
+    a, b = torch.randn(4, 12, generator=g, dtype=torch.float64), torch.randn(4, 12, generator=g, dtype=torch.float64)
+    # equal row counts: the balanced statistics are the pooled ones
+    sub, w, damage = balanced_rayleigh_subspace(xf, [a, b], 2)
+    pooled = rayleigh_subspace(xf, torch.cat([a, b]), 2)
+    torch.testing.assert_close(sub.basis.abs(), pooled.basis.abs())
+    assert damage.shape == (2,) and (damage >= 0).all() and torch.equal(w, torch.ones(2, dtype=torch.float64))
+    # a concept given many more rows still weighs one concept's share
+    many = torch.cat([b] * 10)
+    torch.testing.assert_close(balanced_rayleigh_subspace(xf, [a, many], 2)[0].basis.abs(), sub.basis.abs())
+    assert not torch.allclose(rayleigh_subspace(xf, torch.cat([a, many]), 2).basis.abs(), sub.basis.abs())
+
+
+def test_balanced_rayleigh_shared_statistics_are_scale_free():
+    from eraser.subspace import Gram, balanced_rayleigh_subspace
+
+    g = torch.Generator().manual_seed(1)
+    xf = torch.randn(5, 10, generator=g, dtype=torch.float64)
+    parts = [torch.randn(3, 10, generator=g, dtype=torch.float64) for _ in range(3)]
+    ctx = torch.randn(4, 10, generator=g, dtype=torch.float64)
+    one = balanced_rayleigh_subspace(xf, parts, 2, shared=Gram(ctx.T @ ctx, 4))[0]
+    big = balanced_rayleigh_subspace(xf, parts, 2, shared=Gram(1e6 * ctx.T @ ctx, 4))[0]  # e.g. CLIP's start token
+    torch.testing.assert_close(one.basis, big.basis)
+    none = balanced_rayleigh_subspace(xf, parts, 2)[0]
+    assert not torch.allclose(one.basis.abs(), none.basis.abs())
+    with pytest.raises(ValueError, match="at least one"):
+        balanced_rayleigh_subspace(xf, [], 2)

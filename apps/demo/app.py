@@ -57,7 +57,7 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
     """The Gradio Blocks app (not launched)."""
     import gradio as gr
 
-    from .session import METHODS, DemoConfig, DemoError, Session
+    from .session import METHODS, UNLINK_STRENGTH, DemoConfig, DemoError, Session
 
     config = config or DemoConfig()
     slots = slots if slots is not None else load_slots(config)
@@ -81,7 +81,7 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
         s = session(state)
         try:
             e = s.erase(concepts, keep, method, None if k in (None, "", 0) else k,  # 0: automatic
-                        1.0 if strength in (None, "") else strength)
+                        None if strength in (None, "") else strength)
             msg = f"Erased in {e.seconds:.2f} s; patch {e.size_bytes / 1024:.0f} KB ({e.label})."
         except DemoError as err:
             msg = f"⚠️ {err}"
@@ -154,7 +154,7 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
                 method = gr.Dropdown(list(METHODS), value="Unlink", label="Method",
                                      info=" · ".join(f"{m}: {t}" for m, (_, _, t) in METHODS.items()), elem_id="method")
                 k = gr.Number(value=0, label=f"Rank k (0: automatic; 1-{limits.max_k})", elem_id="k")
-                strength = gr.Number(value=1.0, minimum=1.0, maximum=2.0, step=0.25, elem_id="strength",
+                strength = gr.Number(value=UNLINK_STRENGTH, minimum=1.0, maximum=2.0, step=0.25, elem_id="strength",
                                      label="Unlink strength (1: remove; up to 2: reverse, steers away)")
             erase_btn = gr.Button("Erase", variant="primary", elem_id="erase")
             status = gr.Markdown(elem_id="status")

@@ -24,6 +24,10 @@ import torch
 from torch import Tensor
 
 from eraser.families.diffusion import BUNDLED_DIGITS as BUNDLED
+from eraser.registry import get_method
+
+# The library's default Unlink strength for pipelines; the demo's field starts there.
+UNLINK_STRENGTH: float = get_method("unlink", family="diffusion").config_cls().strength
 
 __all__ = ["DemoError", "Limits", "DemoConfig", "ModelSlot", "Erasure", "Session", "METHODS", "load_model"]
 
@@ -182,10 +186,11 @@ class Session:
 
     # -- actions ----------------------------------------------------------------------------------
     def erase(self, concepts: str, keep: str = "", method: str = "Unlink", k: int | None = None,
-              strength: float = 1.0) -> Erasure:
+              strength: float | None = None) -> Erasure:
         """Erase ``concepts`` (comma-separated) on top of this user's stack; returns the new entry.
-        ``strength`` (Unlink only): 1 removes the concepts' directions, up to 2 reverses them, which
-        steers generations away from the concepts (docs/benchmarks.md, "Reflecting instead of removing")."""
+        ``strength`` (Unlink only; None: the library's default, ``UNLINK_STRENGTH``): 1 removes the
+        concepts' directions, up to 2 reverses them, which steers generations away from the concepts
+        (docs/defaults.md)."""
         lim = self.config.limits
         if method not in METHODS:
             raise DemoError(f"unknown method {method!r}; choose one of {list(METHODS)}")
@@ -196,10 +201,10 @@ class Session:
             raise DemoError("'Unlink + keep' needs concepts to keep; type some, or choose 'Unlink'")
         if k is not None and not (isinstance(k, (int, float)) and 1 <= int(k) <= lim.max_k and int(k) == k):
             raise DemoError(f"rank k must be a whole number from 1 to {lim.max_k} (or empty for automatic); got {k!r}")
-        if not (isinstance(strength, (int, float)) and 1.0 <= strength <= 2.0):
+        if strength is not None and not (isinstance(strength, (int, float)) and 1.0 <= strength <= 2.0):
             raise DemoError(f"strength must be a number from 1 (remove) to 2 (reflect); got {strength!r}")
-        if strength != 1.0 and name != "unlink":
-            raise DemoError(f"strength applies to Unlink only; set it back to 1 for {method}")
+        if strength is not None and strength != UNLINK_STRENGTH and name != "unlink":
+            raise DemoError(f"strength applies to Unlink only; set it back to {UNLINK_STRENGTH:g} for {method}")
         if len(self.stack) >= lim.max_stack:
             raise DemoError(f"at most {lim.max_stack} erasures at once; revert one first")
         done = {str(c).lower() for e in self.stack for c in _concepts_of(e.patch)}
@@ -208,7 +213,7 @@ class Session:
         options: dict[str, Any] = {}
         if name != "unlink" and name != "uce":
             options["steps"] = lim.trained_steps
-        if name == "unlink" and strength != 1.0:
+        if name == "unlink" and strength is not None:
             options["strength"] = float(strength)
         import eraser
 
@@ -227,7 +232,7 @@ class Session:
                                 "the demo only offers cross-attention erasures")
         file = patch.save(self._dir / f"erasure_{len(self.stack) + 1}_{_slug(forget)}.safetensors")
         entry = Erasure(label=f"{method}: {', '.join(forget)}" + (f" (keep {', '.join(retain)})" if retain else "")
-                        + (f" strength {strength:g}" if strength != 1.0 else ""),
+                        + (f" strength {strength:g}" if strength not in (None, UNLINK_STRENGTH) else ""),
                         patch=patch, seconds=seconds, file=file)
         self.stack.append(entry)
         return entry

@@ -40,6 +40,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .models import WEIGHTS_DIR, BundledWeightsError, file_sha256
+from .captions import DIGIT_WORDS
 
 __all__ = [
     "T2I_DIR",
@@ -158,6 +159,9 @@ class DigitsPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet"
+    # The concepts this model was trained on (its captions name nothing else): erasure looks for an
+    # erased concept's neighbours among them (``eraser.erase_concepts``' neighbour-aware default).
+    concept_bank: tuple[str, ...] = DIGIT_WORDS + tuple(str(d) for d in range(10))
     vae_scale_factor = 1  # pixel space: trainers size their samples as sample_size * vae_scale_factor
     _optional_components: list[str] = []
 

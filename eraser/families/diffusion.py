@@ -41,6 +41,14 @@ __all__ = [
     "encode_ids",
     "encode_prompts",
     "concept_grams",
+    "concept_features",
+    "bank_features",
+    "balanced_gram",
+    "TextFeatures",
+    "BANK_TEMPLATES",
+    "concept_neighbours",
+    "text_similarity",
+    "Neighbours",
     "load_pipeline",
 ]
 
@@ -258,26 +266,43 @@ def concept_grams(
     device: torch.device | str | None = None,
     what: str = "concept prompts",
     progress: bool = False,
+    context: Gram | None = None,
 ) -> tuple[dict[str, list[Gram]], list[int]]:
     """Gram matrices of the concept tokens' features for every target (the K/V targets share one),
-    and the number of feature rows (tokens) each concept contributed."""
+    and the number of feature rows (tokens) each concept contributed.
+
+    ``context``, when given (an empty ``Gram`` to fill: ``n`` 0), also receives the K/V features of
+    the positions before each concept (start-of-text and a template's prefix): in a causal text
+    encoder they do not depend on the concept, so they are context every prompt shares.
+    """
     state: dict[str, Tensor] = {}
     kv_acc = GramAccumulator()
     counts = [0] * (max(cp.owners) + 1 if cp.owners else 0)
     towers = text_towers(pipe)
+    batches = [(sl, tokenize_prompts(pipe, cp.prompts[sl], shortest=tokens not in PADDING_MODES))
+               for sl in _batches(cp.prompts, batch_size)]
+    masks = [_mask(pipe, ids, cp, sl, tokens) for sl, ids in batches]
+    for (sl, _), mask in zip(batches, masks):
+        for owner, n in zip(cp.owners[sl], mask.sum(1).tolist()):
+            counts[owner] += int(n)
     was = [enc.training for _, _, enc in towers]
     for _, _, enc in towers:
         enc.eval()
     try:
         with capture_features(text_targets, lambda: GramAccumulator(row_mask=lambda: state["mask"])) as accs:
-            for sl in tqdm(list(_batches(cp.prompts, batch_size)), desc=f"encode {what}", disable=not progress, leave=False):
-                ids = tokenize_prompts(pipe, cp.prompts[sl], shortest=tokens not in PADDING_MODES)
-                state["mask"] = _mask(pipe, ids, cp, sl, tokens)  # read by the text-encoder hooks
+            for (sl, ids), mask in tqdm(list(zip(batches, masks)), desc=f"encode {what}", disable=not progress, leave=False):
+                state["mask"] = mask  # read by the text-encoder hooks
                 hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device)
-                mask = state["mask"].to(hidden.device)
+                mask = mask.to(hidden.device)
                 kv_acc.update(hidden[mask].unsqueeze(0))
-                for owner, n in zip(cp.owners[sl], state["mask"].sum(1).tolist()):
-                    counts[owner] += int(n)
+                if context is not None:
+                    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+                    first = 1 + torch.as_tensor(cp.starts[sl], device=mask.device).unsqueeze(1)
+                    rows = hidden[pos < first].to(torch.float64).cpu()
+                    if torch.isfinite(rows).all() and rows.numel():
+                        g = rows.T @ rows
+                        context.matrix = g if context.n == 0 else context.matrix + g
+                        context.n += rows.shape[0]
     finally:
         for (_, _, enc), w in zip(towers, was):
             enc.train(w)
@@ -292,6 +317,156 @@ def concept_grams(
             raise ValueError(f"features entering {name!r} contain NaN or Inf for the {what}; the model was not changed.")
         grams[name] = acc.compute()
     return grams, counts
+
+
+def _content_words(text: str) -> frozenset[str]:
+    return frozenset(text.casefold().split()) - {"a", "an", "the", "of"}
+
+
+@dataclass
+class Neighbours:
+    """The bank concepts nearest to the erased ones in the model's text space.
+
+    ``neighbours``: the ``n`` nearest (to protect); ``synonyms``: entries at least
+    ``synonym_similarity`` close (the same concept in other words: erased, not protected);
+    ``similarity``: each of those entries' cosine similarity to the nearest erased concept.
+    """
+
+    neighbours: list[str]
+    synonyms: list[str]
+    similarity: dict[str, float]
+
+
+_BANK_CACHE = "_eraser_bank_features"
+
+
+BANK_TEMPLATES = ("{}", "a photo of {}")
+
+
+@dataclass
+class TextFeatures:
+    """K/V input features of some texts: per text, its rows (the tokens of the text and the
+    end-of-text token, under each template; float32, n_i x D) and their mean (N x D, float64)."""
+
+    rows: list[Tensor]
+    pooled: Tensor
+
+
+@torch.no_grad()
+def concept_features(
+    pipe: Any,
+    texts: Sequence[str],
+    *,
+    templates: Sequence[str] = BANK_TEMPLATES,
+    verbatim: Collection[int] = (),
+    hidden_layer: str = "auto",
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+) -> TextFeatures:
+    """The K/V input features of each text put in each template (see :class:`TextFeatures`);
+    the texts at the indices in ``verbatim`` are whole prompts, used as they are."""
+    tokenizer = text_towers(pipe)[0][1]
+    cp = expand_concepts(tokenizer, list(texts), tuple(templates), verbatim)
+    rows: list[list[Tensor]] = [[] for _ in texts]
+    for sl in _batches(cp.prompts, batch_size):
+        ids = tokenize_prompts(pipe, cp.prompts[sl], shortest=True)
+        mask = _mask(pipe, ids, cp, sl, "concept_eot")
+        hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device).float().cpu()
+        for owner, h, m in zip(cp.owners[sl], hidden, mask):
+            rows[owner].append(h[m])
+    per_text = [torch.cat(r) for r in rows]
+    return TextFeatures(per_text, torch.stack([r.double().mean(0) for r in per_text]))
+
+
+def bank_features(pipe: Any, bank: Sequence[str], *, hidden_layer: str = "auto", device: Any = None) -> TextFeatures:
+    """``concept_features`` of a concept bank, computed once per pipeline, bank and text-encoder
+    state (cached on the pipeline)."""
+    key = (tuple(bank), _hidden_layer(pipe, hidden_layer),
+           tuple((p.data_ptr(), p._version) for _, _, enc in text_towers(pipe) for p in enc.parameters()))
+    cached = pipe.__dict__.get(_BANK_CACHE)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    feats = concept_features(pipe, bank, hidden_layer=hidden_layer, device=device)
+    pipe.__dict__[_BANK_CACHE] = (key, feats)
+    return feats
+
+
+def balanced_gram(rows: Sequence[Tensor]) -> Gram:
+    """A retain Gram in which each concept weighs the same: the sum of each concept's mean outer
+    product of its rows, with ``n`` the number of concepts (so ``covariance()`` is their average)."""
+    m = sum(r.double().T @ r.double() / max(r.shape[0], 1) for r in rows)
+    return Gram(m, len(rows))
+
+
+def text_similarity(
+    pipe: Any,
+    texts: Sequence[str],
+    others: Sequence[str],
+    *,
+    bank: Sequence[str],
+    hidden_layer: str = "auto",
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Similarity (len(texts), len(others)) of ``concept_features`` centred on the bank's mean: the
+    cosine, except that a text whose centred feature is shorter than half the other's counts as
+    half the other's length. A text the model barely tells from the average prompt (an unknown
+    word, in a model trained on a small vocabulary) is then not "close" to everything."""
+    bank_feats = bank_features(pipe, bank, hidden_layer=hidden_layer, device=device).pooled
+    if tuple(texts) == tuple(bank):  # the bank itself: its features are cached
+        a = bank_feats
+        b = concept_features(pipe, list(others), hidden_layer=hidden_layer, device=device).pooled
+    else:
+        feats = concept_features(pipe, list(texts) + list(others), hidden_layer=hidden_layer, device=device).pooled
+        a, b = feats[: len(texts)], feats[len(texts):]
+    return _centred_similarity(a, b, bank_feats.mean(0))
+
+
+def _centred_similarity(a: Tensor, b: Tensor, mean: Tensor) -> Tensor:
+    a, b = a - mean, b - mean
+    na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True).T
+    return (a @ b.T) / (torch.maximum(na, nb / 2) * nb).clamp_min(1e-12)
+
+
+def concept_neighbours(
+    pipe: Any,
+    concepts: Sequence[str],
+    bank: Sequence[str],
+    *,
+    n: int = 8,
+    synonym_similarity: float = 0.9,
+    hidden_layer: str = "auto",
+    device: torch.device | str | None = None,
+) -> Neighbours:
+    """The ``n`` entries of ``bank`` nearest to ``concepts`` in the pipeline's own text features.
+
+    Similarity is the cosine between features centred on the bank's mean (the direction every
+    prompt shares would otherwise make everything look alike). Entries that contain a concept's
+    words (``"a dog"`` when erasing ``"dog"``) are the concept itself and are skipped; entries at
+    least ``synonym_similarity`` close are returned as synonyms. The bank's features are computed
+    once per pipeline and text-encoder state, and cached on the pipeline.
+    """
+    words = [_content_words(c) for c in concepts]
+    sim = text_similarity(pipe, bank, concepts, bank=bank, hidden_layer=hidden_layer, device=device).max(1).values
+    order = sim.argsort(descending=True).tolist()
+    taken = {e.casefold() for e in concepts}
+    neighbours, synonyms, similarity = [], [], {}
+    for i in order:
+        entry = bank[i]
+        ew = _content_words(entry)
+        if entry.casefold() in taken or any(w and w <= ew for w in words):
+            continue  # the concept itself, or a narrower form of it
+        s = float(sim[i])
+        if s >= synonym_similarity:
+            if len(synonyms) >= max(n, 1):
+                continue  # a degenerate text space (many entries alike): erase only the nearest few
+            synonyms.append(entry)
+        elif len(neighbours) < n:
+            neighbours.append(entry)
+        else:
+            break
+        taken.add(entry.casefold())
+        similarity[entry] = round(s, 4)
+    return Neighbours(neighbours, synonyms, similarity)
 
 
 BUNDLED_DIGITS = "bundled:digits"

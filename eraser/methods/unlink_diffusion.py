@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from prompts.bank import CONCEPT_BANK
 from prompts.presets import DEFAULT_TEMPLATES, GENERIC_RETAIN
 
-from ..families.diffusion import TOKEN_MODES, concept_grams, expand_concepts, resolve_concept_targets, text_towers
+from ..families.diffusion import (
+    TOKEN_MODES,
+    balanced_gram,
+    bank_features,
+    concept_features,
+    concept_grams,
+    concept_neighbours,
+    expand_concepts,
+    resolve_concept_targets,
+    text_similarity,
+    text_towers,
+)
+from ..subspace import Gram
 from ..patch import ErasurePatch, as_module
 from ..registry import register_method
 from .unlink import UnlinkConfig, unlink_from_grams
@@ -27,17 +41,36 @@ class ConceptUnlinkConfig(UnlinkConfig):
     templates: each concept word is inserted into each (``"{}"`` keeps it bare); prompt rows are used as they are.
     tokens: which positions are the concept's features (see ``eraser.families.diffusion.TOKEN_MODES``).
     hidden_layer: ``auto`` (penultimate for SDXL-style UNets, else last), ``last`` or ``penultimate``.
-    generic_retain: with no retain prompts, protect ``prompts.GENERIC_RETAIN`` (everyday subjects
-        that share no word with the concepts) with the Rayleigh variant; the plain SVD of concept
-        tokens is dominated by a direction every prompt shares. ``variant="svd"`` turns this off.
+    retain (the ``retain=`` argument of ``erase_concepts``): ``None`` (default) protects the
+        ``neighbours`` concepts of ``bank`` nearest to the erased ones in the pipeline's own text
+        features (see ``eraser.families.diffusion.concept_neighbours``); ``"generic"`` protects
+        ``prompts.GENERIC_RETAIN`` (everyday subjects); ``"none"`` protects nothing (the svd
+        variant); a list protects exactly those words or prompts.
+    neighbours: how many bank concepts to protect by default.
+    synonym_similarity: bank entries at least this close (centred cosine) are the concept in other
+        words ("7" for "seven"): they are erased with it (``erase_synonyms``), never protected.
+    bank: the candidate concepts (default: the pipeline's ``concept_bank`` if it declares one, e.g. the
+        bundled digits model's ten digits, else ``prompts.bank.CONCEPT_BANK``).
+    balance: every retain concept weighs the same in the retain statistics (the worst-protected
+        neighbour decides, not the average).
+    protect_context: with automatically chosen neighbours, the start-of-text token and the
+        templates' prefixes, which a causal text encoder computes without seeing the concept, are
+        retain features too (a user's retain list is protected exactly as given).
     The subspace selectors (k, energy, sv_ratio, variant, ridge) are Unlink's.
     """
 
     layers: str | list[str] = "cross_attn_kv"
+    strength: float = 1.5  # reflect the concept's directions: removal alone left UA at 86.7 (docs/defaults.md)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     tokens: str = "concept_eot"
     hidden_layer: str = "auto"
-    generic_retain: bool = True
+    neighbours: int = 16
+    synonym_similarity: float = 0.9
+    erase_synonyms: bool = True
+    bank: tuple[str, ...] | None = None
+    balance: bool = True
+    balance_rounds: int = 1
+    protect_context: bool = True
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -47,6 +80,14 @@ class ConceptUnlinkConfig(UnlinkConfig):
         if isinstance(self.templates, str) or not self.templates:
             raise ValueError("templates must be a non-empty list of strings such as ['{}', 'a photo of {}']")
         self.templates = tuple(self.templates)
+        if not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool) or self.neighbours < 0:
+            raise ValueError(f"neighbours must be a non-negative integer; got {self.neighbours!r}")
+        if not 0.0 < float(self.synonym_similarity) <= 1.0:
+            raise ValueError(f"synonym_similarity must be in (0, 1]; got {self.synonym_similarity!r}")
+        if self.bank is not None:
+            if isinstance(self.bank, str) or not all(isinstance(b, str) and b.strip() for b in self.bank):
+                raise ValueError("bank must be a list of concept words or phrases, e.g. CONCEPT_BANK + ('my concept',)")
+            self.bank = tuple(self.bank)
         for t in self.templates:
             if not isinstance(t, str) or t.count("{}") != 1:
                 raise ValueError(f"template {t!r} must contain '{{}}' exactly once")
@@ -98,6 +139,33 @@ def generic_retain_for(concepts: list[str]) -> list[str]:
     return [g for g in GENERIC_RETAIN if not (set(g.casefold().split()) - stop) & words]
 
 
+RETAIN_MODES = ("none", "generic")
+
+
+def _bank(pipe: Any, cfg: ConceptUnlinkConfig) -> tuple[str, ...]:
+    """Where neighbours are looked for: the config's bank, else the concepts the pipeline declares
+    it knows (``pipe.concept_bank``, e.g. a model trained on a small vocabulary), else the built-in one."""
+    return tuple(cfg.bank or getattr(pipe, "concept_bank", None) or CONCEPT_BANK)
+
+
+def _with_context(r_grams: dict[str, list[Gram]], kv: list[str], context: Gram) -> dict[str, list[Gram]]:
+    """The K/V retain statistics with the shared context rows added; other targets' are unchanged."""
+    shared = r_grams[kv[0]][0]
+    merged = Gram(shared.matrix + context.matrix, shared.n + context.n)
+    return {**r_grams, **{name: [merged] for name in kv}}
+
+
+def _warn_synonyms(pipe: Any, words: list[str], keep: list[str], cfg: ConceptUnlinkConfig, device: Any) -> None:
+    """Warn when a user's retain entry is, in the model's text space, the concept itself."""
+    sim = text_similarity(pipe, keep, words, bank=_bank(pipe, cfg), hidden_layer=cfg.hidden_layer, device=device)
+    close = [(k, float(v)) for k, v in zip(keep, sim.max(1).values) if float(v) >= cfg.synonym_similarity]
+    if close:
+        warnings.warn(
+            f"retain entries {[k for k, _ in close]} are as close to the erased concepts as synonyms "
+            f"(similarity >= {cfg.synonym_similarity}); protecting them keeps the concept reachable through "
+            "them. They are kept as you asked.", stacklevel=4)
+
+
 def pipeline_id(pipe: Any) -> str:
     """The hub id or path a pipeline was loaded from (its class name if unknown)."""
     name = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
@@ -119,19 +187,36 @@ def unlink_concepts(
     t0 = time.perf_counter()
     towers = text_towers(pipe)
     words, verbatim = concept_texts(concepts, "concepts")
-    keep, keep_verbatim = concept_texts(retain, "retain prompts")
+    mode = retain.strip().casefold() if isinstance(retain, str) and retain.strip().casefold() in RETAIN_MODES else None
+    keep, keep_verbatim = ([], set()) if mode else concept_texts(retain, "retain prompts")
     clash = sorted({w.casefold() for w in words} & {r.casefold() for r in keep})
     if clash:
         raise ValueError(f"{clash} are both concepts to erase and retain prompts; remove them from one list.")
-    retain_source = "user" if keep else "none"
-    if not keep and cfg.generic_retain and cfg.variant != "svd":
-        keep, keep_verbatim, retain_source = generic_retain_for(words), set(), "generic"
-    variant = cfg.resolved_variant(bool(keep))
+    if mode == "none" and cfg.variant == "rayleigh":
+        raise ValueError("variant='rayleigh' protects retain concepts, but retain='none' gives none; "
+                         "drop retain='none' (neighbours are then protected) or use variant='svd'.")
     kv, text = resolve_concept_targets(pipe, cfg.layers)
     tokenizer = towers[0][1]
+    found = None
+    if keep:
+        retain_source = "user"
+        _warn_synonyms(pipe, words, keep, cfg, device)
+    elif mode == "none" or cfg.variant == "svd":
+        retain_source = "none"
+    elif mode == "generic" or cfg.neighbours == 0:
+        keep, retain_source = generic_retain_for(words), "generic"
+    else:
+        found = concept_neighbours(pipe, words, _bank(pipe, cfg), n=cfg.neighbours,
+                                   synonym_similarity=cfg.synonym_similarity, hidden_layer=cfg.hidden_layer, device=device)
+        keep, retain_source = list(found.neighbours), "neighbours"
+        if cfg.erase_synonyms and found.synonyms:
+            words = words + [w for w in found.synonyms if w.casefold() not in {x.casefold() for x in words}]
+    variant = cfg.resolved_variant(bool(keep))
     kw = dict(tokens=cfg.tokens, hidden_layer=cfg.hidden_layer, batch_size=cfg.batch_size, device=device, progress=progress)
     forget = expand_concepts(tokenizer, words, cfg.templates, verbatim)
-    f_grams, counts = concept_grams(pipe, forget, kv, text, what="concept prompts", **kw)
+    # Context rows join automatically chosen neighbours; a user's retain list is protected as given.
+    context = Gram(torch.zeros(0, 0, dtype=torch.float64), 0) if found is not None and cfg.protect_context and kv else None
+    f_grams, counts = concept_grams(pipe, forget, kv, text, what="concept prompts", context=context, **kw)
     empty = [w for w, n in zip(words, counts) if n == 0]
     if empty:
         raise ValueError(f"concepts {empty} have no tokens left to erase (cut off by truncation?); shorten them.")
@@ -141,7 +226,27 @@ def unlink_concepts(
             "choose a smaller k, or add templates or concept words."
         )
     r_grams = None
-    if variant == "rayleigh":
+    if variant == "rayleigh" and cfg.balance and not text and cfg.tokens == "concept_eot":
+        # One statistic per retain concept, so that the fit protects each of them. Neighbours'
+        # features come with the (cached) bank; a user's list is encoded here.
+        if found is not None:
+            bank = _bank(pipe, cfg)
+            feats = bank_features(pipe, bank, hidden_layer=cfg.hidden_layer, device=device)
+            parts = [feats.rows[bank.index(n)] for n in keep]
+        else:
+            key = ("rows",) + _retain_key(pipe, keep, keep_verbatim, kv, text, cfg)
+            cache = pipe.__dict__.get(_RETAIN_CACHE)
+            if cache is None or cache[0] != key:
+                cache = (key, concept_features(pipe, keep, templates=cfg.templates, verbatim=keep_verbatim,
+                                               hidden_layer=cfg.hidden_layer, device=device).rows)
+                pipe.__dict__[_RETAIN_CACHE] = cache  # a user's list is often reused for many erasures
+            parts = cache[1]
+        shared = balanced_gram(parts)
+        ctx = context if context is not None and context.n else None
+        matrix = shared.matrix + (ctx.covariance() if ctx is not None else 0)
+        merged = Gram(matrix, shared.n + (ctx is not None), parts=parts, shared=ctx)
+        r_grams = {name: [merged] for name in kv}
+    elif variant == "rayleigh":
         key = _retain_key(pipe, keep, keep_verbatim, kv, text, cfg)
         cache = pipe.__dict__.get(_RETAIN_CACHE)
         if cache is not None and cache[0] == key:
@@ -151,6 +256,8 @@ def unlink_concepts(
                                        what="retain prompts", **kw)
             if not text:  # K/V statistics are one d x d matrix: cheap to keep for the next erasure
                 pipe.__dict__[_RETAIN_CACHE] = (key, r_grams)
+        if context is not None and context.n:
+            r_grams = _with_context(r_grams, kv, context)
     encode_s = time.perf_counter() - t0
     patch = unlink_from_grams(as_module(pipe), f_grams, r_grams, config=cfg, names=words)
     patch.metadata.update({
@@ -158,6 +265,9 @@ def unlink_concepts(
         "concepts": words,
         "retain": keep,
         "retain_source": retain_source,
+        "synonyms": list(found.synonyms) if found else [],
+        "neighbour_similarity": dict(found.similarity) if found else {},
+        "bank": None if found is None else ("config" if cfg.bank else "pipeline" if getattr(pipe, "concept_bank", None) else "builtin"),
         "base_model": pipeline_id(pipe),
         "pipeline_class": type(pipe).__name__,
         "tokens_per_concept": dict(zip(words, counts)),
