@@ -199,3 +199,15 @@ def test_check_report_targets():
     assert "worst drop +6.0 (digit 3)" in text
     text, s = check_report(before, before, [], 20)  # no digit named: no UA, so no PASS
     assert "no digit among the erased concepts" in text and not s["passed"]
+
+
+def test_default_erasure_protects_the_declared_digits_and_erases_the_numeral():
+    """The bundled pipeline declares its vocabulary (the ten digits); with no retain list every
+    other digit is protected and the numeral, a synonym in the model's text space, is erased."""
+    pipe = digits_pipeline()
+    patch = eraser.erase_concepts(pipe, "seven")
+    meta = patch.metadata
+    assert meta["bank"] == "pipeline" and meta["synonyms"] == ["7"] and meta["concepts"] == ["seven", "7"]
+    assert set(meta["retain"]) == set(pipe.concept_bank) - {"seven", "7"}
+    assert meta["config"]["strength"] == 1.5
+    patch.revert(pipe)

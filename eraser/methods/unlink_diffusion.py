@@ -46,7 +46,8 @@ class ConceptUnlinkConfig(UnlinkConfig):
         features (see ``eraser.families.diffusion.concept_neighbours``); ``"generic"`` protects
         ``prompts.GENERIC_RETAIN`` (everyday subjects); ``"none"`` protects nothing (the svd
         variant); a list protects exactly those words or prompts.
-    neighbours: how many bank concepts to protect by default.
+    neighbours: how many bank concepts to protect; ``None`` (default): every entry of a bank the
+        pipeline declares (``pipe.concept_bank``: the concepts it knows), else the 16 nearest.
     synonym_similarity: bank entries at least this close (centred cosine) are the concept in other
         words ("7" for "seven"): they are erased with it (``erase_synonyms``), never protected.
     bank: the candidate concepts (default: the pipeline's ``concept_bank`` if it declares one, e.g. the
@@ -64,7 +65,7 @@ class ConceptUnlinkConfig(UnlinkConfig):
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     tokens: str = "concept_eot"
     hidden_layer: str = "auto"
-    neighbours: int = 16
+    neighbours: int | None = None
     synonym_similarity: float = 0.9
     erase_synonyms: bool = True
     bank: tuple[str, ...] | None = None
@@ -80,8 +81,9 @@ class ConceptUnlinkConfig(UnlinkConfig):
         if isinstance(self.templates, str) or not self.templates:
             raise ValueError("templates must be a non-empty list of strings such as ['{}', 'a photo of {}']")
         self.templates = tuple(self.templates)
-        if not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool) or self.neighbours < 0:
-            raise ValueError(f"neighbours must be a non-negative integer; got {self.neighbours!r}")
+        if self.neighbours is not None and (not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool)
+                                            or self.neighbours < 0):
+            raise ValueError(f"neighbours must be a non-negative integer (or None: automatic); got {self.neighbours!r}")
         if not 0.0 < float(self.synonym_similarity) <= 1.0:
             raise ValueError(f"synonym_similarity must be in (0, 1]; got {self.synonym_similarity!r}")
         if self.bank is not None:
@@ -140,6 +142,7 @@ def generic_retain_for(concepts: list[str]) -> list[str]:
 
 
 RETAIN_MODES = ("none", "generic")
+DEFAULT_NEIGHBOURS = 16  # from the built-in bank (docs/defaults.md)
 
 
 def _bank(pipe: Any, cfg: ConceptUnlinkConfig) -> tuple[str, ...]:
@@ -206,7 +209,11 @@ def unlink_concepts(
     elif mode == "generic" or cfg.neighbours == 0:
         keep, retain_source = generic_retain_for(words), "generic"
     else:
-        found = concept_neighbours(pipe, words, _bank(pipe, cfg), n=cfg.neighbours,
+        bank = _bank(pipe, cfg)
+        n = cfg.neighbours
+        if n is None:  # a bank the pipeline declares is its whole vocabulary: protect all of it
+            n = len(bank) if getattr(pipe, "concept_bank", None) and not cfg.bank else DEFAULT_NEIGHBOURS
+        found = concept_neighbours(pipe, words, bank, n=n,
                                    synonym_similarity=cfg.synonym_similarity, hidden_layer=cfg.hidden_layer, device=device)
         keep, retain_source = list(found.neighbours), "neighbours"
         if cfg.erase_synonyms and found.synonyms:
