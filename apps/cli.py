@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from apps.common import DTYPES, csv_list, load_pipeline_by_name, split_methods
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LITE0_NORM = (0.5, 0.5, 0.5)  # the EfficientNet-Lite0 TF weights expect inputs in [-1, 1]
 
@@ -98,18 +100,6 @@ def cmd_methods(args: argparse.Namespace) -> None:
             print(f"{name:22s} {kind:14s} {spec.summary}")
 
 
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
-def _load_pipeline(model: str, dtype: str | None, device: str | None):
-    """A pipeline from a hub id, a local folder, ``random:<arch>`` or ``bundled:digits``."""
-    import torch
-
-    from eraser.families.diffusion import load_pipeline
-
-    return load_pipeline(model, dtype=getattr(torch, _DTYPES[dtype]) if dtype else None, device=device)
-
-
 def _concepts(args: argparse.Namespace) -> list:
     from prompts import get_preset, load_prompts
 
@@ -124,7 +114,7 @@ def _concepts(args: argparse.Namespace) -> list:
 def cmd_erase(args: argparse.Namespace) -> None:
     """Erase concepts from a text-to-image pipeline; write the patch (and optionally the erased pipeline)."""
     import eraser
-    from eraser.registry import parse_options
+    from eraser.options import parse_options
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -146,7 +136,7 @@ def cmd_erase(args: argparse.Namespace) -> None:
         if args.template:
             options["templates"] = tuple(args.template)
         t0 = time.perf_counter()
-        pipe = _load_pipeline(args.model, args.dtype, args.device)
+        pipe = load_pipeline_by_name(args.model, args.dtype, args.device)
         load_s = time.perf_counter() - t0
         seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
         look = _Look(pipe, args, concepts, seeds) if (args.grid or args.check) else None
@@ -283,13 +273,9 @@ def cmd_patch_info(args: argparse.Namespace) -> None:
     print(json.dumps({"metadata": patch.metadata, "layers": layers}, indent=2))
 
 
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def _bench_config(args: argparse.Namespace, **fields):
     """The benchmark configuration from the options that name data, model and original."""
-    from eraser.registry import parse_options
+    from eraser.options import parse_options
     from eraser.training import TrainConfig
     from evaluation.classify_bench import ClassifyBenchConfig
 
@@ -320,8 +306,8 @@ def cmd_bench_classify(args: argparse.Namespace) -> None:
     for s in args.scenario or ["class:0"]:
         scenarios += [f"class:{c}" for c in range(args.num_classes)] if s == "class:each" else [s]
     try:
-        methods = ALL_METHODS if args.methods == "all" else _split_methods(args.methods)
-        cfg = _bench_config(args, methods=methods, scenarios=scenarios, seeds=[int(s) for s in _csv(args.seeds)],
+        methods = ALL_METHODS if args.methods == "all" else split_methods(args.methods)
+        cfg = _bench_config(args, methods=methods, scenarios=scenarios, seeds=[int(s) for s in csv_list(args.seeds)],
                             mia_feature=args.mia_feature, mia_samples=args.mia_samples, retrain=not args.no_retrain,
                             eval_samples=args.eval_samples, shifts=_shifts(args.shift or []), shift_samples=args.shift_samples,
                             gradcam=args.gradcam)
@@ -334,7 +320,7 @@ def cmd_bench_classify(args: argparse.Namespace) -> None:
 def cmd_vector_bank(args: argparse.Namespace) -> None:
     """Learn one forget vector per class of a dataset's original model (resumable)."""
     from eraser.methods.forget_vector import ForgetVectorConfig
-    from eraser.registry import parse_options
+    from eraser.options import parse_options
     from evaluation.classify_bench import vector_bank
 
     try:
@@ -350,12 +336,6 @@ def _shifts(items: list[str]) -> list[str]:
     from evaluation.shift import DEFAULT_SHIFTS
 
     return list(dict.fromkeys(s for item in items for s in (DEFAULT_SHIFTS if item == "default" else [item])))
-
-
-def _split_methods(text: str) -> list[str]:
-    """``ft,unlink:variant=svd;k=2`` style lists: methods split on ',' unless inside options
-    (options of one method are separated by ';' on the command line)."""
-    return [m.replace(";", ",") for m in _csv(text)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "text_encoder_attn, or a regular expression over unet.*/text_encoder.* names")
     er.add_argument("--template", action="append", help="template for concept words, with {} (repeatable), e.g. 'a photo of {}'")
     er.add_argument("--option", action="append", help="a method setting as key=value (repeatable), e.g. ridge=0.05 or steps=200")
-    er.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="load the pipeline in this dtype (default: as saved)")
+    er.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="load the pipeline in this dtype (default: as saved)")
     er.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: where the pipeline loads)")
     er.add_argument("--out", required=True, help="patch file to write (.safetensors)")
     er.add_argument("--save-pipeline", default=None, help="also write the whole erased pipeline here (save_pretrained)")
@@ -424,13 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "before and after (default 20: one image = 5 points; 400 generations in all)")
     er.add_argument("--check-seed", type=int, default=1234, help="seed of --check's generations (default 1234)")
     er.set_defaults(func=cmd_erase)
-    add_generation_parsers(sub, sorted(_DTYPES))
+    add_generation_parsers(sub, sorted(DTYPES))
     info = sub.add_parser("patch-info", help=cmd_patch_info.__doc__,
                           description=f"{cmd_patch_info.__doc__}\n\nExample: eraser patch-info runs/demo/seven.safetensors")
     info.add_argument("path", help="a patch file (.safetensors)")
     info.set_defaults(func=cmd_patch_info)
     bench = sub.add_parser("bench", help="run a benchmark").add_subparsers(dest="bench", required=True)
-    add_bench_parsers(bench, sorted(_DTYPES))
+    add_bench_parsers(bench, sorted(DTYPES))
     bc = bench.add_parser("classify", help=cmd_bench_classify.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                           description=f"{cmd_bench_classify.__doc__}\n\nExample:\n  eraser bench classify --dataset mnist "
                           "--scenario class:3 --methods ft,ga,salun,unlink --seeds 0,1,2 --out runs/mnist")

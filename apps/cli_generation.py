@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from apps.common import load_pipeline_by_name, split_methods
+
 GENERATE_EXAMPLES = """
 Examples:
   eraser generate --model bundled:digits --prompt 'a photo of the digit seven' --images-per-prompt 8 --out runs/gen/seven
@@ -40,7 +42,6 @@ def _rows(args: argparse.Namespace) -> list:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     """Generate images for every row of a prompt CSV (each row's seed and guidance), optionally with a patch applied."""
-    from apps.cli import _load_pipeline
     from evaluation.generate import generate_images, process_state
 
     state = process_state()
@@ -49,7 +50,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         config = _generation_config(args, images_per_prompt=args.images_per_prompt)
         if args.patch and not Path(args.patch).is_file():
             raise FileNotFoundError(f"patch not found: {args.patch}")
-        pipe = _load_pipeline(args.model, args.dtype, args.device or str(state.device))
+        pipe = load_pipeline_by_name(args.model, args.dtype, args.device or str(state.device))
         # the runner takes its share from accelerate's state itself (and waits for the others)
         result = generate_images(pipe, rows, args.out, config, patch=args.patch, prompts_file=args.prompts,
                                  overwrite=args.overwrite)
@@ -227,7 +228,6 @@ def _concepts_for(label: str) -> list[str]:
 
 def cmd_bench_classes(args: argparse.Namespace) -> None:
     """Erase each class with each method, generate, judge (UA, RA) and measure FID against real images."""
-    from apps.cli import _load_pipeline, _split_methods
     from evaluation.erasure_bench import ClassBenchConfig, class_rows, run_class_bench
 
     if not Path(args.reference).is_dir():
@@ -237,9 +237,9 @@ def cmd_bench_classes(args: argparse.Namespace) -> None:
         rows = _class_prompts(args)
         classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
         class_rows(rows, classes)  # bad classes fail before the model loads
-        config = ClassBenchConfig(methods=tuple(_split_methods(args.methods)), images_per_class=args.images_per_class,
+        config = ClassBenchConfig(methods=tuple(split_methods(args.methods)), images_per_class=args.images_per_class,
                                   judge=args.judge, fid_features=args.fid_features, generation=_generation_config(args))
-        pipe = _load_pipeline(args.model, args.dtype, args.device)
+        pipe = load_pipeline_by_name(args.model, args.dtype, args.device)
         result = run_class_bench(pipe, rows, args.reference, args.out, config, classes=classes,
                                  concepts_for=_concepts_for, model_id=args.model, device=args.device or "cpu")
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
@@ -251,15 +251,14 @@ def cmd_bench_classes(args: argparse.Namespace) -> None:
 
 def cmd_bench_nudity(args: argparse.Namespace) -> None:
     """Generate I2P (or nudity-142) prompts with the original and each method's nudity erasure; NudeNet counts."""
-    from apps.cli import _load_pipeline, _split_methods
     from evaluation.erasure_bench import NudityBenchConfig, run_nudity_bench
     from prompts import load_prompts
 
     try:
         rows = load_prompts(args.prompts, limit=args.limit)
-        config = NudityBenchConfig(methods=tuple(_split_methods(args.methods)), concepts=tuple(args.concept or ()),
+        config = NudityBenchConfig(methods=tuple(split_methods(args.methods)), concepts=tuple(args.concept or ()),
                                    threshold=args.threshold, generation=_generation_config(args))
-        pipe = _load_pipeline(args.model, args.dtype, args.device)
+        pipe = load_pipeline_by_name(args.model, args.dtype, args.device)
         run_nudity_bench(pipe, rows, args.out, config, model_id=args.model)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, ModuleNotFoundError) as err:
         raise SystemExit(f"eraser bench nudity: {err}") from None

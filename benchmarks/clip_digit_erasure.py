@@ -57,7 +57,7 @@ def load(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 def parse_variant(spec: str) -> tuple[str, dict]:
     """``"rayleigh:k=4,ridge=1.0"`` -> ``("rayleigh", {"k": 4, "ridge": 1.0})``, typed by ``UnlinkConfig``."""
     from eraser.methods.unlink import UnlinkConfig
-    from eraser.registry import parse_options
+    from eraser.options import parse_options
 
     name, _, opts = spec.partition(":")
     if name not in VARIANTS:

@@ -43,12 +43,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 import eraser
 from eraser.bundled import DIGIT_WORDS, digit_prompt, digits_judge, digits_pipeline
 from eraser.bundled.captions import CANONICAL_TEMPLATE, concept_templates
 from eraser.bundled.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from evaluation.erasure_bench import parse_bench_method
+from evaluation.grids import save_image_grid
 from evaluation.report import write_report
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -184,13 +186,12 @@ def main() -> None:
         return ua, ua_p, per, xf, xr
 
     def save_grid(d: int, label: str, xf: torch.Tensor, xr: torch.Tensor) -> None:
-        from torchvision.utils import save_image
-
         picks = xf[torch.linspace(0, len(xf) - 1, 9).round().long()]  # spread over the wordings
         firsts = xr[:: args.retain_images]  # the first generation of each other digit
         slug = "".join(c if c.isalnum() or c in "=._" else "-" for c in label)
-        (Path(args.out) / "grids").mkdir(parents=True, exist_ok=True)
-        save_image(torch.cat([picks, firsts]), Path(args.out) / "grids" / f"digit-{d}_{slug}.png", nrow=9, padding=2, pad_value=0.5)
+        rows = [[Image.fromarray(im[0].mul(255).add(0.5).clamp(0, 255).byte().cpu().numpy()) for im in part]
+                for part in (picks, firsts)]
+        save_image_grid(rows, Path(args.out) / "grids" / f"digit-{d}_{slug}.png", min_cell=0, pad=2, background=(128, 128, 128))
 
     def row(d: int, form: str, label: str, ua: float, ua_p: float | None, per: dict[int, float], base: dict[int, float], seconds: float) -> dict:
         drops = {o: base[o] - per[o] for o in per}

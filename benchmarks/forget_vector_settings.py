@@ -25,7 +25,7 @@ from classifiers.zoo import load_weights
 from eraser.data import subsample
 from eraser.methods.finetune import RetainCE
 from eraser.methods.forget_vector import ForgetVectorConfig, learn_vector
-from eraser.registry import parse_options
+from eraser.options import parse_options
 from eraser.training import accuracy, fit
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from eraser.hashing import file_sha256
 from eraser.training import TrainConfig
 
 __all__ = ["RECIPES", "cache_key", "cached_model"]
@@ -65,6 +66,6 @@ def cached_model(
         tmp = path.with_suffix(".tmp")
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
         tmp.replace(path)
-        record["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        record["weights_sha256"] = file_sha256(path)
         meta_path.write_text(json.dumps(record, indent=2, default=str))
     return model, record

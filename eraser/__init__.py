@@ -4,14 +4,14 @@ The engine: capture a layer's input features (``capture``), find the forget subs
 (``subspace``), remove it from the weights (``projection``) and record the edit (``patch``).
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from . import methods  # noqa: F401  (registers the methods)
 from .api import erase_classes, erase_concepts
 from .capture import FeatureRows, GramAccumulator, capture_features, collect_features, collect_grams
 from .patch import ErasurePatch, LayerEdit, PatchError, as_module, fingerprint
 from .projection import project_out
 from .registry import get_method, list_methods, register_method
+from .runner import Erasure, run_method
 from .subspace import Gram, Subspace, forget_basis, forget_subspace, rayleigh_basis, rayleigh_subspace
 from .targets import resolve_targets
 from .methods.unlink import UnlinkConfig
@@ -21,6 +21,8 @@ __all__ = [
     "__version__",
     "erase_classes",
     "erase_concepts",
+    "run_method",
+    "Erasure",
     "forget_basis",
     "forget_subspace",
     "rayleigh_basis",

@@ -10,7 +10,7 @@ from torch import nn
 
 from .data import DataLike
 from .patch import ErasurePatch
-from .registry import get_method, make_config
+from .runner import run_method
 
 __all__ = ["erase_classes", "erase_concepts"]
 
@@ -38,22 +38,19 @@ def erase_classes(
     (e.g. ``energy=0.9``, ``ridge=0.1``, ``variant="svd"``) override its fields. On any error the
     model is unchanged.
     """
-    spec = get_method(method)
     if layers is not None:
         options["layers"] = layers if isinstance(layers, str) else list(layers)
     if k is not None:
         options["k"] = k
-    cfg = make_config(spec.config_cls, config, options, method=method)
-    if device is None:
-        return spec.fn(model, forget_data, retain_data, config=cfg, names=list(names or []), progress=progress)
-    # Compute on ``device`` and hand the model back where it was.
-    param = next(model.parameters(), None)
-    home = param.device if param is not None else torch.device("cpu")
-    model.to(device)
-    try:
-        return spec.fn(model, forget_data, retain_data, config=cfg, device=device, names=list(names or []), progress=progress)
-    finally:
-        model.to(home)
+    result = run_method(model, forget_data, retain_data, method=method, config=config, device=device,
+                        names=list(names or []), progress=progress, **options)
+    if result.patch is None:
+        raise ValueError(
+            f"method {method!r} does not change the model's weights: it returns a new module to use "
+            f"instead, so there is no patch. Call eraser.run_method(model, forget, retain, method={method!r}) "
+            "and use its .model."
+        )
+    return result.patch
 
 
 def erase_concepts(
@@ -80,12 +77,11 @@ def erase_concepts(
     ``unlink_rayleigh``, ...; see ``eraser.list_methods(family="diffusion")``). Further ``options``
     set fields of the method's config. On any error the pipeline is unchanged.
     """
-    spec = get_method(method, family="diffusion")
     if targets is not None:
         options["layers"] = targets if isinstance(targets, str) else list(targets)
     if k is not None:
         options["k"] = k
     if templates is not None:
         options["templates"] = tuple([templates] if isinstance(templates, str) else templates)
-    cfg = make_config(spec.config_cls, config, options, method=method)
-    return spec.fn(pipe, concepts, retain, config=cfg, device=device, progress=progress)
+    return run_method(pipe, concepts, retain, method=method, family="diffusion", config=config, device=device,
+                      progress=progress, **options).patch

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import DataLike, iter_inputs, to_model
-from .layers import layer_kind
+from .layers import KeptModes, layer_kind
 from .subspace import Gram
 
 __all__ = ["GramAccumulator", "FeatureRows", "capture_features", "collect_grams", "collect_features"]
@@ -140,18 +140,14 @@ def collect_features(
     """Run ``data`` through ``model`` (eval mode, no grad); each target's ``accumulator().compute()``."""
     params = next(model.parameters(), None)
     dev = torch.device(device) if device is not None else (params.device if params is not None else torch.device("cpu"))
-    was_training = model.training
-    model.eval()
     seen = 0
-    try:
-        with capture_features(targets, accumulator) as accs:
-            for x in tqdm(iter_inputs(data, batch_size), desc=f"capture {what}", disable=not progress, leave=False):
-                if x.shape[0] == 0:
-                    continue
-                model(to_model(x, params, dev))
-                seen += x.shape[0]
-    finally:
-        model.train(was_training)
+    with KeptModes(model), capture_features(targets, accumulator) as accs:
+        model.eval()
+        for x in tqdm(iter_inputs(data, batch_size), desc=f"capture {what}", disable=not progress, leave=False):
+            if x.shape[0] == 0:
+                continue
+            model(to_model(x, params, dev))
+            seen += x.shape[0]
     if seen == 0:
         raise ValueError(f"{what} is empty: pass at least one sample.")
     out = {}

@@ -2,7 +2,7 @@
 
 Every supported layer is seen the same way: a weight of shape (G, d_out/G, D) acting on input
 features of shape (G, m, D), with G = groups (1 except for grouped convolutions). Adding a layer
-kind means adding one small class here.
+kind means adding one small class here. :class:`KeptModes` puts a model's train/eval modes back exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LayerKind", "layer_kind", "kind_by_name", "supported_kinds"]
+__all__ = ["LayerKind", "layer_kind", "kind_by_name", "supported_kinds", "KeptModes"]
 
 
 class LayerKind:
@@ -119,3 +119,22 @@ def kind_by_name(name: str) -> LayerKind:
 
 def supported_kinds() -> list[str]:
     return [k.name for k in _KINDS]
+
+
+class KeptModes:
+    """Records every submodule's train/eval flag; ``restore()`` or leaving a ``with`` block puts exactly those back."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modes: dict[nn.Module, bool] = {m: m.training for m in model.modules()}
+
+    def restore(self) -> None:
+        """Set each recorded module's own flag back to what it was."""
+        # Per module, not model.train(flag): that recurses and would flatten the submodules' own modes.
+        for module, flag in self.modes.items():
+            module.training = flag
+
+    def __enter__(self) -> KeptModes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()

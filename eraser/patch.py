@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from .layers import LayerKind, kind_by_name, layer_kind
 from .projection import apply_factor, edit_factor
 
-__all__ = ["LayerEdit", "ErasurePatch", "PatchError", "fingerprint", "as_module"]
+__all__ = ["LayerEdit", "ErasurePatch", "PatchError", "fingerprint", "as_module", "register_components", "PIPELINE_COMPONENTS"]
 
 FORMAT = "eraser.patch/1"
 FILENAME = "erasure_patch.safetensors"
@@ -64,20 +65,33 @@ def _modules(model: nn.Module) -> dict[str, nn.Module]:
     return dict(model.named_modules())
 
 
+# Attributes of a pipeline-like object that may hold its modules, in order (registered by the model
+# families' adapters, ``eraser.families``); a pipeline with a diffusers ``components`` dict uses that.
+PIPELINE_COMPONENTS: list[str] = []
+
+
+def register_components(names: Sequence[str]) -> None:
+    """Add pipeline component names that :func:`as_module` looks for (called by family adapters)."""
+    for name in names:
+        if name not in PIPELINE_COMPONENTS:
+            PIPELINE_COMPONENTS.append(name)
+
+
 def as_module(target: Any) -> nn.Module:
     """``target`` itself if it is an ``nn.Module``; for a pipeline (an object with ``components``,
-    or with ``unet``/``text_encoder`` attributes) a module whose children are its ``nn.Module``
-    components, so that layers are named ``"unet.…"``, ``"text_encoder_2.…"``. The view is cached on
-    the pipeline (patch stacks live on it) and rebuilt if a component is replaced."""
+    or with attributes named in :data:`PIPELINE_COMPONENTS`: ``unet``, ``text_encoder``, ...) a
+    module whose children are its ``nn.Module`` components, so that layers are named ``"unet.…"``,
+    ``"text_encoder_2.…"``. The view is cached on the pipeline (patch stacks live on it) and
+    rebuilt if a component is replaced."""
     if isinstance(target, nn.Module):
         return target
     comps = getattr(target, "components", None)
     if not isinstance(comps, dict):
-        comps = {n: getattr(target, n, None) for n in ("unet", "transformer", "text_encoder", "text_encoder_2", "vae")}
+        comps = {n: getattr(target, n, None) for n in PIPELINE_COMPONENTS}
     comps = {n: m for n, m in comps.items() if isinstance(m, nn.Module)}
     if not comps:
         raise TypeError(
-            f"expected an nn.Module or a pipeline with nn.Module components (unet, text_encoder, ...); "
+            f"expected an nn.Module or a pipeline with nn.Module components ({', '.join(PIPELINE_COMPONENTS)}, ...); "
             f"got {type(target).__name__}"
         )
     view = target.__dict__.get(_VIEW_ATTR)

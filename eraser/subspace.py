@@ -7,12 +7,16 @@ accumulate statistics batch by batch with memory bounded by d^2.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["Gram", "Subspace", "as_gram", "forget_basis", "rayleigh_basis", "numerical_rank", "head_rows_subspace"]
+__all__ = [
+    "Gram", "Subspace", "as_gram", "forget_basis", "rayleigh_basis", "numerical_rank", "head_rows_subspace",
+    "protected_rows_subspace", "balanced_rayleigh_subspace",
+]
 
 
 @dataclass
@@ -346,3 +350,51 @@ def balanced_rayleigh_subspace(
         w = w * torch.exp(step * damage / damage.max())
         w = w / w.mean()
     return sub, w, damage
+
+
+# The exact protection needs a part of the forget rows that the protected rows cannot see; the edit
+# grows as that part shrinks (1 / its share of the rows' norm), and with it the float32 rounding of
+# the edited weight: below this share the ridge fit is used (a numerical guard, not a tuned value:
+# the bundled tiny CLIP's digits are far above it).
+EXACT_MIN_SHARE = 1e-3
+
+
+def protected_rows_subspace(
+    forget: Tensor | Gram,
+    rows: Tensor,
+    forget_rows: Sequence[int],
+    ridge: float = 0.1,
+    **selectors: Any,
+) -> tuple[Subspace, str]:
+    """The head variant's edit with the other classes' rows kept exactly when they can be.
+
+    ``rows`` (C x d): what each class's logit reads from the edited layer's input (a zero-shot
+    head's text embeddings times the projection); ``U``: the forget subspace of ``forget``
+    (``selectors`` as :func:`forget_subspace`). The dual ``V = N W_F^T (W_F N W_F^T)^+ W_F U``, ``N`` the projector onto what the
+    protected rows ``W_R`` cannot see (the orthogonal complement of their span), gives
+    ``W_R V = 0`` (their logits do not change) and ``W_F V = W_F U`` (the forget rows lose ``U``):
+    the limit of :func:`head_rows_subspace` as its ridge goes to 0. When the
+    protected rows span (all but ``EXACT_MIN_SHARE`` of) every direction the forget rows read, e.g.
+    more classes than dimensions, that limit does not exist (or is ill-conditioned) and
+    ``head_rows_subspace`` with ``ridge`` is used. Returns the subspace
+    and ``"exact"`` or ``"ridge"``.
+    """
+    sub = forget_subspace(forget, **selectors)
+    w = rows.detach().to("cpu", torch.float64)
+    if w.ndim != 2 or w.shape[1] != sub.basis.shape[0]:
+        raise ValueError(f"the rows must be (classes x {sub.basis.shape[0]}); got {tuple(w.shape)}")
+    forget_rows = sorted({int(c) for c in forget_rows})
+    if not forget_rows or forget_rows[0] < 0 or forget_rows[-1] >= w.shape[0]:
+        raise ValueError(f"forget classes must be class indices in [0, {w.shape[0]}); got {forget_rows}.")
+    keep = torch.ones(w.shape[0], dtype=torch.bool)
+    keep[forget_rows] = False
+    if not keep.any():
+        raise ValueError("every class is a forget class: there is no class left to protect.")
+    w_f, w_r = w[forget_rows], w[keep]
+    q, s, _ = torch.linalg.svd(w_r.T, full_matrices=False)
+    q = q[:, s > s[0] * max(w.shape) * torch.finfo(torch.float64).eps * 10] if s.numel() and s[0] > 0 else q[:, :0]
+    w_fn = w_f - (w_f @ q) @ q.T  # the part of the forget rows the protected rows cannot see
+    if float(w_fn.norm()) <= EXACT_MIN_SHARE * float(w_f.norm()):
+        return head_rows_subspace(forget, rows, forget_rows, ridge=ridge, **selectors), "ridge"
+    dual = w_fn.T @ (torch.linalg.pinv(w_fn @ w_fn.T, hermitian=True) @ (w_f @ sub.basis))
+    return Subspace(basis=sub.basis, eta=sub.eta, dual=dual, spectrum=sub.spectrum), "exact"

@@ -3,55 +3,32 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from .layers import layer_kind, supported_kinds
 
-__all__ = ["resolve_targets", "PRESETS"]
+__all__ = ["resolve_targets", "register_preset", "PRESETS", "Preset"]
 
 Targets = str | Sequence[str]
 
 
-def _head(model: nn.Module) -> list[str]:
-    """The final classifier layer: timm's ``get_classifier()``, else the last supported layer."""
-    names = {id(m): n for n, m in model.named_modules()}
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        head = get_classifier()
-        if id(head) in names and layer_kind(head) is not None:
-            return [names[id(head)]]
-    last = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n]
-    return last[-1:]
+# Named presets: a regular expression over layer names, or a function giving the names for a model.
+# The model families' adapters register theirs (``eraser.families``); one name, one preset.
+Preset = str | Callable[[nn.Module], list[str]]
+PRESETS: dict[str, Preset] = {}
 
 
-# Transformer blocks of CLIP towers, in both naming schemes: transformers
-# (``encoder.layers.N.mlp.fc1``, ``self_attn.q_proj``) and open_clip (``transformer.resblocks.N.mlp.c_fc``,
-# ``attn`` = nn.MultiheadAttention, whose out_proj it calls functionally, so it is left out).
-_CLIP_BLOCK = re.compile(r"(?:.*\.)?(?:layers|resblocks)\.(\d+)\.(.+)")
-_CLIP_MLP = re.compile(r"mlp\.(?:fc1|fc2|c_fc|c_proj)")
-_CLIP_ATTN = re.compile(r"self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|attn")
-
-
-def _clip_blocks(model: nn.Module, part: re.Pattern, last_only: bool = False) -> list[str]:
-    found = []
-    for name, mod in model.named_modules():
-        m = _CLIP_BLOCK.fullmatch(name)
-        if m and part.fullmatch(m.group(2)) and layer_kind(mod) is not None:
-            found.append((int(m.group(1)), name))
-    if last_only and found:
-        last = max(i for i, _ in found)
-        found = [(i, n) for i, n in found if i == last]
-    return [n for _, n in found]
-
-
-PRESETS = {
-    "head": _head,
-    "clip_mlp": lambda m: _clip_blocks(m, _CLIP_MLP),
-    "clip_attn": lambda m: _clip_blocks(m, _CLIP_ATTN),
-    "clip_last_mlp": lambda m: _clip_blocks(m, _CLIP_MLP, last_only=True),
-}
+def register_preset(name: str, preset: Preset) -> None:
+    """Make ``name`` a preset for ``resolve_targets`` (called by the model-family adapters)."""
+    if name in PRESETS and PRESETS[name] is not preset:
+        raise ValueError(f"layer preset {name!r} is already registered")
+    if isinstance(preset, str):
+        re.compile(preset)  # a bad pattern fails at registration, not at a user's call
+    elif not callable(preset):
+        raise TypeError(f"a preset is a regex string or a function model -> layer names; got {type(preset).__name__}")
+    PRESETS[name] = preset
 
 
 def _suffixes(name: str) -> set[str]:
@@ -63,14 +40,19 @@ def _suffixes(name: str) -> set[str]:
 def resolve_targets(model: nn.Module, layers: Targets) -> dict[str, nn.Module]:
     """Map layer names to modules.
 
-    ``layers`` is a preset name (``"head"``; for CLIP towers of transformers or open_clip
-    ``"clip_mlp"``, ``"clip_attn"``, ``"clip_last_mlp"``), a regular expression matched against whole module
-    names (a string), or a list of names, each matching a module whose name equals it or ends in
-    ``"." + name`` (PEFT's ``target_modules`` rules).
+    ``layers`` is a preset name (:data:`PRESETS`, registered by the model families: ``"head"``;
+    ``"clip_mlp"``, ``"clip_attn"``, ``"clip_last_mlp"`` for CLIP towers; ``"cross_attn_kv"``, ... for
+    pipelines), a regular expression matched against whole module names (a string), or a list of
+    names, each matching a module whose name equals it or ends in ``"." + name`` (PEFT's
+    ``target_modules`` rules).
     """
     modules = dict(model.named_modules())
-    if isinstance(layers, str) and layers in PRESETS:
-        names = PRESETS[layers](model)
+    preset = PRESETS.get(layers) if isinstance(layers, str) else None
+    if isinstance(preset, str):  # a named pattern: resolved as the pattern, errors name the preset
+        pattern = re.compile(preset)
+        names = [n for n in modules if n and pattern.fullmatch(n)]
+    elif preset is not None:
+        names = preset(model)
         if not names:
             raise ValueError(
                 f"preset {layers!r} found no supported layer in {type(model).__name__} "

@@ -63,11 +63,12 @@ def head_inputs(model: torch.nn.Module, head: str, data, batch_size: int = 64) -
     from torch.utils.data import DataLoader
 
     from eraser.capture import FeatureRows, capture_features
+    from eraser.layers import KeptModes
     from eraser.targets import resolve_targets
 
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
     param = next(model.parameters())
-    was_training = model.training
+    modes = KeptModes(model)
     model.eval()
     labels = []
     try:
@@ -76,5 +77,5 @@ def head_inputs(model: torch.nn.Module, head: str, data, batch_size: int = 64) -
                 model(x.to(param.device, param.dtype))
                 labels.append(torch.as_tensor(y))
     finally:
-        model.train(was_training)
+        modes.restore()
     return acc[head].compute()[0], torch.cat(labels)

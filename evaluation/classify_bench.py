@@ -22,8 +22,10 @@ from classifiers.data import TensorDataset, load_dataset
 from classifiers.models import build_model
 from classifiers.splits import Scenario, make_split
 from classifiers.train import RECIPES, cache_key, cached_model
-from eraser import get_method
-from eraser.registry import make_config, parse_method
+from eraser import get_method, run_method
+from eraser.hashing import file_sha256
+from eraser.options import parse_method
+from eraser.registry import make_config
 from eraser.training import TrainConfig
 
 from .report import mean_std, write_report
@@ -172,13 +174,11 @@ def _original(cfg: ClassifyBenchConfig, data: TensorDataset, seed: int, digest: 
     from eraser.training import fit
 
     if cfg.original:  # a pretrained original: the same for every seed
-        import hashlib
-
         from classifiers.zoo import load_weights
 
         model = load_weights(build_model(cfg.model, data.num_classes, data.in_channels), cfg.original)
         return model, {"kind": "original", "checkpoint": cfg.original,
-                       "weights_sha256": hashlib.sha256(Path(cfg.original).read_bytes()).hexdigest()}
+                       "weights_sha256": file_sha256(cfg.original)}
     recipe = replace(cfg.training_recipe(), seed=seed)
 
     def build():
@@ -200,7 +200,7 @@ def _retrain(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, split, 
         return build_model(cfg.model, data.num_classes, data.in_channels)
 
     def train(model):
-        get_method("retrain")(model, parts["forget"], parts["retain"], device=cfg.device, progress=progress, **overrides)
+        run_method(model, parts["forget"], parts["retain"], method="retrain", device=cfg.device, progress=progress, **overrides)
 
     key = cache_key(kind="retrain", data=digest, model=cfg.model, recipe=recipe, seed=seed, retain=split.retain)
     return cached_model(build, train, key, cfg.cache_dir, {"kind": "retrain", "scenario": split.scenario.label, "seed": seed})
@@ -365,7 +365,7 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
                     config = {**asdict(make_config(spec.config_cls, None, overrides, method=name)), **extra}
                     t0 = time.perf_counter()
                     try:
-                        model = spec(model, parts["forget"], parts["retain"], device=cfg.device, **overrides)
+                        model = run_method(model, parts["forget"], parts["retain"], method=name, device=cfg.device, **overrides).model
                     except (FloatingPointError, RuntimeError, ValueError) as err:
                         # A diverging method is a result, not a crash: record it and go on.
                         nan = float("nan")

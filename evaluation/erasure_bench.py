@@ -32,7 +32,7 @@ __all__ = ["ClassBenchConfig", "parse_bench_method", "class_rows", "run_class_be
 
 def parse_bench_method(text: str) -> tuple[str, str, bool, dict[str, Any]]:
     """``"name[+retain][:k=v,...]"`` -> (label, registry name, erase with the other classes as retain, options)."""
-    from eraser.registry import parse_method
+    from eraser.options import parse_method
 
     head, sep, rest = text.strip().partition(":")
     name = head.removesuffix("+retain")

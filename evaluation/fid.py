@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from eraser.hashing import file_sha256
+
 __all__ = ["INCEPTION_SHA1", "inception_path", "InceptionFeatures", "fid_metric", "fid", "fid_details", "MIN_IMAGES"]
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -158,7 +160,7 @@ def _reference_key(images, feature_id: str) -> str:
     if images.paths is not None:
         for name, path in zip(images.names, images.paths):
             h.update(name.encode())
-            h.update(hashlib.sha256(path.read_bytes()).digest())
+            h.update(bytes.fromhex(file_sha256(path)))
     else:
         for name, img in images:
             h.update(name.encode())

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from eraser.bundled.models import file_sha256
+from eraser.hashing import file_sha256
 from eraser.training.processes import process_state
 from prompts.csv import PromptRow
 

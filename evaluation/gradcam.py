@@ -15,18 +15,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import Tensor, nn
 
 from eraser.data import to_model
+from eraser.layers import KeptModes
 
-from .grids import save_png
+from .grids import TITLE_H, save_image_grid
 
 __all__ = ["grad_cam", "save_gradcam_grid", "conv_layers", "jet"]
 
 MIN_CELL = 96  # images are upscaled by an integer factor to at least this many pixels per side
 PAD = 2  # pixels between cells
-TITLE_HEIGHT = 16  # height of the column-title bar
+TITLE_HEIGHT = TITLE_H  # height of the column-title bar (the grid writer's)
 
 
 def conv_layers(model: nn.Module) -> list[str]:
@@ -70,7 +71,7 @@ def _cam(model: nn.Module, x: Tensor, layer: str | None, target: Tensor | None, 
     layer, module = _resolve(model, layer)
     param = next(model.parameters(), None)
     dev = torch.device(device) if device is not None else (param.device if param is not None else x.device)
-    was = model.training
+    modes = KeptModes(model)
     model.eval()
     maps, preds = [], []
     try:
@@ -93,7 +94,7 @@ def _cam(model: nn.Module, x: Tensor, layer: str | None, target: Tensor | None, 
                 maps.append(torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam)).to(x.device))
                 preds.append(pred.cpu())
     finally:
-        model.train(was)
+        modes.restore()
     return torch.cat(maps), torch.cat(preds)
 
 
@@ -130,13 +131,6 @@ def _pixels(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
     return x.clamp(0, 1).permute(0, 2, 3, 1)
 
 
-def _tag(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font) -> None:
-    """A small white label on a black box, its top-left corner at ``xy``."""
-    left, top, right, bottom = draw.textbbox(xy, text, font=font)
-    draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
-    draw.text(xy, text, fill=(255, 255, 255), font=font)
-
-
 def save_gradcam_grid(
     models: Mapping[str, nn.Module],
     x: Tensor,
@@ -166,17 +160,7 @@ def save_gradcam_grid(
         heat = jet(F.interpolate(maps.float().cpu()[:, None], size=(ch, cw), mode="bilinear", align_corners=False)[:, 0])
         cells.append((1 - alpha) * img + alpha * heat)
         tags.append([f"pred {int(p)}" for p in preds])
-    top = TITLE_HEIGHT if titles else 0
-    cols = len(cells)
-    canvas = Image.new("RGB", (cols * cw + (cols + 1) * PAD, top + n * ch + (n + 1) * PAD), (255, 255, 255))
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    for c, (column, labels) in enumerate(zip(cells, tags)):
-        x0 = PAD + c * (cw + PAD)
-        if titles:
-            draw.text((x0 + 2, 2), (["image", *models][c]), fill=(0, 0, 0), font=font)
-        for r in range(n):
-            y0 = top + PAD + r * (ch + PAD)
-            canvas.paste(Image.fromarray((column[r].numpy() * 255 + 0.5).astype(np.uint8)), (x0, y0))
-            if labels[r]:
-                _tag(draw, (x0 + 2, y0 + 2), labels[r], font)
-    return save_png(canvas, path)
+    grid = [[Image.fromarray((column[r].numpy() * 255 + 0.5).astype(np.uint8)) for column in cells] for r in range(n)]
+    # min_cell=0: the cells are already upscaled, to the size the heat maps were interpolated to
+    return save_image_grid(grid, path, col_labels=["image", *models] if titles else None,
+                           cell_labels=[list(row) for row in zip(*tags)], min_cell=0, pad=PAD)

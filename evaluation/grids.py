@@ -1,4 +1,4 @@
-"""Image grids as PNG files (generations before/after an erasure, rows = prompts), written atomically."""
+"""Image grids as PNG files (rows of equally sized cells, optional row, column and per-cell labels), written atomically."""
 
 from __future__ import annotations
 
@@ -102,13 +102,27 @@ def _draw_label(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], text:
     if len(lines) > fit:
         lines = lines[:fit]
         last = lines[-1] + ["..."]
-        while len(last) > 1 and sum(font.getlength(w) for w in last) + gap * (len(last) - 1) > width:
+        while len(last) > 2 and sum(font.getlength(w) for w in last) + gap * (len(last) - 1) > width:
             last = last[:-2] + ["..."]
+        if len(last) == 2 and font.getlength(last[0]) + gap + font.getlength("...") > width:
+            # one word left (e.g. a long name broken into pieces): keep its head rather than only "..."
+            word = last[0]
+            while word and font.getlength(word + "...") > width:
+                word = word[:-1]
+            last = [word + "..."]
         lines[-1] = last
     y = top + (height - len(lines) * line_h) // 2
     for words in lines:
         _draw_words(draw, left, y, words, font, gap)
         y += line_h
+
+
+def _draw_tag(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font) -> None:
+    """A small white label on a black box, its top-left corner at ``xy``."""
+    text = _safe_text(text, font)
+    left, top, right, bottom = draw.textbbox(xy, text, font=font)
+    draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill="black")
+    draw.text(xy, text, fill="white", font=font)
 
 
 def save_image_grid(
@@ -117,28 +131,45 @@ def save_image_grid(
     *,
     row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None,
+    cell_labels: Sequence[Sequence[str]] | None = None,
     min_cell: int = 96,
+    pad: int = PAD,
+    background: str | tuple[int, int, int] = "white",
 ) -> Path:
     """One PNG with a row of images per entry of ``rows`` (labelled on the left by ``row_labels``,
-    columns titled by ``col_labels``). Small images are upscaled by an integer factor (nearest) to at
-    least ``min_cell`` pixels. Labels are wrapped at spaces to fit (row labels: ``LABEL_W`` wide and
-    the row's height; column titles: one line over their column)."""
+    columns titled by ``col_labels``, each cell tagged in its top-left corner by ``cell_labels[r][c]``
+    unless empty). Every cell takes the first image's size; small images are upscaled by an integer
+    factor (nearest) to at least ``min_cell`` pixels (0: never). ``pad`` pixels of ``background``
+    separate and surround the cells. Labels are wrapped at spaces to fit (row labels: ``LABEL_W``
+    wide and the row's height; column titles: one line over their column)."""
     if not rows or not all(rows):
         raise ValueError("save_image_grid needs at least one non-empty row of images")
     cols = max(len(r) for r in rows)
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"row_labels: {len(row_labels)} labels for {len(rows)} rows")
+    if col_labels is not None and len(col_labels) != cols:
+        raise ValueError(f"col_labels: {len(col_labels)} labels for {cols} columns")
+    if cell_labels is not None and [len(r) for r in cell_labels] != [len(r) for r in rows]:
+        raise ValueError(f"cell_labels must match the images row by row: {[len(r) for r in cell_labels]} labels "
+                         f"for {[len(r) for r in rows]} images")
+    if min_cell < 0 or pad < 0:
+        raise ValueError(f"min_cell and pad must be >= 0; got {min_cell}, {pad}")
     w, h = rows[0][0].size
     scale = max(1, -(-min_cell // max(w, h)))
     cw, ch = w * scale, h * scale
     left = LABEL_W if row_labels else 0
     top = TITLE_H if col_labels else 0
-    canvas = Image.new("RGB", (left + cols * cw + (cols + 1) * PAD, top + len(rows) * ch + (len(rows) + 1) * PAD), "white")
+    canvas = Image.new("RGB", (left + cols * cw + (cols + 1) * pad, top + len(rows) * ch + (len(rows) + 1) * pad), background)
     draw, font = ImageDraw.Draw(canvas), label_font()
     for c, title in enumerate(col_labels or []):
-        _draw_label(draw, (left + PAD + c * (cw + PAD) + 2, 0, cw - 2, TITLE_H), str(title), font)
+        _draw_label(draw, (left + pad + c * (cw + pad) + 2, 0, cw - 2, TITLE_H), str(title), font)
     for r, images in enumerate(rows):
-        y0 = top + PAD + r * (ch + PAD)
+        y0 = top + pad + r * (ch + pad)
         if row_labels:
             _draw_label(draw, (4, y0, LABEL_W - 8, ch), str(row_labels[r]), font)
         for c, im in enumerate(images):
-            canvas.paste(im.convert("RGB").resize((cw, ch), Image.NEAREST), (left + PAD + c * (cw + PAD), y0))
+            x0 = left + pad + c * (cw + pad)
+            canvas.paste(im.convert("RGB").resize((cw, ch), Image.NEAREST), (x0, y0))
+            if cell_labels and cell_labels[r][c]:
+                _draw_tag(draw, (x0 + 2, y0 + 2), str(cell_labels[r][c]), font)
     return save_png(canvas, path)

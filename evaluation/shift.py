@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eraser.data import subsample, to_model
+from eraser.layers import KeptModes
 from eraser.training import accuracy
 
 __all__ = ["Shift", "parse_shift", "DEFAULT_SHIFTS", "shift_inputs", "make_shifted_splits", "shifted_metrics", "pr_metric"]
@@ -139,14 +140,14 @@ def _pgd(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, start: 
 @contextmanager
 def _eval_mode(model: nn.Module | None) -> Iterator[None]:
     """Eval mode inside the block; the previous train/eval mode is restored after."""
-    was = model.training if model is not None else False
+    modes = KeptModes(model) if model is not None else None
     if model is not None:
         model.eval()
     try:
         yield
     finally:
-        if model is not None:
-            model.train(was)
+        if modes is not None:
+            modes.restore()
 
 
 def _perturb(s: Shift, pix: Tensor, start: int, seed: int, labels, model, to_input) -> Tensor:

@@ -16,6 +16,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from eraser.data import LabeledData, labeled_batches, to_model
+from eraser.layers import KeptModes
 
 __all__ = [
     "MIA_FEATURES",
@@ -167,13 +168,13 @@ def unlearning_metrics(
 ) -> dict[str, float]:
     """UA, RA, TA and MIA-efficacy (percent) of ``model`` on the three splits (eval mode)."""
     metric = UnlearningMetrics(mia_feature=mia_feature, balanced=balanced, seed=seed, max_samples=mia_samples)
-    was = model.training
+    modes = KeptModes(model)
     model.eval()
     try:
         for split, data in (("forget", forget), ("retain", retain), ("test", test)):
             _feed(metric, model, data, split, batch_size, device)
     finally:
-        model.train(was)
+        modes.restore()
     return metric.compute()
 
 

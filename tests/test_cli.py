@@ -103,7 +103,7 @@ def test_erase_writes_a_patch_and_an_erased_pipeline(tmp_path, capsys):
     assert patch.metadata["retain"] == ["a woman"] and patch.metadata["config"]["templates"] == ["{}", "a photo of {}"]
     # the saved pipeline loads offline, holds the erased weights, and the patch reverts it
     from eraser.families.architectures import build_pipeline
-    from eraser.families.diffusion import load_pipeline
+    from eraser.loading import load_pipeline
 
     erased = load_pipeline(str(folder))
     base = build_pipeline("tiny-sd")

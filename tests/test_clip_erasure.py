@@ -182,8 +182,8 @@ def test_zero_shot_options_and_fallbacks(hf_clip):
         eraser.erase_classes(zs, forget, classes=[7])
 
 
-def test_zero_shot_rows_subspace_maths():
-    from eraser.families.clip import zero_shot_rows_subspace
+def test_protected_rows_subspace_maths():
+    from eraser.subspace import protected_rows_subspace as zero_shot_rows_subspace
     from eraser.subspace import head_rows_subspace
 
     g = torch.Generator().manual_seed(0)

@@ -245,8 +245,8 @@ def test_generic_retain_drops_entries_sharing_a_word(sd):
 
 def test_the_registry_serves_diffusion_unlink(sd):
     assert {"unlink", "unlink_rayleigh"} <= set(eraser.list_methods(family="diffusion"))
-    spec = eraser.get_method("unlink", family="diffusion")
-    patch = spec(sd, ["nude"], k=2, variant="svd")
+    assert eraser.get_method("unlink", family="diffusion").returns == "patch"
+    patch = eraser.run_method(sd, ["nude"], method="unlink", family="diffusion", k=2, variant="svd").patch
     assert isinstance(patch, ErasurePatch) and patch.metadata["family"] == "diffusion"
 
 

@@ -32,7 +32,7 @@ def test_perturb_in_pixel_space_respects_normalisation_and_clamp():
 
 def test_forget_vector_forgets_the_class_and_leaves_weights_alone(toy_model, toy_task):
     before = {k: v.clone() for k, v in toy_model.state_dict().items()}
-    vec = eraser.get_method("forget_vector")(toy_model, toy_task["forget"], toy_task["retain"], **FAST)
+    vec = eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], method="forget_vector", **FAST).model
     assert isinstance(vec, ForgetVector) and vec.model is toy_model
     for k, v in toy_model.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed (BatchNorm statistics included)"
@@ -135,7 +135,7 @@ def test_composition_learns_weights_that_forget_a_random_subset(toy_model, toy_t
 
 
 def test_compose_method_builds_its_own_bank_when_none_is_given(toy_model, toy_task):
-    out = eraser.get_method("forget_vector_compose")(toy_model, toy_task["forget"], toy_task["retain"], **{**FAST, "max_steps": 5})
+    out = eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], method="forget_vector_compose", **{**FAST, "max_steps": 5}).model
     assert isinstance(out, ForgetVector) and len(out.metadata["bank_weights"]) == 4
 
 
@@ -148,7 +148,7 @@ def test_nan_loss_stops_and_keeps_the_last_finite_vector(toy_model, toy_task):
 
 
 def test_options_from_the_command_line_are_typed():
-    from eraser.registry import parse_method
+    from eraser.options import parse_method
 
     name, opts = parse_method("forget_vector:mean=0.5/0.5/0.5,std=0.2/0.2/0.2,clamp=true,retain_weight=5")
     cfg = ForgetVectorConfig(**opts)

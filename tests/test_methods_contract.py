@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import eraser
-from eraser.registry import parse_method
+from eraser.options import parse_method
 from eraser.training import accuracy
 
 CONTRACT_IDS = [
@@ -21,7 +21,7 @@ def test_every_contract_id_is_registered():
 @pytest.mark.parametrize("name", CONTRACT_IDS)
 def test_method_returns_the_model_and_changes_it(name, toy_model, toy_task):
     before = {k: v.detach().clone() for k, v in toy_model.named_parameters()}
-    out = eraser.get_method(name)(toy_model, toy_task["forget"], toy_task["retain"], **TOY_STEPS.get(name, {}))
+    out = eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], **TOY_STEPS.get(name, {}), method=name).model
     assert isinstance(out, torch.nn.Module)
     changed = any(not torch.equal(before[k], v) for k, v in out.named_parameters() if k in before)
     assert changed or name == "ssd", f"{name} left the weights unchanged"
@@ -45,7 +45,7 @@ TOY_STEPS = {"ga": {"lr": 0.1, "epochs": 20}, "neggrad_plus": {"lr": 0.01, "epoc
 @pytest.mark.parametrize("name", [n for n in CONTRACT_IDS if n not in ("retrain", "ft", "l1_sparse", "ssd")])
 def test_method_lowers_forget_accuracy(name, toy_model, toy_task):
     assert accuracy(toy_model, toy_task["forget"]) > 90.0
-    out = eraser.get_method(name)(toy_model, toy_task["forget"], toy_task["retain"], **TOY_STEPS.get(name, {}))
+    out = eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], **TOY_STEPS.get(name, {}), method=name).model
     assert accuracy(out, toy_task["forget"]) < 100.0, name
 
 
@@ -54,26 +54,26 @@ def test_methods_needing_retain_say_so(toy_model, toy_task):
     assert {"ft", "retrain", "salun", "unlink_rayleigh"} <= set(needing)
     for name in needing:
         with pytest.raises(ValueError, match=name):
-            eraser.get_method(name)(toy_model, toy_task["forget"], None)
+            eraser.run_method(toy_model, toy_task["forget"], None, method=name).model
         empty = (toy_task["retain"][0][:0], toy_task["retain"][1][:0])
         with pytest.raises(ValueError, match="non-empty retain"):
-            eraser.get_method(name)(toy_model, toy_task["forget"], empty)
+            eraser.run_method(toy_model, toy_task["forget"], empty, method=name).model
 
 
 def test_bad_input_leaves_the_model_unchanged(toy_model, toy_task):
     state = {k: v.clone() for k, v in toy_model.state_dict().items()}
     x, y = toy_task["forget"]
     with pytest.raises(ValueError, match="labels must lie"):
-        eraser.get_method("ft")(toy_model, (x, y + 10), toy_task["retain"])
+        eraser.run_method(toy_model, (x, y + 10), toy_task["retain"], method="ft").model
     with pytest.raises(ValueError, match="image size"):
-        eraser.get_method("ga")(toy_model, (torch.zeros(4, 3, 8, 8), y[:4]), None)
+        eraser.run_method(toy_model, (torch.zeros(4, 3, 8, 8), y[:4]), None, method="ga").model
     with pytest.raises(ValueError, match="forget set is empty"):
-        eraser.get_method("ga")(toy_model, (x[:0], y[:0]), None)
+        eraser.run_method(toy_model, (x[:0], y[:0]), None, method="ga").model
     with pytest.raises(TypeError, match="unknown options"):
-        eraser.get_method("ft")(toy_model, toy_task["forget"], toy_task["retain"], learning_rate=1.0)
+        eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], learning_rate=1.0, method="ft").model
     # A diverging run raises and the weights are put back.
     with pytest.raises(FloatingPointError):
-        eraser.get_method("ga")(toy_model, toy_task["forget"], lr=1e30, epochs=3)
+        eraser.run_method(toy_model, toy_task["forget"], lr=1e30, epochs=3, method="ga").model
     for k, v in toy_model.state_dict().items():
         assert torch.equal(v, state[k]), k
 
@@ -87,7 +87,7 @@ def test_overrides_reach_the_config(toy_model, toy_task):
             parse_method(bad)
     # epochs=0 means no step at all: the model must come back unchanged.
     state = {k: v.clone() for k, v in toy_model.state_dict().items()}
-    eraser.get_method("ft")(toy_model, toy_task["forget"], toy_task["retain"], epochs=0)
+    eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], epochs=0, method="ft").model
     assert all(torch.equal(v, state[k]) for k, v in toy_model.state_dict().items())
 
 
@@ -138,5 +138,5 @@ def test_bad_labels_in_a_dataloader_are_reported_and_undone(toy_model, toy_task)
     x, y = toy_task["retain"]
     loader = DataLoader(TensorDataset(x, y + 10), batch_size=32)
     with pytest.raises(ValueError, match="labels must lie"):
-        eraser.get_method("ft")(toy_model, toy_task["forget"], loader)
+        eraser.run_method(toy_model, toy_task["forget"], loader, method="ft").model
     assert all(torch.equal(v, state[k]) for k, v in toy_model.state_dict().items())

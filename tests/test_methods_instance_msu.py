@@ -61,7 +61,7 @@ def test_instance_methods_forget_without_retain_data(toy_model, toy_task, method
     spec = eraser.get_method(method)
     assert not spec.needs_retain and not spec.training_free
     forget = TensorDataset(*toy_task["forget"])  # any labelled-data form
-    spec(toy_model, forget)
+    eraser.run_method(toy_model, forget, method=method)
     # Without retain data a whole class cannot go for free: the other classes lose ~9 points here.
     assert_forgot(toy_model, toy_task, max_drop=12.0)
 
@@ -81,7 +81,7 @@ def test_soft_labels_mix_other_classes_only():
 
 
 def test_soft_relabel_forgets(toy_model, toy_task):
-    eraser.get_method("soft_relabel")(toy_model, toy_task["forget"], toy_task["retain"])
+    eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], method="soft_relabel").model
     assert_forgot(toy_model, toy_task)
 
 
@@ -97,8 +97,8 @@ def test_projection_is_orthogonal_to_the_retain_gradient():
 def test_grad_surgery_forgets(toy_model, toy_task):
     # The toy model is so confident (forget CE ~1e-6) that raw ascent barely moves: use
     # unit-length ascent steps and smaller batches (60 forget samples are one batch of 256).
-    eraser.get_method("grad_surgery")(toy_model, toy_task["forget"], toy_task["retain"], ascent_normalize=True,
-                                      ascent_lr=0.1, ascent_epochs=10, batch_size=32)
+    eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], ascent_normalize=True,
+                                      ascent_lr=0.1, ascent_epochs=10, batch_size=32, method="grad_surgery").model
     assert_forgot(toy_model, toy_task)
 
 
@@ -118,7 +118,7 @@ def test_activation_pruning_keeps_pruned_rows_at_zero(toy_model, toy_task):
     retain = DataLoader(TensorDataset(*toy_task["retain"]), batch_size=64, shuffle=True)
     # The toy's one hidden Linear has 32 units: q_deep 0.90 prunes 3 of them, which halves class 0's
     # accuracy (MNIST CNN, digit 3: 0.2% left with the defaults); 0.8 prunes 6 and forgets it.
-    eraser.get_method("activation_pruning")(toy_model, toy_task["forget"], retain, q_deep=0.8)
+    eraser.run_method(toy_model, toy_task["forget"], retain, q_deep=0.8, method="activation_pruning").model
     for name, rows in pruned.items():
         layer = layers[name]
         assert rows.any()
@@ -132,5 +132,5 @@ def test_activation_pruning_keeps_pruned_rows_at_zero(toy_model, toy_task):
 def test_methods_needing_retain_say_so(toy_model, toy_task, method):
     before = {k: v.clone() for k, v in toy_model.state_dict().items()}
     with pytest.raises(ValueError, match=method):
-        eraser.get_method(method)(toy_model, toy_task["forget"])
+        eraser.run_method(toy_model, toy_task["forget"], method=method).model
     assert all(torch.equal(v, before[k]) for k, v in toy_model.state_dict().items())

@@ -35,12 +35,12 @@ def test_registration_flags():
 @pytest.mark.parametrize("name", ["scrub", "ssd", "iu"])
 def test_methods_needing_retain_reject_none(name, toy_task, toy_model):
     with pytest.raises(ValueError, match=name):
-        eraser.get_method(name)(toy_model, toy_task["forget"])
+        eraser.run_method(toy_model, toy_task["forget"], method=name).model
 
 
 def test_unknown_option_is_an_error(toy_task, toy_model):
     with pytest.raises(TypeError, match="max_step"):
-        eraser.get_method("scrub")(toy_model, toy_task["forget"], toy_task["retain"], max_step=3)
+        eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], max_step=3, method="scrub").model
 
 
 # --- SCRUB -----------------------------------------------------------------------------------
@@ -60,8 +60,7 @@ def test_scrub_phases_follow_msteps():
 
 
 def test_scrub_forgets_and_keeps_retain(toy_task, toy_model):
-    scrub = eraser.get_method("scrub")
-    scrub(toy_model, toy_task["forget"], toy_task["retain"], lr=0.05)
+    eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], method="scrub", lr=0.05)
     assert ua(toy_model, toy_task["forget"]) >= 90
     assert ua(toy_model, toy_task["test_forget"]) >= 90
     assert accuracy(toy_model, toy_task["retain"]) >= 85
@@ -70,7 +69,7 @@ def test_scrub_forgets_and_keeps_retain(toy_task, toy_model):
 
 def test_scrub_without_max_steps_does_not_forget(toy_task, toy_model):
     # The min-steps alone (retain CE + KL to the teacher) keep class 0: the max-steps do the forgetting.
-    eraser.get_method("scrub")(toy_model, toy_task["forget"], toy_task["retain"], lr=0.05, msteps=0)
+    eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], lr=0.05, msteps=0, method="scrub").model
     assert accuracy(toy_model, toy_task["forget"]) >= 90
 
 
@@ -111,7 +110,7 @@ def test_ssd_dampens_exactly_the_forget_only_weights(seed):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     imp_f = gradient_stats(model, f, power=2, batch_size=64)
     imp_d = gradient_stats(model, mixed_batches([f, r], 64, 0), power=2)
-    eraser.get_method("ssd")(model, f, r)
+    eraser.run_method(model, f, r, method="ssd").model
     for n, p in model.named_parameters():  # the documented rule, with alpha 10 and lambda 1
         sel = imp_f[n] > 10 * imp_d[n]
         torch.testing.assert_close(p.detach(), torch.where(sel, before[n] * (imp_d[n] / imp_f[n]).clamp(max=1), before[n]))
@@ -126,7 +125,7 @@ def test_ssd_dampens_exactly_the_forget_only_weights(seed):
 def test_ssd_is_a_no_op_when_forget_is_the_whole_data(toy_task, toy_model):
     # D = forget + forget has the same importance as forget: nothing is 10x more important.
     before = {k: v.clone() for k, v in toy_model.state_dict().items()}
-    eraser.get_method("ssd")(toy_model, toy_task["forget"], toy_task["forget"])
+    eraser.run_method(toy_model, toy_task["forget"], toy_task["forget"], method="ssd").model
     for k, v in toy_model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
@@ -135,8 +134,8 @@ def test_ssd_accepts_datasets_and_loaders_like_tensor_pairs(toy_task, toy_model)
     f, r = toy_task["forget"], toy_task["retain"]
     other = type(toy_model)()
     other.load_state_dict(toy_model.state_dict())
-    eraser.get_method("ssd")(toy_model, f, r)
-    eraser.get_method("ssd")(other, TensorDataset(*f), DataLoader(TensorDataset(*r), batch_size=17, shuffle=True))
+    eraser.run_method(toy_model, f, r, method="ssd").model
+    eraser.run_method(other, TensorDataset(*f), DataLoader(TensorDataset(*r), batch_size=17, shuffle=True), method="ssd").model
     for a, b in zip(toy_model.parameters(), other.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
@@ -174,7 +173,7 @@ def test_iu_forgets_and_keeps_retain(toy_task, toy_model):
     # The step that forgets differs by model (see IUConfig): the toy's forget class is learnt
     # perfectly (tiny gradients) while a few hard retain samples dominate the Fisher, so it needs
     # a much larger one. It costs about 20 points of retained accuracy, far less than it forgets.
-    eraser.get_method("iu")(toy_model, toy_task["forget"], toy_task["retain"], alpha=10.0, damping=1.0)
+    eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], alpha=10.0, damping=1.0, method="iu").model
     assert ua(toy_model, toy_task["forget"]) >= 90
     assert ua(toy_model, toy_task["test_forget"]) >= 90
     assert accuracy(toy_model, toy_task["retain"]) >= 70
@@ -183,7 +182,7 @@ def test_iu_forgets_and_keeps_retain(toy_task, toy_model):
 
 def test_iu_alpha_zero_changes_nothing(toy_task, toy_model):
     before = {k: v.clone() for k, v in toy_model.state_dict().items()}
-    eraser.get_method("iu")(toy_model, toy_task["forget"], toy_task["retain"], alpha=0.0, fisher_samples=10)
+    eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], alpha=0.0, fisher_samples=10, method="iu").model
     for k, v in toy_model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
@@ -203,7 +202,7 @@ def test_nearest_wrong_labels(toy_task, toy_model):
 
 
 def test_boundary_shrink_forgets(toy_task, toy_model):
-    eraser.get_method("boundary_shrink")(toy_model, toy_task["forget"], lr=1e-2)
+    eraser.run_method(toy_model, toy_task["forget"], lr=1e-2, method="boundary_shrink").model
     assert ua(toy_model, toy_task["forget"]) >= 90
     assert ua(toy_model, toy_task["test_forget"]) >= 90
     assert accuracy(toy_model, toy_task["retain"]) >= 90
@@ -212,7 +211,7 @@ def test_boundary_shrink_forgets(toy_task, toy_model):
 def test_boundary_expanding_forgets_and_restores_the_head(toy_task, toy_model):
     head = toy_model.head
     keys = {k: v.shape for k, v in toy_model.state_dict().items()}
-    eraser.get_method("boundary_expanding")(toy_model, toy_task["forget"], lr=1e-2)
+    eraser.run_method(toy_model, toy_task["forget"], lr=1e-2, method="boundary_expanding").model
     assert toy_model.head is head and head.out_features == 4 and head.weight.shape == (4, 32)
     assert {k: v.shape for k, v in toy_model.state_dict().items()} == keys
     assert toy_model(toy_task["forget"][0][:2]).shape == (2, 4)
@@ -223,11 +222,10 @@ def test_boundary_expanding_forgets_and_restores_the_head(toy_task, toy_model):
 def test_boundary_expanding_nested_head_and_failure_restores(toy_task):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Sequential(nn.Dropout(0.0), nn.Linear(16, 4)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    method = eraser.get_method("boundary_expanding")
     with pytest.raises(FloatingPointError):
-        method(model, toy_task["forget"], lr=1e30)  # diverges: the head must come back unchanged
+        eraser.run_method(model, toy_task["forget"], method="boundary_expanding", lr=1e30)  # diverges: the head must come back unchanged
     assert model[3][1].out_features == 4
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
-    method(model, toy_task["forget"], epochs=1)
+    eraser.run_method(model, toy_task["forget"], method="boundary_expanding", epochs=1)
     assert model[3][1].weight.shape == (4, 16) and model(toy_task["forget"][0][:3]).shape == (3, 4)

@@ -1,5 +1,6 @@
 """Evaluation under data shift (Gaussian, elastic, PGD; shifted UA/RA/TA, PR) and Grad-CAM maps/grids."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -276,8 +277,21 @@ def test_save_gradcam_grid(tmp_path, trained):
     with Image.open(path) as im:
         assert im.format == "PNG" and im.mode == "RGB"
         assert im.size == (3 * cell + 4 * PAD, TITLE_HEIGHT + 3 * cell + 4 * PAD)
+        pixels = np.asarray(im).astype(int)
     assert [p.name for p in path.parent.iterdir()] == ["grid.png"]  # no temporary file left
+    for c in range(3):
+        x0 = PAD + c * (cell + PAD)
+        assert (pixels[:TITLE_HEIGHT, x0:x0 + cell] < 128).any()  # column title: image, original, unlearned
+        for r in range(3):
+            # every cell's corner tag (y=... / pred ...) is a pure black box; the grey images and
+            # their heat-map overlays never are
+            y0 = TITLE_HEIGHT + PAD + r * (cell + PAD)
+            assert (pixels[y0:y0 + 18, x0:x0 + 50] == 0).all(-1).sum() > 50
+            assert not (pixels[y0 + 30:y0 + cell, x0:x0 + cell] == 0).all(-1).any()
     rgb = {"a": TinyNet(), "b": TinyNet()}  # 3-channel 32 px images are upscaled 3x
     plain = save_gradcam_grid(rgb, torch.rand(2, 3, 32, 32), None, tmp_path / "rgb.png", titles=False, layer="conv")
     with Image.open(plain) as im:
         assert im.size == (3 * 96 + 4 * PAD, 2 * 96 + 3 * PAD)
+        corners = [np.asarray(im)[PAD:PAD + 18, x0:x0 + 50] for x0 in (PAD, PAD + 96 + PAD)]
+    assert not (corners[0] == 0).all(-1).any()  # no true labels given: the image column is untagged
+    assert (corners[1] == 0).all(-1).sum() > 50  # the models' predictions are

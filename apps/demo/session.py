@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eraser.families.diffusion import BUNDLED_DIGITS as BUNDLED
+from eraser.loading import BUNDLED_DIGITS as BUNDLED
 from eraser.registry import get_method
 
 # The library's default Unlink strength for pipelines; the demo's field starts there.
@@ -72,10 +72,9 @@ class DemoConfig:
 
 def load_model(spec: str, device: str = "cpu", dtype: str = "float32") -> Any:
     """A pipeline for a server-side model spec."""
-    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    from eraser.families.diffusion import load_pipeline
+    from apps.common import load_pipeline_by_name
 
-    return load_pipeline(spec, dtype=torch_dtype, device=device)
+    return load_pipeline_by_name(spec, dtype=dtype, device=device)
 
 
 class ModelSlot:

@@ -16,7 +16,6 @@ Weights are safetensors only (never pickles); a missing or damaged file raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..families.clip import embedding
+from ..hashing import file_sha256
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -43,21 +43,12 @@ __all__ = [
 
 WEIGHTS_DIR = Path(__file__).resolve().with_name("weights")
 CLIP_MEAN, CLIP_STD = 0.5, 0.5
-CLIP_REBUILD = "python -m eraser.bundled.train_clip --data ../shared/data/mnist --out eraser/bundled/weights/clip"
-JUDGE_REBUILD = "python -m eraser.bundled.train_judge --data ../shared/data/mnist --out eraser/bundled/weights/judge"
+CLIP_REBUILD = "python -m recipes.train_clip --data ../shared/data/mnist --out eraser/bundled/weights/clip"
+JUDGE_REBUILD = "python -m recipes.train_judge --data ../shared/data/mnist --out eraser/bundled/weights/judge"
 
 
 class BundledWeightsError(RuntimeError):
     """A bundled weight file is missing or damaged."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,7 +193,7 @@ def _load_into(model: nn.Module, state: dict[str, Tensor], path: Path, rebuild: 
 
 
 def load_clip_folder(folder: str | Path, device: str | torch.device = "cpu"):
-    """(CLIPModel, CLIPTokenizer) from a folder written by ``train_clip`` (eval mode, float32)."""
+    """(CLIPModel, CLIPTokenizer) from a folder written by ``recipes/train_clip.py`` (eval mode, float32)."""
     from transformers import CLIPConfig, CLIPModel
 
     folder = Path(folder)
@@ -241,7 +232,7 @@ class DigitJudge(nn.Module):
 
 
 def load_judge_folder(folder: str | Path, device: str | torch.device = "cpu") -> DigitJudge:
-    """A :class:`DigitJudge` from a folder written by ``train_judge`` (eval mode, float32)."""
+    """A :class:`DigitJudge` from a folder written by ``recipes/train_judge.py`` (eval mode, float32)."""
     folder = Path(folder)
     state, config, _ = _load_state(folder, JUDGE_REBUILD)
     try:

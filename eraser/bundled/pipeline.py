@@ -14,7 +14,7 @@ VAE: a ``UNet2DConditionModel`` denoises 1-channel 32x32 pixels (MNIST digits ze
 prompt, as SD does, so :func:`eraser.erase_concepts` edits it like any SD pipeline (it reads
 ``pipe.unet``, ``pipe.text_encoder`` and ``pipe.tokenizer``).
 
-Bundled files (``eraser/bundled/weights/t2i/``, written by ``python -m eraser.bundled.train_t2i``):
+Bundled files (``eraser/bundled/weights/t2i/``, written by ``python -m recipes.train_t2i``):
 ``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors`` (the EMA weights in float16,
 loaded as float32), ``scheduler/scheduler_config.json`` and ``meta.json`` (training record,
 weights' sha256). The text encoder is not stored again: it is the text tower of
@@ -39,7 +39,8 @@ from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .models import WEIGHTS_DIR, BundledWeightsError, file_sha256
+from ..hashing import file_sha256
+from .models import WEIGHTS_DIR, BundledWeightsError
 from .captions import DIGIT_WORDS
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 T2I_DIR = WEIGHTS_DIR / "t2i"
-T2I_REBUILD = "python -m eraser.bundled.train_t2i --data ../shared/data/mnist --out eraser/bundled/weights/t2i"
+T2I_REBUILD = "python -m recipes.train_t2i --data ../shared/data/mnist --out eraser/bundled/weights/t2i"
 UNET_DIR, UNET_CONFIG, UNET_WEIGHTS = "unet", "config.json", "diffusion_pytorch_model.safetensors"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 DEFAULT_GUIDANCE = 4.0

@@ -1,0 +1,9 @@
+"""Model families: one adapter module each (see :mod:`eraser.families.base`).
+
+Importing this package registers every family's presets and pipeline components.
+"""
+
+from . import classifier, clip, diffusion  # noqa: F401  (each registers its adapter)
+from .base import FAMILY_ADAPTERS, FamilyAdapter, get_family, register_family
+
+__all__ = ["FAMILY_ADAPTERS", "FamilyAdapter", "get_family", "register_family"]

@@ -5,7 +5,7 @@ A class is erased from CLIP's image path with no retain data and no options by
 ``eraser.erase_classes(zero_shot_classifier(model, tokenizer, class_prompts), forget_images)``: the
 image projection loses the forget images' features from what the forget class's text embedding
 reads, while the other classes' text embeddings read exactly what they read before
-(:meth:`ZeroShotClassifier.unlink_default`). Image towers are also erased layer by layer with
+(Unlink's zero-shot default, in ``eraser.methods.unlink``). Image towers are also erased layer by layer with
 ``eraser.erase_classes(image_tower(model), images, layers="clip_last_mlp")``
 (presets ``clip_mlp``, ``clip_attn``, ``clip_last_mlp`` cover both libraries' names). Text towers of
 transformers CLIP are erased with ``eraser.erase_concepts(text_view(model, tokenizer), words,
@@ -14,20 +14,53 @@ targets="text_encoder_mlp")``, through the same prompt-feature code as Stable Di
 
 from __future__ import annotations
 
-import time
+import re
+
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..subspace import Gram, Subspace, forget_subspace, head_rows_subspace
+from ..layers import layer_kind
+from .base import FamilyAdapter, register_family
 
 __all__ = [
-    "ImageEncoder", "TextView", "image_tower", "text_view", "embedding",
-    "ZeroShotClassifier", "zero_shot_classifier", "class_text_embeddings", "zero_shot_rows_subspace",
+    "CLIP", "ImageEncoder", "TextView", "image_tower", "text_view", "embedding",
+    "ZeroShotClassifier", "zero_shot_classifier", "class_text_embeddings",
 ]
+
+
+# Transformer blocks of CLIP towers, in both naming schemes: transformers
+# (``encoder.layers.N.mlp.fc1``, ``self_attn.q_proj``) and open_clip (``transformer.resblocks.N.mlp.c_fc``,
+# ``attn`` = nn.MultiheadAttention, whose out_proj it calls functionally, so it is left out).
+_CLIP_BLOCK = re.compile(r"(?:.*\.)?(?:layers|resblocks)\.(\d+)\.(.+)")
+_CLIP_MLP = re.compile(r"mlp\.(?:fc1|fc2|c_fc|c_proj)")
+_CLIP_ATTN = re.compile(r"self_attn\.(?:q_proj|k_proj|v_proj|out_proj)|attn")
+
+
+def _clip_blocks(model: nn.Module, part: re.Pattern, last_only: bool = False) -> list[str]:
+    found = []
+    for name, mod in model.named_modules():
+        m = _CLIP_BLOCK.fullmatch(name)
+        if m and part.fullmatch(m.group(2)) and layer_kind(mod) is not None:
+            found.append((int(m.group(1)), name))
+    if last_only and found:
+        last = max(i for i, _ in found)
+        found = [(i, n) for i, n in found if i == last]
+    return [n for _, n in found]
+
+
+CLIP = register_family(FamilyAdapter(
+    name="clip",
+    summary="CLIP encoders (transformers, open_clip): presets over the towers' transformer blocks",
+    presets={
+        "clip_mlp": lambda m: _clip_blocks(m, _CLIP_MLP),
+        "clip_attn": lambda m: _clip_blocks(m, _CLIP_ATTN),
+        "clip_last_mlp": lambda m: _clip_blocks(m, _CLIP_MLP, last_only=True),
+    },
+))
 
 
 def embedding(out: Any) -> Any:
@@ -60,18 +93,6 @@ class ImageEncoder(nn.Module):
         if hasattr(self.model, "get_image_features"):
             return embedding(self.model.get_image_features(pixel_values=pixel_values))
         return self.model.encode_image(pixel_values)
-
-    def unlink_default(self, forget: Any, config: Any, **kwargs: Any) -> None:
-        """Unlink's hook: the default ``layers="head"`` has no meaning here (the outputs are
-        embeddings, not classes), so it is refused with what to do instead."""
-        if config.layers == "head":
-            raise ValueError(
-                "ImageEncoder outputs image embeddings, not classes, so there is no classifier head for "
-                "the default layers='head'. For the retain-free default, erase from "
-                "eraser.families.clip.zero_shot_classifier(model, tokenizer, class_prompts); or name the "
-                "layers, e.g. layers=['model.visual_projection']. The model was not changed."
-            )
-        return None
 
 
 @dataclass
@@ -140,7 +161,7 @@ class ZeroShotClassifier(nn.Module):
     ``eraser.erase_classes(classifier, forget_images)`` with no retain data and no ``layers`` /
     ``variant`` edits the image tower's projection (transformers ``visual_projection``), so the
     CLIP model itself (shared, edited in place) no longer embeds the forget images as their class;
-    see :meth:`unlink_default`. ``layers=["head"]`` edits the head instead (a classifier edit: the
+    see ``eraser.methods.unlink``. ``layers=["head"]`` edits the head instead (a classifier edit: the
     image embeddings keep the class). Build one with :func:`zero_shot_classifier`.
     """
 
@@ -174,133 +195,9 @@ class ZeroShotClassifier(nn.Module):
             return "encoder.model.visual_projection"
         return None
 
-    def unlink_default(self, forget: Any, config: Any, *, device=None, names=None, progress: bool = False):
-        """Unlink's retain-free default on this classifier (called by ``eraser.methods.unlink``): the
-        image projection ``P`` (else the head) loses the forget images' feature subspace ``U`` (its
-        input features; every direction with singular value >= 0.1 x the largest, as the head
-        variant) from what the forget classes read, ``W* = P - P V U^T``, with the dual ``V`` chosen
-        so that the other classes' rows read through it, ``T_R P``, do not change at all (see
-        :func:`zero_shot_rows_subspace`). The forget classes are those the classifier predicts for the
-        forget data (as the head variant), or ``classes=[...]``. Returns None (the generic path)
-        for explicit layers, the svd/rayleigh variants, ``tail_beta`` (random forgetting), or forget
-        data predicted as every class.
-        """
-        from ..capture import collect_grams
-        from ..methods.unlink import (
-            _check_weights, _prediction_counts, _stack, _version, forget_classes_from_counts,
-        )
-        from ..patch import ErasurePatch, LayerEdit
-        from ..layers import layer_kind
-
-        if config.layers != "head" or config.variant not in ("auto", "head") or config.tail_beta is not None:
-            return None
-        layer = self.projection_layer() or "head"
-        modules = dict(self.named_modules())
-        targets = {layer: modules[layer]}
-        _check_weights({**targets, "head": self.head})
-        t0 = time.perf_counter()
-        with _prediction_counts(self.head if config.classes is None else None) as counts:
-            grams = collect_grams(self, targets, forget, device=device, batch_size=config.batch_size,
-                                  what="forget data", progress=progress)
-        capture_s = time.perf_counter() - t0
-        n_classes = self.head.out_features
-        classes = list(config.classes) if config.classes is not None else forget_classes_from_counts(counts)
-        if classes[-1] >= n_classes:
-            raise ValueError(f"classes must be class indices in [0, {n_classes}); got {classes}. The model was not changed.")
-        if len(classes) >= n_classes:
-            return None  # every class is to be forgotten: nothing to protect (the generic path notes it)
-        t1 = time.perf_counter()
-        kind = layer_kind(targets[layer])
-        weight = kind.weight(targets[layer]).detach()
-        head = self.head.weight.detach()
-        rows = head if layer == "head" else head.double() @ weight.double()  # the classes' rows on the layer's input
-        selectors = {n: getattr(config, n) for n in ("k", "energy", "sv_ratio") if getattr(config, n) is not None}
-        try:
-            sub, protection = zero_shot_rows_subspace(grams[layer][0], rows, classes, ridge=config.ridge, **selectors)
-        except ValueError as err:
-            raise ValueError(f"layer {layer!r}: {err} The model was not changed.") from None
-        basis, eta, dual = _stack([sub])
-        edit = LayerEdit(layer, kind.name, tuple(weight.shape), basis, eta * float(config.strength), dual)
-        patch = ErasurePatch({layer: edit}, metadata={
-            "method": "unlink",
-            "variant": "head",
-            "config": asdict(config),
-            "names": list(names) if names else [],
-            "layers": [layer],
-            "base_model": type(self).__name__,
-            "library_version": _version(),
-            "head_layer": "head",
-            "read_through": layer if layer != "head" else None,
-            "forget_classes": classes,
-            "protected_classes": sorted(set(range(n_classes)) - set(classes)),
-            "forget_classes_from": "config" if config.classes is not None else "predictions",
-            "protection": protection,
-        })
-        if counts is not None:
-            top = torch.argsort(counts, descending=True, stable=True)
-            patch.metadata["forget_predictions"] = [[int(c), int(counts[c])] for c in top if counts[c] > 0]
-        t2 = time.perf_counter()
-        patch.exact_revert = config.exact_revert
-        patch.apply(self, _fresh=True)
-        patch.metadata["timing_s"] = {"capture": capture_s, "fit": t2 - t1, "apply": time.perf_counter() - t2}
-        return patch
-
 
 def zero_shot_classifier(model: nn.Module, tokenizer: Any, prompts: Sequence[str | Sequence[str]],
                          logit_scale: float | None = None) -> ZeroShotClassifier:
     """A :class:`ZeroShotClassifier` over ``prompts`` (one prompt, or a list of prompts, per class;
     see :func:`class_text_embeddings`). It shares ``model``: erasing from it edits ``model``."""
     return ZeroShotClassifier(model, class_text_embeddings(model, tokenizer, prompts), logit_scale)
-
-
-# The exact protection needs a part of the forget rows that the protected rows cannot see; the edit
-# grows as that part shrinks (1 / its share of the rows' norm), and with it the float32 rounding of
-# the edited weight: below this share the ridge fit is used (a numerical guard, not a tuned value:
-# the bundled tiny CLIP's digits are far above it).
-EXACT_MIN_SHARE = 1e-3
-
-
-def zero_shot_rows_subspace(
-    forget: Tensor | Gram,
-    rows: Tensor,
-    forget_rows: Sequence[int],
-    ridge: float = 0.1,
-    **selectors: Any,
-) -> tuple[Subspace, str]:
-    """The head variant's edit with the other classes' rows kept exactly when they can be.
-
-    ``rows`` (C x d): what each class's logit reads from the edited layer's input (a zero-shot
-    head's text embeddings times the projection); ``U``: the forget subspace of ``forget``
-    (``selectors`` as :func:`eraser.subspace.forget_subspace`; default: singular values >= 0.1 x the
-    largest). The dual ``V = N W_F^T (W_F N W_F^T)^+ W_F U``, ``N`` the projector onto what the
-    protected rows ``W_R`` cannot see (the orthogonal complement of their span), gives
-    ``W_R V = 0`` (their logits do not change) and ``W_F V = W_F U`` (the forget rows lose ``U``):
-    the limit of :func:`eraser.subspace.head_rows_subspace` as its ridge goes to 0. When the
-    protected rows span (all but ``EXACT_MIN_SHARE`` of) every direction the forget rows read, e.g.
-    more classes than dimensions, that limit does not exist (or is ill-conditioned) and
-    ``head_rows_subspace`` with ``ridge`` is used. Returns the subspace
-    and ``"exact"`` or ``"ridge"``.
-    """
-    from ..methods.unlink import DEFAULT_HEAD_SV_RATIO
-
-    if not selectors:
-        selectors = {"sv_ratio": DEFAULT_HEAD_SV_RATIO}
-    sub = forget_subspace(forget, **selectors)
-    w = rows.detach().to("cpu", torch.float64)
-    if w.ndim != 2 or w.shape[1] != sub.basis.shape[0]:
-        raise ValueError(f"the rows must be (classes x {sub.basis.shape[0]}); got {tuple(w.shape)}")
-    forget_rows = sorted({int(c) for c in forget_rows})
-    if not forget_rows or forget_rows[0] < 0 or forget_rows[-1] >= w.shape[0]:
-        raise ValueError(f"forget classes must be class indices in [0, {w.shape[0]}); got {forget_rows}.")
-    keep = torch.ones(w.shape[0], dtype=torch.bool)
-    keep[forget_rows] = False
-    if not keep.any():
-        raise ValueError("every class is a forget class: there is no class left to protect.")
-    w_f, w_r = w[forget_rows], w[keep]
-    q, s, _ = torch.linalg.svd(w_r.T, full_matrices=False)
-    q = q[:, s > s[0] * max(w.shape) * torch.finfo(torch.float64).eps * 10] if s.numel() and s[0] > 0 else q[:, :0]
-    w_fn = w_f - (w_f @ q) @ q.T  # the part of the forget rows the protected rows cannot see
-    if float(w_fn.norm()) <= EXACT_MIN_SHARE * float(w_f.norm()):
-        return head_rows_subspace(forget, rows, forget_rows, ridge=ridge, **selectors), "ridge"
-    dual = w_fn.T @ (torch.linalg.pinv(w_fn @ w_fn.T, hermitian=True) @ (w_f @ sub.basis))
-    return Subspace(basis=sub.basis, eta=sub.eta, dual=dual, spectrum=sub.spectrum), "exact"

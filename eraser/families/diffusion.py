@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +24,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..capture import GramAccumulator, capture_features
+from ..layers import KeptModes
 from ..patch import as_module
 from ..subspace import Gram
 from ..targets import resolve_targets
+from .base import FamilyAdapter, register_family
 
 __all__ = [
+    "DIFFUSION",
     "TARGET_PRESETS",
+    "concept_texts",
+    "pipeline_id",
     "TOKEN_MODES",
     "PADDING_MODES",
     "ConceptPrompts",
@@ -49,17 +54,9 @@ __all__ = [
     "concept_neighbours",
     "text_similarity",
     "Neighbours",
-    "load_pipeline",
 ]
 
 # PEFT-style presets over the pipeline's components ("unet.…", "text_encoder.…", "text_encoder_2.…").
-TARGET_PRESETS: dict[str, str] = {
-    "cross_attn_kv": r"unet\..*attn2\.to_[kv]",
-    "cross_attn_k": r"unet\..*attn2\.to_k",
-    "cross_attn_v": r"unet\..*attn2\.to_v",
-    "text_encoder_mlp": r"text_encoder(_2)?\..*layers\.\d+\.mlp\.fc[12]",
-    "text_encoder_attn": r"text_encoder(_2)?\..*layers\.\d+\.self_attn\.[qkv]_proj",
-}
 # Which token positions of a concept prompt are its features:
 #   concept_eot: the concept's tokens, the tokens after them and the end-of-text token (causal
 #                attention carries the concept into all of them); a template's prefix is left out.
@@ -75,14 +72,47 @@ TARGET_PRESETS: dict[str, str] = {
 # The *_padding modes encode prompts padded to the full length, as the pipeline does.
 TOKEN_MODES = ("concept_eot", "concept", "prompt", "concept_padding", "prompt_padding")
 PADDING_MODES = ("concept_padding", "prompt_padding")
-_TOWERS = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
-_KV_NAME = re.compile(r"unet\..*\.(to_k|to_v|add_k_proj|add_v_proj)")
+
+# ESD's "noxattn" leaves out, besides cross-attention, the time embedding and the output head
+# (CompVis names ``time_embed``/``out.``): in diffusers these are the modules below, plus SDXL's
+# added (time, pooled text) embedding, which is part of the time embedding there.
+_NOXATTN_EXCLUDED = ("time_embedding.", "add_embedding.", "conv_norm_out.", "conv_out.")
+
+
+def _unet_parameters(keep: Callable[[str], bool]) -> Callable[[nn.Module], list[str]]:
+    return lambda unet: [n for n, _ in unet.named_parameters() if keep(n)]
+
+
+DIFFUSION = register_family(FamilyAdapter(
+    name="diffusion",
+    summary="UNet text-to-image pipelines (diffusers SD 1.x/2.x, SDXL): text features enter through cross-attention",
+    presets={
+        "cross_attn_kv": r"unet\..*attn2\.to_[kv]",
+        "cross_attn_k": r"unet\..*attn2\.to_k",
+        "cross_attn_v": r"unet\..*attn2\.to_v",
+        "text_encoder_mlp": r"text_encoder(_2)?\..*layers\.\d+\.mlp\.fc[12]",
+        "text_encoder_attn": r"text_encoder(_2)?\..*layers\.\d+\.self_attn\.[qkv]_proj",
+    },
+    components=("unet", "transformer", "text_encoder", "text_encoder_2", "vae"),
+    text_towers=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
+    text_reading=r"unet\..*\.(to_k|to_v|add_k_proj|add_v_proj)",
+    # ESD's train_method: "xattn": every parameter of cross-attention ("attn2"); "noxattn": all but
+    # those, the time embedding and the output head; "kv": the cross-attention key/value weights.
+    train_selections={
+        "xattn": _unet_parameters(lambda n: "attn2" in n),
+        "noxattn": _unet_parameters(lambda n: "attn2" not in n and not n.startswith(_NOXATTN_EXCLUDED)),
+        "kv": _unet_parameters(lambda n: n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))),
+        "full": _unet_parameters(lambda n: True),
+    },
+))
+TARGET_PRESETS = DIFFUSION.presets  # the family's layer presets, by their old name
+_TEXT_READING = re.compile(DIFFUSION.text_reading)
 
 
 def text_towers(pipe: Any) -> list[tuple[str, Any, nn.Module]]:
     """``(component name, tokenizer, text encoder)`` for each text tower of ``pipe``, in order."""
     towers = []
-    for tok_name, enc_name in _TOWERS:
+    for tok_name, enc_name in DIFFUSION.text_towers:
         tok, enc = getattr(pipe, tok_name, None), getattr(pipe, enc_name, None)
         if tok is not None and isinstance(enc, nn.Module):
             towers.append((enc_name, tok, enc))
@@ -173,10 +203,9 @@ def resolve_concept_targets(pipe: Any, targets: str | Sequence[str]) -> tuple[li
             f"{type(pipe).__name__} has no UNet, so there is no cross-attention to edit; erase from its "
             "text encoder with targets='text_encoder_mlp' or 'text_encoder_attn'."
         )
-    pattern = TARGET_PRESETS.get(targets, targets) if isinstance(targets, str) else targets
-    resolved = resolve_targets(view, pattern)
-    kv = [n for n in resolved if _KV_NAME.fullmatch(n)]
-    text = {n: m for n, m in resolved.items() if n.split(".")[0] in dict(_TOWERS).values()}
+    resolved = resolve_targets(view, targets)
+    kv = [n for n in resolved if _TEXT_READING.fullmatch(n)]
+    text = {n: m for n, m in resolved.items() if n.split(".")[0] in dict(DIFFUSION.text_towers).values()}
     other = [n for n in resolved if n not in kv and n not in text]
     if other:
         raise ValueError(
@@ -285,7 +314,7 @@ def concept_grams(
     for (sl, _), mask in zip(batches, masks):
         for owner, n in zip(cp.owners[sl], mask.sum(1).tolist()):
             counts[owner] += int(n)
-    was = [enc.training for _, _, enc in towers]
+    modes = [KeptModes(enc) for _, _, enc in towers]
     for _, _, enc in towers:
         enc.eval()
     try:
@@ -304,8 +333,8 @@ def concept_grams(
                         context.matrix = g if context.n == 0 else context.matrix + g
                         context.n += rows.shape[0]
     finally:
-        for (_, _, enc), w in zip(towers, was):
-            enc.train(w)
+        for kept in modes:
+            kept.restore()
     grams: dict[str, list[Gram]] = {}
     if kv_targets:
         if kv_acc.nonfinite:
@@ -317,6 +346,33 @@ def concept_grams(
             raise ValueError(f"features entering {name!r} contain NaN or Inf for the {what}; the model was not changed.")
         grams[name] = acc.compute()
     return grams, counts
+
+
+def concept_texts(items: Any, what: str) -> tuple[list[str], set[int]]:
+    """Concept words/prompts as strings, and the indices of those given as prompt rows (used verbatim)."""
+    if items is None:
+        return [], set()
+    if isinstance(items, str) or hasattr(items, "prompt"):
+        items = [items]
+    texts, verbatim = [], set()
+    for i, item in enumerate(items):
+        text = item if isinstance(item, str) else getattr(item, "prompt", None)
+        if not isinstance(text, str):
+            raise TypeError(f"{what} must be strings or prompt rows; got {type(item).__name__}")
+        if not text.strip():
+            raise ValueError(f"{what} contain an empty string (item {i}); give a word or a prompt.")
+        if not isinstance(item, str):
+            verbatim.add(i)
+        texts.append(" ".join(text.split()))
+    if not texts:
+        raise ValueError(f"{what} are empty: pass at least one concept word or prompt.")
+    return texts, verbatim
+
+
+def pipeline_id(pipe: Any) -> str:
+    """The hub id or path a pipeline was loaded from (its class name if unknown)."""
+    name = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    return str(name) if name else type(pipe).__name__
 
 
 def _content_words(text: str) -> frozenset[str]:
@@ -467,55 +523,3 @@ def concept_neighbours(
         taken.add(entry.casefold())
         similarity[entry] = round(s, 4)
     return Neighbours(neighbours, synonyms, similarity)
-
-
-BUNDLED_DIGITS = "bundled:digits"
-
-
-def load_pipeline(
-    model: str,
-    *,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-    local_files_only: bool | None = None,
-) -> Any:
-    """A diffusers pipeline from a local folder (with ``model_index.json``), a hub id,
-    ``bundled:digits`` (the bundled digits text-to-image model) or ``random:<arch>`` (a published
-    architecture with random weights, for tests), with clear errors for paths that do not exist or
-    are not pipelines. Honours ``HF_HUB_OFFLINE``."""
-    import os
-    from pathlib import Path
-
-    from diffusers import DiffusionPipeline
-
-    if model == BUNDLED_DIGITS:
-        from ..bundled import digits_pipeline
-
-        return digits_pipeline(device=device or "cpu", dtype=dtype or torch.float32)
-    if model.startswith("random:"):
-        from .architectures import build_pipeline, names
-
-        arch = model.split(":", 1)[1]
-        if arch not in names():
-            raise ValueError(f"unknown architecture {arch!r}; choose one of {names()}")
-        pipe = build_pipeline(arch, dtype=dtype or torch.float32)
-        return pipe.to(device) if device else pipe
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"{model} is not a diffusers pipeline folder (it has no model_index.json).")
-    elif not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", model):
-        raise FileNotFoundError(f"no pipeline folder at {model}, and it is not a hub id of the form 'org/name'.")
-    offline = local_files_only if local_files_only is not None else os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    kwargs: dict[str, Any] = {"local_files_only": offline}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
-    try:
-        pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else model, **kwargs)
-    except Exception as err:  # diffusers raises several types for "cannot fetch/read"
-        where = "the local folder" if path.exists() else ("the local hub cache (offline mode)" if offline else "the hub")
-        raise ValueError(f"could not load a pipeline from {where} for {model!r}: {err}") from None
-    if device is not None:
-        pipe.to(device)
-    text_towers(pipe)  # a pipeline, but is it one we can edit?
-    return pipe

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import iter_inputs, to_model
+from ..layers import KeptModes
 from ..registry import register_method
 from ..targets import resolve_targets
 from ..training import TrainConfig, fit
@@ -53,14 +54,14 @@ def mean_unit_activations(model: nn.Module, layers: dict[str, nn.Module], data, 
     over samples (and tokens). Layers that never ran are left out."""
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
-    was = model.training
+    modes = KeptModes(model)
     model.eval()
     try:
         with _output_means(layers) as sums:
             for x in iter_inputs(data, batch_size):
                 model(to_model(x, param, device))
     finally:
-        model.train(was)
+        modes.restore()
     return {n: (s / max(1, c)).cpu() for n, (s, c) in sums.items()}
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import labeled_tensors, to_model
+from ..layers import KeptModes
 from ..registry import register_method
 from ..targets import resolve_targets
 from ..training import Objective, StepInfo, TrainConfig, fit
@@ -36,7 +37,7 @@ def nearest_wrong_labels(model: nn.Module, x: Tensor, y: Tensor, eps: float, bat
     (they may be normalised images). Labels come back on the CPU."""
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
-    was = model.training
+    modes = KeptModes(model)
     model.eval()
     out = []
     try:
@@ -49,7 +50,7 @@ def nearest_wrong_labels(model: nn.Module, x: Tensor, y: Tensor, eps: float, bat
                 logits[torch.arange(len(yb), device=device), yb] = float("-inf")
                 out.append(logits.argmax(1).cpu())
     finally:
-        model.train(was)
+        modes.restore()
     return torch.cat(out)
 
 

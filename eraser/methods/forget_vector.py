@@ -206,7 +206,7 @@ def learn_vector(model: nn.Module, forget: LabeledData, retain: LabeledData, con
     return ForgetVector(model, wrapper.delta.detach(), mean=cfg.mean, std=cfg.std, clamp=cfg.clamp, metadata=meta)
 
 
-@register_method("forget_vector", config=ForgetVectorConfig, training_free=False, needs_retain=True)
+@register_method("forget_vector", config=ForgetVectorConfig, training_free=False, needs_retain=True, returns="wrapper")
 def forget_vector(model, forget, retain, *, config: ForgetVectorConfig, device=None, progress=False):
     """Forget vector: one input perturbation, model frozen (returns a ForgetVector wrapping the model)."""
     return learn_vector(model, forget, retain, config, device=device, progress=progress)
@@ -290,7 +290,7 @@ def _norm_meta(v):
     return None if v is None else [float(a) for a in v] if isinstance(v, (list, tuple)) else v
 
 
-@register_method("forget_vector_compose", config=ComposeConfig, training_free=False, needs_retain=True)
+@register_method("forget_vector_compose", config=ComposeConfig, training_free=False, needs_retain=True, returns="wrapper")
 def forget_vector_compose(model, forget, retain, *, config: ComposeConfig, device=None, progress=False):
     """Compositional forget vector: learn only combination weights of a class-wise vector bank."""
     if config.bank:

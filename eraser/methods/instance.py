@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import labeled_tensors, to_model
+from ..layers import KeptModes
 from ..registry import register_method
 from .ascent import InstanceConfig
 from ..training import Objective, accuracy, fit, gradient_stats, logits_of
@@ -30,7 +31,7 @@ def targeted_l2_pgd(model: nn.Module, x: Tensor, target: Tensor, eps: float, ste
     and differentiates the input only: the model's parameters, their ``.grad`` and its
     train/eval mode are as before. Inputs are not clamped (they may be normalised images).
     """
-    was = model.training
+    modes = KeptModes(model)
     model.eval()
     delta = torch.zeros_like(x, requires_grad=True)
     try:
@@ -41,7 +42,7 @@ def targeted_l2_pgd(model: nn.Module, x: Tensor, target: Tensor, eps: float, ste
                 delta -= step * grad / _l2(grad)
                 delta *= (eps / _l2(delta)).clamp(max=1.0)
     finally:
-        model.train(was)
+        modes.restore()
     return (x + delta).detach()
 
 

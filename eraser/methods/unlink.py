@@ -10,11 +10,16 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from .._version import __version__
 from ..capture import collect_grams
 from ..data import DataLike
+from ..families.clip import ImageEncoder, ZeroShotClassifier
 from ..patch import ErasurePatch, LayerEdit
 from ..registry import register_method
-from ..subspace import Gram, Subspace, balanced_rayleigh_subspace, forget_subspace, head_rows_subspace, rayleigh_subspace
+from ..subspace import (
+    Gram, Subspace, balanced_rayleigh_subspace, forget_subspace, head_rows_subspace, protected_rows_subspace,
+    rayleigh_subspace,
+)
 from ..targets import PRESETS, resolve_targets
 from ..layers import layer_kind
 
@@ -180,7 +185,7 @@ def _stack(subs: list[Subspace]) -> tuple[Tensor, Tensor, Tensor | None]:
     return basis, eta, dual
 
 
-@register_method("unlink", config=UnlinkConfig, training_free=True)
+@register_method("unlink", config=UnlinkConfig, training_free=True, returns="patch")
 def unlink(
     model: nn.Module,
     forget: DataLike,
@@ -195,13 +200,14 @@ def unlink(
     cfg = config or UnlinkConfig()
     if cfg.resolved_variant(retain is not None) in ("svd", "head"):
         retain = None  # these variants do not use retain data: do not spend a pass on it
-    # A model may provide its own retain-free default (eraser.families.clip.ZeroShotClassifier: the
-    # classes are text embeddings read through the image projection); None: the generic path below.
-    custom = getattr(model, "unlink_default", None) if retain is None else None
-    if callable(custom):
-        patch = custom(forget, cfg, device=device, names=names, progress=progress)
+    # CLIP: a zero-shot classifier's classes are text embeddings read through the image projection,
+    # which has its own retain-free default (None: the generic path below).
+    if retain is None and isinstance(model, ZeroShotClassifier):
+        patch = _unlink_zero_shot(model, forget, cfg, device=device, names=names, progress=progress)
         if patch is not None:
             return patch
+    if retain is None and isinstance(model, ImageEncoder):
+        _refuse_image_encoder(cfg)
     targets = resolve_targets(model, cfg.layers)
     _check_weights(targets)
     head = classifier_head(model, targets) if retain is None and cfg.variant in ("auto", "head") else None
@@ -223,6 +229,85 @@ def unlink(
         top = torch.argsort(counts, descending=True, stable=True)
         patch.metadata["forget_predictions"] = [[int(c), int(counts[c])] for c in top if counts[c] > 0]
     return patch
+
+
+def _unlink_zero_shot(model: ZeroShotClassifier, forget: DataLike, config: UnlinkConfig, *,
+                      device: torch.device | str | None = None, names: list[str] | None = None,
+                      progress: bool = False) -> ErasurePatch | None:
+    """Unlink's retain-free default on a zero-shot CLIP classifier: the image projection ``P`` (else
+    the head) loses the forget images' feature subspace ``U`` (its input features; every direction
+    with singular value >= 0.1 x the largest, as the head variant) from what the forget classes
+    read, ``W* = P - P V U^T``, with the dual ``V`` chosen so that the other classes' rows read
+    through it, ``T_R P``, do not change at all (see :func:`eraser.subspace.protected_rows_subspace`).
+    The forget classes are those the classifier predicts for the forget data (as the head variant),
+    or ``classes=[...]``. Returns None (the generic path) for explicit layers, the svd/rayleigh
+    variants, ``tail_beta`` (random forgetting), or forget data predicted as every class.
+    """
+    if config.layers != "head" or config.variant not in ("auto", "head") or config.tail_beta is not None:
+        return None
+    layer = model.projection_layer() or "head"
+    modules = dict(model.named_modules())
+    targets = {layer: modules[layer]}
+    _check_weights({**targets, "head": model.head})
+    t0 = time.perf_counter()
+    with _prediction_counts(model.head if config.classes is None else None) as counts:
+        grams = collect_grams(model, targets, forget, device=device, batch_size=config.batch_size,
+                              what="forget data", progress=progress)
+    capture_s = time.perf_counter() - t0
+    n_classes = model.head.out_features
+    classes = list(config.classes) if config.classes is not None else forget_classes_from_counts(counts)
+    if classes[-1] >= n_classes:
+        raise ValueError(f"classes must be class indices in [0, {n_classes}); got {classes}. The model was not changed.")
+    if len(classes) >= n_classes:
+        return None  # every class is to be forgotten: nothing to protect (the generic path notes it)
+    t1 = time.perf_counter()
+    kind = layer_kind(targets[layer])
+    weight = kind.weight(targets[layer]).detach()
+    head = model.head.weight.detach()
+    rows = head if layer == "head" else head.double() @ weight.double()  # the classes' rows on the layer's input
+    selectors = {n: getattr(config, n) for n in ("k", "energy", "sv_ratio") if getattr(config, n) is not None}
+    try:
+        sub, protection = protected_rows_subspace(grams[layer][0], rows, classes, ridge=config.ridge,
+                                                  **(selectors or {"sv_ratio": DEFAULT_HEAD_SV_RATIO}))
+    except ValueError as err:
+        raise ValueError(f"layer {layer!r}: {err} The model was not changed.") from None
+    basis, eta, dual = _stack([sub])
+    edit = LayerEdit(layer, kind.name, tuple(weight.shape), basis, eta * float(config.strength), dual)
+    patch = ErasurePatch({layer: edit}, metadata={
+        "method": "unlink",
+        "variant": "head",
+        "config": asdict(config),
+        "names": list(names) if names else [],
+        "layers": [layer],
+        "base_model": type(model).__name__,
+        "library_version": __version__,
+        "head_layer": "head",
+        "read_through": layer if layer != "head" else None,
+        "forget_classes": classes,
+        "protected_classes": sorted(set(range(n_classes)) - set(classes)),
+        "forget_classes_from": "config" if config.classes is not None else "predictions",
+        "protection": protection,
+    })
+    if counts is not None:
+        top = torch.argsort(counts, descending=True, stable=True)
+        patch.metadata["forget_predictions"] = [[int(c), int(counts[c])] for c in top if counts[c] > 0]
+    t2 = time.perf_counter()
+    patch.exact_revert = config.exact_revert
+    patch.apply(model, _fresh=True)
+    patch.metadata["timing_s"] = {"capture": capture_s, "fit": t2 - t1, "apply": time.perf_counter() - t2}
+    return patch
+
+
+def _refuse_image_encoder(config: UnlinkConfig) -> None:
+    """The default ``layers="head"`` has no meaning on CLIP's image path (its outputs are
+    embeddings, not classes): refused with what to do instead."""
+    if config.layers == "head":
+        raise ValueError(
+            "ImageEncoder outputs image embeddings, not classes, so there is no classifier head for "
+            "the default layers='head'. For the retain-free default, erase from "
+            "eraser.families.clip.zero_shot_classifier(model, tokenizer, class_prompts); or name the "
+            "layers, e.g. layers=['model.visual_projection']. The model was not changed."
+        )
 
 
 def classifier_head(model: nn.Module, targets: dict[str, nn.Module]) -> str | None:
@@ -261,7 +346,7 @@ class RayleighUnlinkConfig(UnlinkConfig):
     variant: str = "rayleigh"
 
 
-@register_method("unlink_rayleigh", config=RayleighUnlinkConfig, training_free=True, needs_retain=True)
+@register_method("unlink_rayleigh", config=RayleighUnlinkConfig, training_free=True, needs_retain=True, returns="patch")
 def unlink_rayleigh(model, forget, retain, *, config: RayleighUnlinkConfig | None = None, **kw) -> ErasurePatch:
     """Unlink (Rayleigh): remove the directions that separate forget from retain features."""
     return unlink(model, forget, retain, config=config or RayleighUnlinkConfig(), **kw)
@@ -328,7 +413,7 @@ def unlink_from_grams(
             "names": list(names) if names else [],
             "layers": list(targets),
             "base_model": type(model).__name__,
-            "library_version": _version(),
+            "library_version": __version__,
         },
     )
     if len(kinds) > 1:
@@ -355,9 +440,3 @@ def _check_weights(targets: dict[str, nn.Module]) -> None:
     for name, mod in targets.items():
         if not torch.isfinite(layer_kind(mod).weight(mod)).all():
             raise ValueError(f"the weight of layer {name!r} contains NaN or Inf; the model was not changed.")
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

@@ -18,8 +18,10 @@ from ..families.diffusion import (
     bank_features,
     concept_features,
     concept_grams,
+    concept_texts,
     concept_neighbours,
     expand_concepts,
+    pipeline_id,
     resolve_concept_targets,
     text_similarity,
     text_towers,
@@ -102,27 +104,6 @@ class RayleighConceptUnlinkConfig(ConceptUnlinkConfig):
     variant: str = "rayleigh"
 
 
-def concept_texts(items: Any, what: str) -> tuple[list[str], set[int]]:
-    """Concept words/prompts as strings, and the indices of those given as prompt rows (used verbatim)."""
-    if items is None:
-        return [], set()
-    if isinstance(items, str) or hasattr(items, "prompt"):
-        items = [items]
-    texts, verbatim = [], set()
-    for i, item in enumerate(items):
-        text = item if isinstance(item, str) else getattr(item, "prompt", None)
-        if not isinstance(text, str):
-            raise TypeError(f"{what} must be strings or prompt rows; got {type(item).__name__}")
-        if not text.strip():
-            raise ValueError(f"{what} contain an empty string (item {i}); give a word or a prompt.")
-        if not isinstance(item, str):
-            verbatim.add(i)
-        texts.append(" ".join(text.split()))
-    if not texts:
-        raise ValueError(f"{what} are empty: pass at least one concept word or prompt.")
-    return texts, verbatim
-
-
 _RETAIN_CACHE = "_eraser_retain_grams"
 
 
@@ -167,12 +148,6 @@ def _warn_synonyms(pipe: Any, words: list[str], keep: list[str], cfg: ConceptUnl
             f"retain entries {[k for k, _ in close]} are as close to the erased concepts as synonyms "
             f"(similarity >= {cfg.synonym_similarity}); protecting them keeps the concept reachable through "
             "them. They are kept as you asked.", stacklevel=4)
-
-
-def pipeline_id(pipe: Any) -> str:
-    """The hub id or path a pipeline was loaded from (its class name if unknown)."""
-    name = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
-    return str(name) if name else type(pipe).__name__
 
 
 @register_method("unlink", config=ConceptUnlinkConfig, training_free=True, family="diffusion")

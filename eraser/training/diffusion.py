@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..families.diffusion import encode_prompts, text_towers, tokenize_prompts
+from ..families.diffusion import DIFFUSION, concept_texts, encode_prompts, pipeline_id, text_towers, tokenize_prompts
+from ..layers import KeptModes
 
 __all__ = [
     "DiffusionTrainConfig",
@@ -48,15 +49,9 @@ __all__ = [
     "patch_metadata",
 ]
 
-TRAIN_METHODS = ("xattn", "noxattn", "kv", "full")
+TRAIN_METHODS = tuple(DIFFUSION.train_selections)
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 DIFFUSION_OPTIMIZERS = ("adam", "adamw", "sgd")
-
-# ESD's "noxattn" leaves out, besides cross-attention, the time embedding and the output head
-# (CompVis names ``time_embed``/``out.``): in diffusers these are the modules below, plus SDXL's
-# added (time, pooled text) embedding, which is part of the time embedding there.
-_NOXATTN_EXCLUDED = ("time_embedding.", "add_embedding.", "conv_norm_out.", "conv_out.")
-
 
 @dataclass
 class DiffusionTrainConfig:
@@ -112,19 +107,12 @@ def select_unet_parameters(unet: nn.Module, method: str) -> list[str]:
 
     ``xattn``: every parameter whose name contains ``attn2`` (cross-attention); ``noxattn``: all
     but those, the time embedding and the output head (ESD's CompVis rule in diffusers names);
-    ``kv``: the cross-attention key/value weights (``attn2.to_k``/``attn2.to_v``); ``full``: all.
+    ``kv``: the cross-attention key/value weights (``attn2.to_k``/``attn2.to_v``); ``full``: all
+    (the diffusion family adapter's ``train_selections``).
     """
     if method not in TRAIN_METHODS:
         raise ValueError(f"train_method must be one of {TRAIN_METHODS}; got {method!r}")
-    names = [n for n, _ in unet.named_parameters()]
-    if method == "xattn":
-        out = [n for n in names if "attn2" in n]
-    elif method == "noxattn":
-        out = [n for n in names if "attn2" not in n and not n.startswith(_NOXATTN_EXCLUDED)]
-    elif method == "kv":
-        out = [n for n in names if n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]
-    else:
-        out = names
+    out = DIFFUSION.train_selections[method](unet)
     if not out:
         raise ValueError(f"the UNet has no parameters for train_method={method!r} (no cross-attention 'attn2' layers?)")
     return out
@@ -170,8 +158,6 @@ def top_fraction_mask(scores: dict[str, Tensor], ratio: float) -> dict[str, Tens
 def concept_lists(concepts: Any, retain: Any) -> tuple[list[str], set[int], list[str]]:
     """Concept texts, the indices of those given as prompt rows, and retain texts (may be empty);
     ValueError for empty concepts or a retain prompt that is also a concept."""
-    from ..methods.unlink_diffusion import concept_texts  # the methods package imports this module
-
     words, verbatim = concept_texts(concepts, "concepts")
     keep, _ = concept_texts(retain, "retain prompts")
     clash = sorted({w.casefold() for w in words} & {r.casefold() for r in keep})
@@ -182,8 +168,6 @@ def concept_lists(concepts: Any, retain: Any) -> tuple[list[str], set[int], list
 
 def patch_metadata(pipe: Any, method: str, config: Any, concepts: list[str], retain: list[str], **extra: Any) -> dict[str, Any]:
     """The metadata every diffusion method's patch carries (as ``unlink`` writes it)."""
-    from ..methods.unlink_diffusion import pipeline_id
-
     return {
         "method": method,
         "family": "diffusion",
@@ -245,7 +229,7 @@ class _Saved:
     """What the trainer changes on the UNet besides the trained values, to put back."""
 
     device: torch.device
-    training: bool
+    modes: KeptModes
     checkpointing: bool
     requires_grad: list[tuple[nn.Parameter, bool]]
     dtypes: dict[str, torch.dtype]
@@ -316,7 +300,7 @@ class UNetTrainer:
         self.device, self.precision, self.dtype = device, precision, dtype
         self._saved = _Saved(
             device=next(unet.parameters()).device,
-            training=unet.training,
+            modes=KeptModes(unet),
             checkpointing=bool(getattr(unet, "is_gradient_checkpointing", False)),
             requires_grad=[(p, p.requires_grad) for p in unet.parameters()],
             dtypes={n: p.dtype for n, p in self.params.items()},
@@ -368,7 +352,7 @@ class UNetTrainer:
         unet.__dict__.update(saved.instance_attrs)
         if not saved.checkpointing and getattr(unet, "is_gradient_checkpointing", False):
             unet.disable_gradient_checkpointing()
-        unet.train(saved.training)
+        saved.modes.restore()
         unet.to(saved.device)
         if self.before and next(iter(self.before.values())).device != saved.device:
             self.before = {n: t.to(saved.device) for n, t in self.before.items()}

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data import LabeledData, labeled_batches, to_model
+from ..layers import KeptModes
 
 __all__ = ["TrainConfig", "Objective", "StepInfo", "fit", "SCHEDULES", "OPTIMIZERS", "AUGMENTATIONS"]
 
@@ -145,10 +146,15 @@ def fit(
     ``trainable`` maps parameter names to boolean masks (True = may change); masked-out entries
     are restored after every step, so momentum and weight decay cannot move them either.
     Parameters with ``requires_grad=False`` are left alone.
+
+    The model trains in train mode, except submodules the caller put in eval mode inside a module
+    in train mode (e.g. a frozen BatchNorm): they stay as they are. Afterwards every module's
+    train/eval mode is what it was.
     """
     missing = [s for e in range(max(1, cfg.epochs)) for p in objective.phases(e) for s in p if s not in data or data[s] is None]
     if missing:
         raise ValueError(f"the objective needs data streams {sorted(set(missing))}")
+    _check_masks(model, trainable or {})
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
     model.to(device)
@@ -169,8 +175,8 @@ def fit(
     prep = (lambda b: _crop_flip(_to(b, param, device), aug_gen)) if cfg.augment == "crop_flip" else (lambda b: _to(b, param, device))
     logs: list[dict] = []
     step = 0
-    was_training = model.training
-    model.train()
+    modes = KeptModes(model)
+    _train_keeping_frozen(model, modes.modes)
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
     try:
         for epoch in range(cfg.epochs):
@@ -208,8 +214,32 @@ def fit(
                 break
     finally:
         bar.close()
-        model.train(was_training)
+        modes.restore()
     return logs
+
+
+def _check_masks(model: nn.Module, trainable: dict[str, Tensor]) -> None:
+    """Every ``trainable`` mask must name a parameter of ``model`` and have its shape."""
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    for name, mask in trainable.items():
+        if name not in shapes:
+            known = list(shapes)
+            listed = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
+            raise ValueError(f"trainable mask {name!r} names no parameter of the model; parameters: {listed}")
+        if tuple(mask.shape) != shapes[name]:
+            raise ValueError(f"trainable mask {name!r} has shape {tuple(mask.shape)}; "
+                             f"the parameter {name!r} has shape {shapes[name]}")
+
+
+def _train_keeping_frozen(model: nn.Module, modes: dict[nn.Module, bool]) -> None:
+    """Train mode, but a submodule recorded in eval under a parent in train mode keeps its subtree's recorded modes."""
+    model.train()
+    # A fully-eval model (as loaded for evaluation) trains as a whole; only eval inside train is a deliberate freeze.
+    for parent in model.modules():
+        for child in parent.children():
+            if modes[parent] and not modes[child]:
+                for m in child.modules():
+                    m.training = modes[m]
 
 
 def _to(batch, param: Tensor, device: torch.device) -> Batch:

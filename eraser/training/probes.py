@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import LabeledData, labeled_batches, to_model
+from ..layers import KeptModes
 
 __all__ = ["logits_of", "accuracy", "gradient_stats", "reinitialize"]
 
@@ -16,7 +17,7 @@ __all__ = ["logits_of", "accuracy", "gradient_stats", "reinitialize"]
 def logits_of(model: nn.Module, data: LabeledData, batch_size: int = 512) -> tuple[Tensor, Tensor]:
     """(logits, labels) of every sample of ``data``, in eval mode, on CPU."""
     param = next(model.parameters())
-    was = model.training
+    modes = KeptModes(model)
     model.eval()
     outs, labels = [], []
     try:
@@ -24,7 +25,7 @@ def logits_of(model: nn.Module, data: LabeledData, batch_size: int = 512) -> tup
             outs.append(model(to_model(x, param, param.device)).float().cpu())
             labels.append(torch.as_tensor(y).long())
     finally:
-        model.train(was)
+        modes.restore()
     if not outs:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
     return torch.cat(outs), torch.cat(labels)
@@ -67,7 +68,7 @@ def gradient_stats(
     device = torch.device(device) if device is not None else param.device
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     acc = {n: torch.zeros_like(p) for n, p in named}
-    was = model.training
+    modes = KeptModes(model)
     model.eval()
     n_seen = n_batches = 0
     try:
@@ -82,7 +83,7 @@ def gradient_stats(
             n_batches += 1
     finally:
         model.zero_grad(set_to_none=True)
-        model.train(was)
+        modes.restore()
     if n_seen == 0:
         raise ValueError("gradient statistics need a non-empty data set")
     return {n: a / (n_seen if power == 1 else n_batches) for n, a in acc.items()}

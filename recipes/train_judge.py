@@ -6,7 +6,7 @@ digits, with the project's MNIST recipe (``classifiers.train.RECIPES["mnist"]``:
 (rotation within +-12 degrees, scale 0.9-1.1, shift within +-2 pixels; fixed seed), which makes
 the judge robust to off-centre generated digits. Pixels in [0, 1], no normalisation.
 
-    OMP_NUM_THREADS=1 python -m eraser.bundled.train_judge --data ../shared/data/mnist --out eraser/bundled/weights/judge
+    OMP_NUM_THREADS=1 python -m recipes.train_judge --data ../shared/data/mnist --out eraser/bundled/weights/judge
 
 Writes ``model.safetensors`` (float32 SmallCNN state), ``config.json`` and ``meta.json`` (data
 sha256s, recipe, seed, metrics) and prints the accuracy on the real MNIST test set.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .models import DigitJudge, file_sha256, load_judge_folder
+from eraser.bundled.models import DigitJudge, load_judge_folder
+from eraser.hashing import file_sha256
 
 FILES = ("mnist_train10k.npz", "mnist_test10k.npz")
 

@@ -1,6 +1,6 @@
 """Train the bundled digits text-to-image UNet on the 10,000 real MNIST training digits.
 
-    OMP_NUM_THREADS=1 python -m eraser.bundled.train_t2i --data ../shared/data/mnist --out eraser/bundled/weights/t2i
+    OMP_NUM_THREADS=1 python -m recipes.train_t2i --data ../shared/data/mnist --out eraser/bundled/weights/t2i
 
 Model: ``diffusers.UNet2DConditionModel`` (see ``eraser.bundled.pipeline.unet_config``) on
 1-channel 32x32 pixels: MNIST digits zero-padded from 28x28 (2 pixels per side) and scaled to
@@ -55,9 +55,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .captions import DIGIT_WORDS, all_captions, caption, digit_prompt
-from .models import WEIGHTS_DIR, file_sha256
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, save_t2i_folder, scheduler_config, unet_config
+from eraser.bundled.captions import DIGIT_WORDS, all_captions, caption, digit_prompt
+from eraser.bundled.models import WEIGHTS_DIR
+from eraser.hashing import file_sha256
+from eraser.bundled.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, save_t2i_folder, scheduler_config, unet_config
 
 FILES = ("mnist_train10k.npz", "mnist_test10k.npz")
 TRAIN_KEYS = ("batch_size", "lr", "weight_decay", "warmup", "ema", "cfg_dropout", "seed", "block_out_channels",
@@ -143,7 +144,7 @@ def evaluate(pipe, judge, per_digit: int = 100, guidance: float = DEFAULT_GUIDAN
              seed: int = 1234, batch: int = 100, fid_reference: Tensor | None = None) -> dict:
     """Judge accuracy (%) per digit on ``per_digit`` generations of ``digit_prompt(d)``; with
     ``fid_reference`` (real images in [0, 1]) also the FID of all those generations against it."""
-    from .evaluate import judge_digits
+    from eraser.bundled.evaluate import judge_digits
 
     pipe.set_progress_bar_config(disable=True)
     t0 = time.perf_counter()
@@ -175,8 +176,8 @@ def _print_eval(ev: dict) -> None:
 
 
 def run_eval(out: Path, args, clip_dir: Path | None) -> list[dict] | None:
-    from .models import load_judge_folder
-    from .pipeline import digits_pipeline
+    from eraser.bundled.models import load_judge_folder
+    from eraser.bundled.pipeline import digits_pipeline
 
     if args.eval_per_digit <= 0:
         return None
@@ -204,7 +205,7 @@ def run_eval(out: Path, args, clip_dir: Path | None) -> list[dict] | None:
 def _random_text_pipeline(out: Path):
     from diffusers import DDIMScheduler
 
-    from .pipeline import DigitsPipeline, load_t2i_unet
+    from eraser.bundled.pipeline import DigitsPipeline, load_t2i_unet
 
     text_encoder, tokenizer = _text_tower(None, random_init=True)
     return DigitsPipeline(unet=load_t2i_unet(out), text_encoder=text_encoder, tokenizer=tokenizer,
@@ -213,13 +214,13 @@ def _random_text_pipeline(out: Path):
 
 def _text_tower(clip_dir: Path | None, random_init: bool):
     """(frozen CLIPTextModel, tokenizer): the tiny CLIP's text tower, or a seeded random one (development)."""
-    from .models import clip_config, load_clip_folder
-    from .pipeline import text_encoder_from_clip
+    from eraser.bundled.models import clip_config, load_clip_folder
+    from eraser.bundled.pipeline import text_encoder_from_clip
 
     if random_init:
         from transformers import CLIPModel
 
-        from ..families.clip_tokenizer import clip_tokenizer
+        from eraser.families.clip_tokenizer import clip_tokenizer
 
         g = torch.random.get_rng_state()
         torch.manual_seed(12345)
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
                      "diffusers": __import__("diffusers").__version__,
                      "transformers": __import__("transformers").__version__},
-        "rebuild": f"python -m eraser.bundled.train_t2i --data {args.data} --out {args.out}",
+        "rebuild": f"python -m recipes.train_t2i --data {args.data} --out {args.out}",
     }
     save_t2i_folder(ema, scheduler, out, meta)
     if not args.keep_checkpoint:

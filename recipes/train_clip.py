@@ -1,6 +1,6 @@
 """Train the bundled tiny CLIP contrastively on the 10,000 real MNIST training digits.
 
-    OMP_NUM_THREADS=1 python -m eraser.bundled.train_clip --data ../shared/data/mnist --out eraser/bundled/weights/clip
+    OMP_NUM_THREADS=1 python -m recipes.train_clip --data ../shared/data/mnist --out eraser/bundled/weights/clip
 
 Model: transformers ``CLIPModel`` (see ``eraser.bundled.models.clip_config``): a text tower with
 the real CLIP vocabulary (49,408 tokens, 77 positions, hidden 64, 4 layers, 4 heads; its
@@ -54,9 +54,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..families.clip import embedding
-from .captions import CAPTION_TEMPLATES, DIGIT_WORDS, all_captions, digit_prompt
-from .models import (CLIP_MEAN, CLIP_STD, _tokenizer, clip_config, clip_image_embeddings, clip_text_embeddings,
+from eraser.families.clip import embedding
+from eraser.bundled.captions import CAPTION_TEMPLATES, DIGIT_WORDS, all_captions, digit_prompt
+from eraser.bundled.models import (CLIP_MEAN, CLIP_STD, _tokenizer, clip_config, clip_image_embeddings, clip_text_embeddings,
                      file_sha256, load_clip_folder)
 
 FILES = ("mnist_train10k.npz", "mnist_test10k.npz")
@@ -72,7 +72,7 @@ def load_npz(path: Path) -> tuple[Tensor, Tensor]:
 
 
 def random_affine(x: Tensor, generator: torch.Generator, degrees: float = 10.0, scale=(0.9, 1.1), shift_px: float = 2.0) -> Tensor:
-    from .train_judge import random_affine as f
+    from recipes.train_judge import random_affine as f
 
     return f(x, generator, degrees, scale, shift_px)
 

@@ -1,0 +1,81 @@
+"""Model-family adapters: what the engine needs to know about one kind of model.
+
+An adapter is a row of data: the layer presets a family offers, the components a pipeline of
+that family holds (so that its layers are named ``"unet.…"``, ``"transformer.…"``), its text
+towers, which layers read text features, and the parameter sets its trainers may train.
+``register_family`` hands the presets and components to the plumbing (``eraser.targets``,
+``eraser.patch``); everything else reads the adapter. A new family is one module that builds
+an adapter and registers it, imported by ``eraser/families/__init__.py``, plus its tests.
+
+The interface is written for MMDiT pipelines too (SD3, FLUX): their ``transformer`` is a
+component, their joint-attention context projections (``attn.add_k_proj``/``add_v_proj``,
+fed by a ``context_embedder``) are the layers that read text features, and ``text_towers``
+lists as many (tokenizer, text encoder) pairs as the pipeline has.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..patch import register_components
+from ..targets import Preset, register_preset
+
+__all__ = ["FamilyAdapter", "FAMILY_ADAPTERS", "register_family", "get_family"]
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """One model family (see the module docstring).
+
+    name / summary: the family's id and a line for listings.
+    presets: layer presets (name -> regex over layer names, or function model -> names).
+    components: attributes of a pipeline of this family that hold its modules, in order.
+    text_towers: (tokenizer attribute, text encoder attribute) pairs, in the order the pipeline
+        concatenates their features.
+    text_reading: regex over layer names (as the pipeline view names them) of the layers whose
+        input is the text features (cross-attention K/V; MMDiT context projections).
+    train_selections: name -> function (model component -> parameter names) a trainer may train
+        (ESD's ``train_method``).
+    """
+
+    name: str
+    summary: str
+    presets: Mapping[str, Preset] = field(default_factory=dict)
+    components: tuple[str, ...] = ()
+    text_towers: tuple[tuple[str, str], ...] = ()
+    text_reading: str | None = None
+    train_selections: Mapping[str, Callable[[nn.Module], list[str]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.text_reading is not None:
+            re.compile(self.text_reading)
+
+
+FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {}
+
+
+def register_family(adapter: FamilyAdapter) -> FamilyAdapter:
+    """Add ``adapter`` to the table and give the plumbing its presets and components."""
+    if adapter.name in FAMILY_ADAPTERS and FAMILY_ADAPTERS[adapter.name] is not adapter:
+        raise ValueError(f"model family {adapter.name!r} is already registered")
+    taken = {p: f.name for f in FAMILY_ADAPTERS.values() if f is not adapter for p in f.presets}
+    clash = sorted(set(adapter.presets) & set(taken))
+    if clash:
+        raise ValueError(f"presets {clash} of family {adapter.name!r} are already offered by {taken[clash[0]]!r}")
+    for name, preset in adapter.presets.items():
+        register_preset(name, preset)
+    register_components(adapter.components)
+    FAMILY_ADAPTERS[adapter.name] = adapter
+    return adapter
+
+
+def get_family(name: str) -> FamilyAdapter:
+    """The adapter registered as ``name``."""
+    try:
+        return FAMILY_ADAPTERS[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILY_ADAPTERS)}") from None
