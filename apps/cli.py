@@ -39,7 +39,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     data = _data_dir(args.data)
     by_name = {name.lower(): wnid for wnid, (name, _) in IMAGENETTE.items()}
     if args.erase.lower() not in by_name:
-        raise SystemExit(f"eraser demo-classifier: unknown class {args.erase!r}; choose one of {[n for n, _ in IMAGENETTE.values()]}")
+        raise SystemExit(
+            f"eraser demo-classifier: unknown class {args.erase!r}; choose one of {[n for n, _ in IMAGENETTE.values()]}"
+        )
     wnid = by_name[args.erase.lower()]
     wnids = list(IMAGENETTE)
     labels = {w: IMAGENETTE[w][1] for w in wnids}
@@ -49,8 +51,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     model = efficientnet_lite0("wheel")
     forget = TarImageFolder(data / "imagenette/imagenette_224_train100.tar", "train", [wnid], args.forget, tf, labels)
     val = TarImageFolder(data / "imagenette/imagenette_224_val.tar", "val", wnids, args.val_per_class, tf, labels)
-    print(f"EfficientNet-Lite0 (ImageNet-1k) | erase '{IMAGENETTE[wnid][0]}' with {len(forget)} training images | "
-          f"evaluate on {len(val)} Imagenette val images (top-1 over 1000 classes)")
+    print(
+        f"EfficientNet-Lite0 (ImageNet-1k) | erase '{IMAGENETTE[wnid][0]}' with {len(forget)} training images | "
+        f"evaluate on {len(val)} Imagenette val images (top-1 over 1000 classes)"
+    )
 
     t0 = time.perf_counter()
     feats, y = head_inputs(model, "classifier", val)
@@ -71,12 +75,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("\n| class | ImageNet idx | acc before | acc after |\n|---|---|---|---|")
     for w in wnids:
         mark = " (erased)" if w == wnid else ""
-        print(f"| {IMAGENETTE[w][0]}{mark} | {labels[w]} | {before.accuracy_on([labels[w]]):.1f} | {after.accuracy_on([labels[w]]):.1f} |")
+        print(
+            f"| {IMAGENETTE[w][0]}{mark} | {labels[w]} | {before.accuracy_on([labels[w]]):.1f} | {after.accuracy_on([labels[w]]):.1f} |"
+        )
     t = patch.metadata["timing_s"]
     print(f"\nUA (erased class no longer top-1): {100 - after.accuracy_on([c]):.1f}%")
     print(f"retained accuracy (other 9 classes): {before.accuracy_on(others):.2f} -> {after.accuracy_on(others):.2f}")
-    print(f"rank k={patch.edits['classifier'].rank} | feature capture {t['capture']:.2f} s | fit + apply "
-          f"{t['fit'] + t['apply']:.3f} s | val feature pass {eval_s:.1f} s | patch holds {patch.num_parameters():,} numbers")
+    print(
+        f"rank k={patch.edits['classifier'].rank} | feature capture {t['capture']:.2f} s | fit + apply "
+        f"{t['fit'] + t['apply']:.3f} s | val feature pass {eval_s:.1f} s | patch holds {patch.num_parameters():,} numbers"
+    )
     if args.save:
         print(f"patch saved to {patch.save(args.save)}")
 
@@ -123,7 +131,9 @@ def cmd_erase(args: argparse.Namespace) -> None:
     if save_dir is not None:
         model_dir = Path(args.model).expanduser()
         if model_dir.exists() and save_dir.resolve() == model_dir.resolve():
-            raise SystemExit("eraser erase: --save-pipeline must not be the model's own folder (its files are never overwritten).")
+            raise SystemExit(
+                "eraser erase: --save-pipeline must not be the model's own folder (its files are never overwritten)."
+            )
         if save_dir.exists() and any(save_dir.iterdir()) and not args.overwrite:
             raise SystemExit(f"eraser erase: {save_dir} is not empty; pass --overwrite or choose another folder.")
     from eraser.training.processes import process_state
@@ -141,9 +151,22 @@ def cmd_erase(args: argparse.Namespace) -> None:
         seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
         look = _Look(pipe, args, concepts, seeds) if (args.grid or args.check) else None
         t1 = time.perf_counter()
-        retain = args.retain[0] if args.retain and len(args.retain) == 1 and args.retain[0] in ("none", "generic") else args.retain
-        patch = eraser.erase_concepts(pipe, concepts, retain=retain, k=args.k, targets=args.targets,
-                                      method=args.method, device=args.device, progress=True, **options)
+        retain = (
+            args.retain[0]
+            if args.retain and len(args.retain) == 1 and args.retain[0] in ("none", "generic")
+            else args.retain
+        )
+        patch = eraser.erase_concepts(
+            pipe,
+            concepts,
+            retain=retain,
+            k=args.k,
+            targets=args.targets,
+            method=args.method,
+            device=args.device,
+            progress=True,
+            **options,
+        )
         erase_s = time.perf_counter() - t1
     except (ValueError, TypeError, FileNotFoundError, eraser.PatchError) as err:
         raise SystemExit(f"eraser erase: {err}") from None
@@ -152,16 +175,26 @@ def cmd_erase(args: argparse.Namespace) -> None:
         return
     path = patch.save(out)
     ranks = sorted({e.rank for e in patch.edits.values()})
-    print(f"erased {patch.metadata.get('concepts')} from {patch.metadata.get('base_model')} with {args.method} "
-          f"in {erase_s:.2f} s{f' on {state.num_processes} processes' if state.num_processes > 1 else ''} "
-          f"(loading took {load_s:.1f} s)")
-    print(f"layers edited: {len(patch.layers) + len(patch.parameters)} | rank {ranks} | "
-          f"retain: {patch.metadata.get('retain_source', 'user' if args.retain else 'none')}")
+    print(
+        f"erased {patch.metadata.get('concepts')} from {patch.metadata.get('base_model')} with {args.method} "
+        f"in {erase_s:.2f} s{f' on {state.num_processes} processes' if state.num_processes > 1 else ''} "
+        f"(loading took {load_s:.1f} s)"
+    )
+    print(
+        f"layers edited: {len(patch.layers) + len(patch.parameters)} | rank {ranks} | "
+        f"retain: {patch.metadata.get('retain_source', 'user' if args.retain else 'none')}"
+    )
     if patch.metadata.get("retain_source") == "neighbours":
         sims = patch.metadata.get("neighbour_similarity", {})
-        print("protected neighbours: " + ", ".join(f"{n} ({sims.get(n, float('nan')):.2f})" for n in patch.metadata["retain"]))
+        print(
+            "protected neighbours: "
+            + ", ".join(f"{n} ({sims.get(n, float('nan')):.2f})" for n in patch.metadata["retain"])
+        )
         if patch.metadata.get("synonyms"):
-            print("erased as synonyms: " + ", ".join(f"{n} ({sims.get(n, float('nan')):.2f})" for n in patch.metadata["synonyms"]))
+            print(
+                "erased as synonyms: "
+                + ", ".join(f"{n} ({sims.get(n, float('nan')):.2f})" for n in patch.metadata["synonyms"])
+            )
     print(f"patch: {path} ({path.stat().st_size / 1024:.0f} KB)")
     if look is not None:
         look.after(pipe)
@@ -204,18 +237,20 @@ class _Look:
         images: list = []
         with tqdm(total=len(jobs), desc=desc, unit="img", dynamic_ncols=True) as bar:
             for start in range(0, len(jobs), per_call):
-                chunk = jobs[start:start + per_call]
+                chunk = jobs[start : start + per_call]
                 with images_progress(pipe, bar, len(chunk)):
-                    images += pipe([p for p, _ in chunk], generator=[torch.Generator().manual_seed(s) for _, s in chunk],
-                                   **steps).images
+                    images += pipe(
+                        [p for p, _ in chunk], generator=[torch.Generator().manual_seed(s) for _, s in chunk], **steps
+                    ).images
         n = len(self.seeds)
-        return [images[r * n:(r + 1) * n] for r in range(len(self.prompts))]
+        return [images[r * n : (r + 1) * n] for r in range(len(self.prompts))]
 
     def _judge(self, pipe, desc: str) -> dict:
         from eraser.bundled.evaluate import judge_digits
 
-        return judge_digits(pipe, self.args.check_images, steps=self.args.steps, seed=self.args.check_seed,
-                            progress=desc)["accuracy"]
+        return judge_digits(
+            pipe, self.args.check_images, steps=self.args.steps, seed=self.args.check_seed, progress=desc
+        )["accuracy"]
 
     def after(self, pipe) -> None:
         from evaluation.grids import save_image_grid
@@ -230,8 +265,9 @@ class _Look:
             from eraser.bundled.evaluate import check_report
 
             after = self._judge(pipe, "check: erased")
-            table, _ = check_report(self.before_judge, after, self.erased, self.args.check_images,
-                                    seed=self.args.check_seed)
+            table, _ = check_report(
+                self.before_judge, after, self.erased, self.args.check_images, seed=self.args.check_seed
+            )
             print("\n" + table, flush=True)
 
 
@@ -279,17 +315,33 @@ def _bench_config(args: argparse.Namespace, **fields):
     from eraser.training import TrainConfig
     from evaluation.classify_bench import ClassifyBenchConfig
 
-    root = args.data_root or str(Path(os.environ.get("ERASER_DATA", DEFAULT_DATA)) / {"mnist": "mnist", "cifar10": "cifar10"}.get(args.dataset, ""))
-    return ClassifyBenchConfig(dataset=args.dataset, data_root=root, model=args.model, original=args.original or "",
-                               recipe=parse_options(TrainConfig, args.recipe or [], where="--recipe"), presets=not args.no_presets,
-                               out_dir=args.out, cache_dir=args.cache, device=args.device, **fields)
+    root = args.data_root or str(
+        Path(os.environ.get("ERASER_DATA", DEFAULT_DATA))
+        / {"mnist": "mnist", "cifar10": "cifar10"}.get(args.dataset, "")
+    )
+    return ClassifyBenchConfig(
+        dataset=args.dataset,
+        data_root=root,
+        model=args.model,
+        original=args.original or "",
+        recipe=parse_options(TrainConfig, args.recipe or [], where="--recipe"),
+        presets=not args.no_presets,
+        out_dir=args.out,
+        cache_dir=args.cache,
+        device=args.device,
+        **fields,
+    )
 
 
 def _data_model_options(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--dataset", default="mnist", help="mnist | cifar10 | folder (default mnist)")
     p.add_argument("--data-root", default=None, help="dataset path (default: $ERASER_DATA/<dataset>)")
     p.add_argument("--model", default="small_cnn", help="architecture (small_cnn, cifar_resnet20, resnet18, ...)")
-    p.add_argument("--original", default=None, help="pretrained original checkpoint (.safetensors or weights-only .pt/.th) instead of training one")
+    p.add_argument(
+        "--original",
+        default=None,
+        help="pretrained original checkpoint (.safetensors or weights-only .pt/.th) instead of training one",
+    )
     p.add_argument("--recipe", action="append", help="override the original/Retrain recipe, e.g. epochs=5 (repeatable)")
     p.add_argument("--no-presets", action="store_true", help="use the methods' own defaults, not the dataset presets")
     p.add_argument("--out", default="bench-classify", help=out_help)
@@ -307,10 +359,19 @@ def cmd_bench_classify(args: argparse.Namespace) -> None:
         scenarios += [f"class:{c}" for c in range(args.num_classes)] if s == "class:each" else [s]
     try:
         methods = ALL_METHODS if args.methods == "all" else split_methods(args.methods)
-        cfg = _bench_config(args, methods=methods, scenarios=scenarios, seeds=[int(s) for s in csv_list(args.seeds)],
-                            mia_feature=args.mia_feature, mia_samples=args.mia_samples, retrain=not args.no_retrain,
-                            eval_samples=args.eval_samples, shifts=_shifts(args.shift or []), shift_samples=args.shift_samples,
-                            gradcam=args.gradcam)
+        cfg = _bench_config(
+            args,
+            methods=methods,
+            scenarios=scenarios,
+            seeds=[int(s) for s in csv_list(args.seeds)],
+            mia_feature=args.mia_feature,
+            mia_samples=args.mia_samples,
+            retrain=not args.no_retrain,
+            eval_samples=args.eval_samples,
+            shifts=_shifts(args.shift or []),
+            shift_samples=args.shift_samples,
+            gradcam=args.gradcam,
+        )
         run_classify_bench(cfg, progress=not args.quiet)
     except (ValueError, FileNotFoundError, TypeError) as err:
         raise SystemExit(f"eraser bench classify: {err}") from None
@@ -344,23 +405,34 @@ def build_parser() -> argparse.ArgumentParser:
     from apps.demo.app import add_arguments as add_demo_arguments
 
     ap = argparse.ArgumentParser(
-        prog="eraser", description="Erase concepts and classes from trained vision models.",
+        prog="eraser",
+        description="Erase concepts and classes from trained vision models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `eraser <command> --help` for each command's options and examples.\n\n"
         "Exit codes: 0 done; 1 the input could not be used (the message says what to do; models and files\n"
         "are left as they were); 2 the command line itself is wrong; 130 interrupted (rerun to resume\n"
-        "where the command supports it: generate, bench).")
+        "where the command supports it: generate, bench).",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
-    app = sub.add_parser("demo", help=cmd_app.__doc__, description=cmd_app.__doc__ + "\n\nExamples:\n"
-                         "  eraser demo                      # the bundled digits model on CPU, http://127.0.0.1:7860\n"
-                         "  eraser demo --model 'SD 1.4=CompVis/stable-diffusion-v1-4' --device cuda --dtype float16 --host 0.0.0.0",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    app = sub.add_parser(
+        "demo",
+        help=cmd_app.__doc__,
+        description=cmd_app.__doc__ + "\n\nExamples:\n"
+        "  eraser demo                      # the bundled digits model on CPU, http://127.0.0.1:7860\n"
+        "  eraser demo --model 'SD 1.4=CompVis/stable-diffusion-v1-4' --device cuda --dtype float16 --host 0.0.0.0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_demo_arguments(app)
     app.set_defaults(func=cmd_app)
-    demo = sub.add_parser("demo-classifier", help=cmd_demo.__doc__,
-                          description=f"{cmd_demo.__doc__}\n\nExample: eraser demo-classifier --erase church --save church.safetensors")
+    demo = sub.add_parser(
+        "demo-classifier",
+        help=cmd_demo.__doc__,
+        description=f"{cmd_demo.__doc__}\n\nExample: eraser demo-classifier --erase church --save church.safetensors",
+    )
     demo.add_argument("--erase", default="tench", help="Imagenette class to erase (default: tench)")
-    demo.add_argument("--data", default=None, help=f"folder with imagenette/*.tar (default: $ERASER_DATA or {DEFAULT_DATA})")
+    demo.add_argument(
+        "--data", default=None, help=f"folder with imagenette/*.tar (default: $ERASER_DATA or {DEFAULT_DATA})"
+    )
     demo.add_argument("--forget", type=int, default=100, help="forget images of the class (default 100)")
     demo.add_argument("--val-per-class", type=int, default=50, help="val images per class to evaluate on (default 50)")
     demo.add_argument("--k", type=int, default=None, help="rank to remove (default: chosen from the data)")
@@ -368,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     sub.add_parser("methods", help=cmd_methods.__doc__).set_defaults(func=cmd_methods)
     er = sub.add_parser(
-        "erase", help=cmd_erase.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "erase",
+        help=cmd_erase.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=cmd_erase.__doc__ + "\n\nExamples:\n"
         "  eraser erase --model CompVis/stable-diffusion-v1-4 --preset nudity --out nudity.safetensors\n"
         "  eraser erase --model ./my-sd --concept 'van gogh' --retain monet --retain picasso --out vangogh.safetensors\n"
@@ -377,64 +451,138 @@ def build_parser() -> argparse.ArgumentParser:
         "  eraser erase --model random:tiny-sd --concept nude --out /tmp/p.safetensors   # no download: random weights\n"
         "  eraser erase --model bundled:digits --concept seven --concept 7 --out seven.safetensors --grid seven.png --check",
     )
-    er.add_argument("--model", required=True, help="hub id, local pipeline folder, bundled:digits (the bundled digits "
-                    "model), or random:<arch> (sd-v1-4, sd-v2-1, sdxl-base-1.0, tiny-sd, tiny-sdxl: published config, random weights)")
+    er.add_argument(
+        "--model",
+        required=True,
+        help="hub id, local pipeline folder, bundled:digits (the bundled digits "
+        "model), or random:<arch> (sd-v1-4, sd-v2-1, sdxl-base-1.0, tiny-sd, tiny-sdxl: published config, random weights)",
+    )
     er.add_argument("--concept", action="append", help="a word or prompt to erase (repeatable), e.g. --concept nude")
-    er.add_argument("--preset", action="append", help="concept preset (repeatable): nudity, imagenette, imagenette:<class>")
-    er.add_argument("--concepts-csv", action="append", help="prompt CSV whose rows are erased as whole prompts (repeatable)")
-    er.add_argument("--retain", action="append", help="a word or prompt to keep (repeatable); default: the concepts nearest to "
-                    "the erased ones in the model's text space (printed); 'generic' for everyday subjects, 'none' for nothing")
+    er.add_argument(
+        "--preset", action="append", help="concept preset (repeatable): nudity, imagenette, imagenette:<class>"
+    )
+    er.add_argument(
+        "--concepts-csv", action="append", help="prompt CSV whose rows are erased as whole prompts (repeatable)"
+    )
+    er.add_argument(
+        "--retain",
+        action="append",
+        help="a word or prompt to keep (repeatable); default: the concepts nearest to "
+        "the erased ones in the model's text space (printed); 'generic' for everyday subjects, 'none' for nothing",
+    )
     er.add_argument("--method", default="unlink", help="diffusion method id (see `eraser methods`; default unlink)")
     er.add_argument("--k", type=int, default=None, help="rank removed per layer (default: chosen from the features)")
-    er.add_argument("--targets", default=None, help="cross_attn_kv (default), cross_attn_k, cross_attn_v, text_encoder_mlp, "
-                    "text_encoder_attn, or a regular expression over unet.*/text_encoder.* names")
-    er.add_argument("--template", action="append", help="template for concept words, with {} (repeatable), e.g. 'a photo of {}'")
-    er.add_argument("--option", action="append", help="a method setting as key=value (repeatable), e.g. ridge=0.05 or steps=200")
-    er.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="load the pipeline in this dtype (default: as saved)")
+    er.add_argument(
+        "--targets",
+        default=None,
+        help="cross_attn_kv (default), cross_attn_k, cross_attn_v, text_encoder_mlp, "
+        "text_encoder_attn, or a regular expression over unet.*/text_encoder.* names",
+    )
+    er.add_argument(
+        "--template", action="append", help="template for concept words, with {} (repeatable), e.g. 'a photo of {}'"
+    )
+    er.add_argument(
+        "--option", action="append", help="a method setting as key=value (repeatable), e.g. ridge=0.05 or steps=200"
+    )
+    er.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="load the pipeline in this dtype (default: as saved)"
+    )
     er.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: where the pipeline loads)")
     er.add_argument("--out", required=True, help="patch file to write (.safetensors)")
     er.add_argument("--save-pipeline", default=None, help="also write the whole erased pipeline here (save_pretrained)")
-    er.add_argument("--overwrite", action="store_true", help="replace an existing --out file / non-empty --save-pipeline folder")
-    er.add_argument("--grid", default=None, help="also write a PNG of the same prompts and seeds before and after, e.g. --grid seven.png")
-    er.add_argument("--prompt", action="append", help="a prompt for --grid (repeatable; default: the concepts and a few others)")
+    er.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out file / non-empty --save-pipeline folder"
+    )
+    er.add_argument(
+        "--grid",
+        default=None,
+        help="also write a PNG of the same prompts and seeds before and after, e.g. --grid seven.png",
+    )
+    er.add_argument(
+        "--prompt", action="append", help="a prompt for --grid (repeatable; default: the concepts and a few others)"
+    )
     er.add_argument("--seeds", default="0,1,2,3", help="seeds for --grid (default 0,1,2,3)")
-    er.add_argument("--steps", type=int, default=None, help="denoising steps for --grid and --check (default: the pipeline's)")
-    er.add_argument("--check", action="store_true", help="bundled:digits only: the digit judge's accuracy per digit before and after")
-    er.add_argument("--check-images", type=int, default=20, help="generations per digit for --check, the same seeds "
-                    "before and after (default 20: one image = 5 points; 400 generations in all)")
+    er.add_argument(
+        "--steps", type=int, default=None, help="denoising steps for --grid and --check (default: the pipeline's)"
+    )
+    er.add_argument(
+        "--check",
+        action="store_true",
+        help="bundled:digits only: the digit judge's accuracy per digit before and after",
+    )
+    er.add_argument(
+        "--check-images",
+        type=int,
+        default=20,
+        help="generations per digit for --check, the same seeds "
+        "before and after (default 20: one image = 5 points; 400 generations in all)",
+    )
     er.add_argument("--check-seed", type=int, default=1234, help="seed of --check's generations (default 1234)")
     er.set_defaults(func=cmd_erase)
     add_generation_parsers(sub, sorted(DTYPES))
-    info = sub.add_parser("patch-info", help=cmd_patch_info.__doc__,
-                          description=f"{cmd_patch_info.__doc__}\n\nExample: eraser patch-info runs/demo/seven.safetensors")
+    info = sub.add_parser(
+        "patch-info",
+        help=cmd_patch_info.__doc__,
+        description=f"{cmd_patch_info.__doc__}\n\nExample: eraser patch-info runs/demo/seven.safetensors",
+    )
     info.add_argument("path", help="a patch file (.safetensors)")
     info.set_defaults(func=cmd_patch_info)
     bench = sub.add_parser("bench", help="run a benchmark").add_subparsers(dest="bench", required=True)
     add_bench_parsers(bench, sorted(DTYPES))
-    bc = bench.add_parser("classify", help=cmd_bench_classify.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                          description=f"{cmd_bench_classify.__doc__}\n\nExample:\n  eraser bench classify --dataset mnist "
-                          "--scenario class:3 --methods ft,ga,salun,unlink --seeds 0,1,2 --out runs/mnist")
+    bc = bench.add_parser(
+        "classify",
+        help=cmd_bench_classify.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"{cmd_bench_classify.__doc__}\n\nExample:\n  eraser bench classify --dataset mnist "
+        "--scenario class:3 --methods ft,ga,salun,unlink --seeds 0,1,2 --out runs/mnist",
+    )
     _data_model_options(bc, "output folder (rows.jsonl, table.md/csv/json); rerun to resume")
-    bc.add_argument("--scenario", action="append", help="class:3 | classes:1,7 | random:0.1 | instance:32 | class:each (repeatable)")
+    bc.add_argument(
+        "--scenario", action="append", help="class:3 | classes:1,7 | random:0.1 | instance:32 | class:each (repeatable)"
+    )
     bc.add_argument("--num-classes", type=int, default=10, help="classes for class:each (default 10)")
-    bc.add_argument("--methods", default="all", help="comma list, options after ':' joined by ';' (ft:lr=0.02;epochs=2), or 'all'")
+    bc.add_argument(
+        "--methods", default="all", help="comma list, options after ':' joined by ';' (ft:lr=0.02;epochs=2), or 'all'"
+    )
     bc.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
     bc.add_argument("--mia-feature", default="confidence", help="confidence | entropy | m_entropy | loss")
-    bc.add_argument("--mia-samples", type=int, default=None, help="cap members/non-members of the MIA SVC (default: all)")
-    bc.add_argument("--no-retrain", action="store_true", help="skip the Retrain reference (no Avg. Gap; for when retraining is out of reach)")
-    bc.add_argument("--eval-samples", type=int, default=None, help="evaluate RA/MIA on a seeded subset of this many retain samples")
-    bc.add_argument("--shift", action="append", help="a data shift to evaluate under (repeatable): gauss:0.08, elastic:weak, "
-                    "elastic:strong, elastic:34,4, pgd:8/255, pgd:8/255,7; 'default' = the five of the forget-vector paper")
-    bc.add_argument("--gradcam", type=int, default=0, help="save Grad-CAM grids of this many forget and retain images, "
-                    "before and after each method (first seed), under <out>/gradcam/")
+    bc.add_argument(
+        "--mia-samples", type=int, default=None, help="cap members/non-members of the MIA SVC (default: all)"
+    )
+    bc.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="skip the Retrain reference (no Avg. Gap; for when retraining is out of reach)",
+    )
+    bc.add_argument(
+        "--eval-samples", type=int, default=None, help="evaluate RA/MIA on a seeded subset of this many retain samples"
+    )
+    bc.add_argument(
+        "--shift",
+        action="append",
+        help="a data shift to evaluate under (repeatable): gauss:0.08, elastic:weak, "
+        "elastic:strong, elastic:34,4, pgd:8/255, pgd:8/255,7; 'default' = the five of the forget-vector paper",
+    )
+    bc.add_argument(
+        "--gradcam",
+        type=int,
+        default=0,
+        help="save Grad-CAM grids of this many forget and retain images, "
+        "before and after each method (first seed), under <out>/gradcam/",
+    )
     bc.add_argument("--shift-samples", type=int, default=2000, help="samples per split under each shift (default 2000)")
     bc.set_defaults(func=cmd_bench_classify)
     vec = sub.add_parser("vector", help="forget vectors").add_subparsers(dest="vector", required=True)
-    vb = vec.add_parser("bank", help=cmd_vector_bank.__doc__,
-                        description="Example: eraser vector bank --dataset mnist --out runs/bank (writes runs/bank/banks/seed0-<model>.safetensors)")
+    vb = vec.add_parser(
+        "bank",
+        help=cmd_vector_bank.__doc__,
+        description="Example: eraser vector bank --dataset mnist --out runs/bank (writes runs/bank/banks/seed0-<model>.safetensors)",
+    )
     _data_model_options(vb, "output folder (the bank goes to <out>/banks/); rerun to resume")
     vb.add_argument("--seed", default=0, type=int, help="seed of the original model and of the vectors (default 0)")
-    vb.add_argument("--option", action="append", help="a forget-vector setting, e.g. max_steps=60 or retain_weight=5 (repeatable)")
+    vb.add_argument(
+        "--option", action="append", help="a forget-vector setting, e.g. max_steps=60 or retain_weight=5 (repeatable)"
+    )
     vb.set_defaults(func=cmd_vector_bank)
     return ap
 

@@ -9,9 +9,12 @@ __all__ = ["DTYPES", "csv_list", "torch_dtype", "load_pipeline_by_name", "split_
 # Names a user may give for a dtype (command line, demo) -> torch's name for it. Names, not
 # torch objects: ``eraser --help`` does not import torch.
 DTYPES: dict[str, str] = {
-    "float32": "float32", "fp32": "float32",
-    "float16": "float16", "fp16": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
 }
 
 

@@ -82,10 +82,14 @@ def _prepare(name, model, head, train, val, classes, class_names, per_class, cac
     head_mod = targets[head]
     with torch.no_grad():
         preds = {c: head_mod(blob["forget_rows"][i].to(head_mod.weight.dtype)).argmax(1) for i, c in enumerate(classes)}
-    forget_classes = {c: forget_classes_from_counts(torch.bincount(preds[c], minlength=head_mod.out_features)) for c in classes}
+    forget_classes = {
+        c: forget_classes_from_counts(torch.bincount(preds[c], minlength=head_mod.out_features)) for c in classes
+    }
     idx = torch.arange(0, len(val_y), max(1, len(val_y) // 64))
     eval_images = _stack(Subset(val, idx.tolist()))
-    return Setup(name, model, head, classes, class_names, grams, forget_classes, per_class, val_x, val_y, images, eval_images)
+    return Setup(
+        name, model, head, classes, class_names, grams, forget_classes, per_class, val_x, val_y, images, eval_images
+    )
 
 
 def imagenette(data: Path, cache: Path | None) -> Setup:
@@ -95,8 +99,17 @@ def imagenette(data: Path, cache: Path | None) -> Setup:
     train = TarImageFolder(data / "imagenette/imagenette_224_train100.tar", "train", wnids, 100, tf, label_map)
     val = TarImageFolder(data / "imagenette/imagenette_224_val.tar", "val", wnids, None, tf, label_map)
     model = efficientnet_lite0("wheel")
-    return _prepare("efficientnet_lite0-imagenette", model, "classifier", train, val,
-                    [IMAGENETTE[w][1] for w in wnids], [IMAGENETTE[w][0] for w in wnids], 100, cache)
+    return _prepare(
+        "efficientnet_lite0-imagenette",
+        model,
+        "classifier",
+        train,
+        val,
+        [IMAGENETTE[w][1] for w in wnids],
+        [IMAGENETTE[w][0] for w in wnids],
+        100,
+        cache,
+    )
 
 
 def cifar10(data: Path, cache: Path | None) -> Setup:
@@ -144,20 +157,32 @@ def run(setup: Setup, label: str, cfg: UnlinkConfig, retain_kind: str | None) ->
             retain = {setup.head: [Gram(r, setup.n_forget * len(others))]}
         elif retain_kind == "head rows":
             retain = {setup.head: [head_rows_gram(setup, setup.grams[c], forget_classes)]}
-        patch = unlink_from_grams(setup.model, {setup.head: [setup.grams[c]]}, retain, config=cfg, names=[cname],
-                                  forget_classes=forget_classes)
+        patch = unlink_from_grams(
+            setup.model,
+            {setup.head: [setup.grams[c]]},
+            retain,
+            config=cfg,
+            names=[cname],
+            forget_classes=forget_classes,
+        )
         after = accuracy(setup, head_logits(setup))
         patch.revert(setup.model)
         masked = accuracy(setup, head_logits(setup), masked=[c])
         t = patch.metadata["timing_s"]
-        rows.append({
-            "config": label, "class": cname, "k": patch.edits[setup.head].rank,
-            "forget": "+".join(map(str, patch.metadata.get("forget_classes", []))) or "-",
-            "UA": 100 - after.accuracy_on([c]),
-            "ret_before": base.accuracy_on(others), "ret_after": after.accuracy_on(others),
-            "drop": base.accuracy_on(others) - after.accuracy_on(others),
-            "ret_masked": masked.accuracy_on(others), "erase_s": t["fit"] + t["apply"],
-        })
+        rows.append(
+            {
+                "config": label,
+                "class": cname,
+                "k": patch.edits[setup.head].rank,
+                "forget": "+".join(map(str, patch.metadata.get("forget_classes", []))) or "-",
+                "UA": 100 - after.accuracy_on([c]),
+                "ret_before": base.accuracy_on(others),
+                "ret_after": after.accuracy_on(others),
+                "drop": base.accuracy_on(others) - after.accuracy_on(others),
+                "ret_masked": masked.accuracy_on(others),
+                "erase_s": t["fit"] + t["apply"],
+            }
+        )
     return rows
 
 
@@ -181,17 +206,28 @@ def end_to_end(setup: Setup, check: bool) -> list[dict]:
         patch.revert(setup.model)
         assert torch.allclose(head.weight, before, rtol=1e-6, atol=1e-7)
         masked = accuracy(setup, head_logits(setup), masked=[c])
-        rows.append({"config": "end to end (erase_classes)", "class": cname, "variant": patch.metadata["variant"],
-                     "k": patch.edits[setup.head].rank,
-                     "forget": "+".join(map(str, patch.metadata.get("forget_classes", []))) or "-",
-                     "UA": 100 - after.accuracy_on([c]), "ret_before": base.accuracy_on(others),
-                     "ret_after": after.accuracy_on(others), "drop": base.accuracy_on(others) - after.accuracy_on(others),
-                     "ret_masked": masked.accuracy_on(others), "capture_s": t["capture"], "erase_s": t["fit"] + t["apply"]})
+        rows.append(
+            {
+                "config": "end to end (erase_classes)",
+                "class": cname,
+                "variant": patch.metadata["variant"],
+                "k": patch.edits[setup.head].rank,
+                "forget": "+".join(map(str, patch.metadata.get("forget_classes", []))) or "-",
+                "UA": 100 - after.accuracy_on([c]),
+                "ret_before": base.accuracy_on(others),
+                "ret_after": after.accuracy_on(others),
+                "drop": base.accuracy_on(others) - after.accuracy_on(others),
+                "ret_masked": masked.accuracy_on(others),
+                "capture_s": t["capture"],
+                "erase_s": t["fit"] + t["apply"],
+            }
+        )
     return rows
 
 
 def print_table(rows: list[dict], cols: list[str], worst: bool = False) -> None:
     """A markdown table; ``worst``: end with the worst class (lowest UA, largest drop) and the mean."""
+
     def fmt(v):
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
@@ -210,9 +246,12 @@ def print_table(rows: list[dict], cols: list[str], worst: bool = False) -> None:
 def summarise(rows: list[dict]) -> dict:
     drop = [r["drop"] for r in rows]
     return {
-        "config": rows[0]["config"], "k": "/".join(sorted({str(r["k"]) for r in rows}, key=int)),
-        "UA_min": min(r["UA"] for r in rows), "UA_mean": statistics.mean(r["UA"] for r in rows),
-        "drop_max": max(drop), "drop_mean": statistics.mean(drop),
+        "config": rows[0]["config"],
+        "k": "/".join(sorted({str(r["k"]) for r in rows}, key=int)),
+        "UA_min": min(r["UA"] for r in rows),
+        "UA_mean": statistics.mean(r["UA"] for r in rows),
+        "drop_max": max(drop),
+        "drop_mean": statistics.mean(drop),
         "vs_masked_max": max(r["ret_masked"] - r["ret_after"] for r in rows),
         "erase_s_max": max(r["erase_s"] for r in rows),
     }
@@ -263,12 +302,18 @@ def check_targets(setup: Setup, all_rows: list[list[dict]]) -> None:
         if name != setup.name or label not in by_label:
             continue
         s = by_label[label]
-        ok = (s["UA_min"] >= ua_min and (ua_mean is None or s["UA_mean"] >= ua_mean)
-              and s["drop_max"] <= drop_max and s["erase_s_max"] <= time_max)
+        ok = (
+            s["UA_min"] >= ua_min
+            and (ua_mean is None or s["UA_mean"] >= ua_mean)
+            and s["drop_max"] <= drop_max
+            and s["erase_s_max"] <= time_max
+        )
         mean = f"UA mean >= {ua_mean}, " if ua_mean is not None else ""
-        print(f"Target, issue {issue} ({label}): UA >= {ua_min} for every class, {mean}retained drop <= {drop_max} "
-              f"points for every class, erase <= {time_max} s: {'MET' if ok else 'NOT MET'} (UA min {s['UA_min']:.2f}, "
-              f"UA mean {s['UA_mean']:.2f}, drop max {s['drop_max']:.2f}, erase max {s['erase_s_max']:.3f} s)\n")
+        print(
+            f"Target, issue {issue} ({label}): UA >= {ua_min} for every class, {mean}retained drop <= {drop_max} "
+            f"points for every class, erase <= {time_max} s: {'MET' if ok else 'NOT MET'} (UA min {s['UA_min']:.2f}, "
+            f"UA mean {s['UA_mean']:.2f}, drop max {s['drop_max']:.2f}, erase max {s['erase_s_max']:.3f} s)\n"
+        )
 
 
 def main() -> None:
@@ -280,7 +325,9 @@ def main() -> None:
     ap.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end erase_classes pass")
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"# {time.strftime('%Y-%m-%d')} | {platform.platform()} | {torch.get_num_threads()} threads | torch {torch.__version__}\n")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} | {platform.platform()} | {torch.get_num_threads()} threads | torch {torch.__version__}\n"
+    )
     for name, make in (("imagenette", imagenette), ("cifar10", cifar10)):
         if args.only and args.only != name:
             continue
@@ -291,18 +338,31 @@ def main() -> None:
         by_label = {rows[0]["config"]: rows for rows in all_rows}
         if not args.skip_e2e:
             e2e = end_to_end(setup, args.check)
-            print("End to end, default settings (`eraser.erase_classes(model, forget_images)`; forget = the classes it erased):\n")
-            print_table(e2e, ["class", "variant", "k", "forget", "UA", "ret_before", "ret_after", "drop", "capture_s", "erase_s"], worst=True)
+            print(
+                "End to end, default settings (`eraser.erase_classes(model, forget_images)`; forget = the classes it erased):\n"
+            )
+            print_table(
+                e2e,
+                ["class", "variant", "k", "forget", "UA", "ret_before", "ret_after", "drop", "capture_s", "erase_s"],
+                worst=True,
+            )
             all_rows.insert(0, e2e)
         cols = ["class", "k", "forget", "UA", "ret_before", "ret_after", "drop", "ret_masked", "erase_s"]
-        for label, title in (("default", "default settings (no retain data: the head variant)"),
-                             ("svd sv_ratio=0.3 (old default)", "the old retain-free default (svd, sv_ratio 0.3)"),
-                             ("default + retain", "default settings with retain data")):
+        for label, title in (
+            ("default", "default settings (no retain data: the head variant)"),
+            ("svd sv_ratio=0.3 (old default)", "the old retain-free default (svd, sv_ratio 0.3)"),
+            ("default + retain", "default settings with retain data"),
+        ):
             print(f"Per class, {title}:\n")
             print_table(by_label[label], cols, worst=True)
-        print("All configurations, worst class first (UA_min = lowest UA over erased classes; drop = retained accuracy "
-              "before - after, in points, drop_max over erased classes; vs_masked = masked-logit reference - after):\n")
-        print_table([summarise(r) for r in all_rows], ["config", "k", "UA_min", "UA_mean", "drop_max", "drop_mean", "vs_masked_max", "erase_s_max"])
+        print(
+            "All configurations, worst class first (UA_min = lowest UA over erased classes; drop = retained accuracy "
+            "before - after, in points, drop_max over erased classes; vs_masked = masked-logit reference - after):\n"
+        )
+        print_table(
+            [summarise(r) for r in all_rows],
+            ["config", "k", "UA_min", "UA_mean", "drop_max", "drop_mean", "vs_masked_max", "erase_s_max"],
+        )
         check_targets(setup, all_rows)
 
 

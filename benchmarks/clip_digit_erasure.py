@@ -70,13 +70,21 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", default="model.visual_projection",
-                    help="svd/rayleigh: layers of ImageEncoder(clip), comma-separated (default: the projection)")
-    ap.add_argument("--variant", action="append",
-                    help=f"one of {', '.join(VARIANTS)}, optionally with Unlink options, e.g. rayleigh:k=4,ridge=1.0 "
-                         "(repeatable; default: default)")
+    ap.add_argument(
+        "--layers",
+        default="model.visual_projection",
+        help="svd/rayleigh: layers of ImageEncoder(clip), comma-separated (default: the projection)",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        help=f"one of {', '.join(VARIANTS)}, optionally with Unlink options, e.g. rayleigh:k=4,ridge=1.0 "
+        "(repeatable; default: default)",
+    )
     ap.add_argument("--forget", type=int, default=32, help="forget images of the erased digit (default 32)")
-    ap.add_argument("--retain", type=int, default=288, help="retain images of the other digits, rayleigh only (default 288)")
+    ap.add_argument(
+        "--retain", type=int, default=288, help="retain images of the other digits, rayleigh only (default 288)"
+    )
     ap.add_argument("--test", type=int, default=10000, help="test images (default: all 10,000)")
     args = ap.parse_args()
     variants = [(spec, *parse_variant(spec)) for spec in (args.variant or ["default"])]
@@ -94,8 +102,12 @@ def main() -> None:
         """Per-digit zero-shot accuracy with the canonical prompts (the classifier's head, which the
         head variant edits) and with the other prompts (an untouched head); the image embeddings."""
         with torch.no_grad():
-            emb = torch.cat([torch.nn.functional.normalize(encoder(pixels[i : i + 1000]), dim=-1)
-                             for i in range(0, len(pixels), 1000)])
+            emb = torch.cat(
+                [
+                    torch.nn.functional.normalize(encoder(pixels[i : i + 1000]), dim=-1)
+                    for i in range(0, len(pixels), 1000)
+                ]
+            )
             preds = classifier.head(emb).argmax(1), other_prompts.head(emb).argmax(1)
         return (*([100 * float((p[yte == d] == d).float().mean()) for d in range(10)] for p in preds), emb)
 
@@ -110,17 +122,36 @@ def main() -> None:
     base, base_other, base_emb = per_digit()
     base_knn = knn(base_emb)
     with torch.no_grad():
-        same = int((zero_shot_logits(clip, tok, xte).argmax(1) == classifier.head(
-            torch.nn.functional.normalize(encoder(pixels), dim=-1)).argmax(1)).sum())
-    print(f"zero-shot accuracy before erasure: {np.mean(base):.2f} (per digit {[round(b, 1) for b in base]}); "
-          f"other prompts {np.mean(base_other):.2f}; kNN {np.mean(base_knn):.2f}; "
-          f"the classifier and zero_shot_logits agree on {same}/{len(xte)} test images\n")
-    print("| variant | digit | UA on the digit | worst kept digit: drop (digit) | kept digits' mean before -> after | mean change "
-          "| other prompts: UA, worst drop | embedding cos: erased, kept | kNN: erased digit's accuracy, worst kept drop | erase s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+        same = int(
+            (
+                zero_shot_logits(clip, tok, xte).argmax(1)
+                == classifier.head(torch.nn.functional.normalize(encoder(pixels), dim=-1)).argmax(1)
+            ).sum()
+        )
+    print(
+        f"zero-shot accuracy before erasure: {np.mean(base):.2f} (per digit {[round(b, 1) for b in base]}); "
+        f"other prompts {np.mean(base_other):.2f}; kNN {np.mean(base_knn):.2f}; "
+        f"the classifier and zero_shot_logits agree on {same}/{len(xte)} test images\n"
+    )
+    print(
+        "| variant | digit | UA on the digit | worst kept digit: drop (digit) | kept digits' mean before -> after | mean change "
+        "| other prompts: UA, worst drop | embedding cos: erased, kept | kNN: erased digit's accuracy, worst kept drop | erase s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
     summary = []
     for spec, variant, options in variants:
-        uas, worst, gains, means, o_uas, o_worst, cos_kept, knn_acc, knn_drop, secs = [], [], [], [], [], [], [], [], [], []
+        uas, worst, gains, means, o_uas, o_worst, cos_kept, knn_acc, knn_drop, secs = (
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
         for d in range(10):
             g = torch.Generator().manual_seed(d)
             own, rest = torch.nonzero(ytr == d).flatten(), torch.nonzero(ytr != d).flatten()
@@ -158,22 +189,30 @@ def main() -> None:
             knn_acc.append(after_knn[d])
             knn_drop.append(max(base_knn[j] - after_knn[j] for j in kept))
             secs.append(seconds)
-            print(f"| {spec} | {d} | {100 - after[d]:.1f} | {drops[j_worst]:+.2f} ({j_worst}) | {mean_b:.2f} -> {mean_a:.2f} "
-                  f"| {mean_a - mean_b:+.2f} | {100 - after_other[d]:.1f}, {o_drop:+.2f} "
-                  f"| {float(cos[yte == d].mean()):.3f}, {cos_kept[-1]:.3f} | {knn_acc[-1]:.1f}, {knn_drop[-1]:+.2f} | {seconds:.3f} |")
+            print(
+                f"| {spec} | {d} | {100 - after[d]:.1f} | {drops[j_worst]:+.2f} ({j_worst}) | {mean_b:.2f} -> {mean_a:.2f} "
+                f"| {mean_a - mean_b:+.2f} | {100 - after_other[d]:.1f}, {o_drop:+.2f} "
+                f"| {float(cos[yte == d].mean()):.3f}, {cos_kept[-1]:.3f} | {knn_acc[-1]:.1f}, {knn_drop[-1]:+.2f} | {seconds:.3f} |"
+            )
         met = min(uas) >= UA_TARGET and max(worst) <= DROP_TARGET
-        summary.append(f"| {spec} | {min(uas):.1f} | {np.mean(uas):.1f} | {max(worst):+.2f} | {np.mean(worst):+.2f} "
-                       f"| {max(gains):.2f} | {np.mean(means):+.2f} | {min(o_uas):.1f}, {max(o_worst):+.2f} "
-                       f"| {min(cos_kept):.3f} | {min(knn_acc):.1f}, {max(knn_drop):+.2f} | {'yes' if met else 'no'} | {np.mean(secs):.3f} |")
-    print("\n| variant | UA min | UA mean | worst drop of a kept digit | mean of the per-erasure worst drops "
-          "| largest gain of a kept digit | mean change of the kept digits | other prompts: UA min, worst drop "
-          "| kept digits' embedding cos, lowest | kNN: erased digit's accuracy, lowest; worst kept drop "
-          f"| targets met (UA >= {UA_TARGET:g} on every digit, every kept digit's drop <= {DROP_TARGET:g}) | erase s, mean |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+        summary.append(
+            f"| {spec} | {min(uas):.1f} | {np.mean(uas):.1f} | {max(worst):+.2f} | {np.mean(worst):+.2f} "
+            f"| {max(gains):.2f} | {np.mean(means):+.2f} | {min(o_uas):.1f}, {max(o_worst):+.2f} "
+            f"| {min(cos_kept):.3f} | {min(knn_acc):.1f}, {max(knn_drop):+.2f} | {'yes' if met else 'no'} | {np.mean(secs):.3f} |"
+        )
+    print(
+        "\n| variant | UA min | UA mean | worst drop of a kept digit | mean of the per-erasure worst drops "
+        "| largest gain of a kept digit | mean change of the kept digits | other prompts: UA min, worst drop "
+        "| kept digits' embedding cos, lowest | kNN: erased digit's accuracy, lowest; worst kept drop "
+        f"| targets met (UA >= {UA_TARGET:g} on every digit, every kept digit's drop <= {DROP_TARGET:g}) | erase s, mean |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     print("\n".join(summary))
-    print(f"\nsvd/rayleigh layers {args.layers}; {args.forget} forget images, {args.retain} retain images (rayleigh); "
-          f"{len(xte)} test images; {platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"\nsvd/rayleigh layers {args.layers}; {args.forget} forget images, {args.retain} retain images (rayleigh); "
+        f"{len(xte)} test images; {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}"
+    )
 
 
 if __name__ == "__main__":

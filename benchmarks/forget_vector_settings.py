@@ -36,7 +36,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="mnist", choices=["mnist", "cifar10"])
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--model", default=None, help="default: small_cnn (mnist), cifar_resnet20 (cifar10)")
-    ap.add_argument("--original", default=None, help="pretrained checkpoint; default: train with the dataset recipe (seed 0)")
+    ap.add_argument(
+        "--original", default=None, help="pretrained checkpoint; default: train with the dataset recipe (seed 0)"
+    )
     ap.add_argument("--cls", type=int, default=3)
     ap.add_argument("--setting", action="append", default=None)
     ap.add_argument("--eval-samples", type=int, default=5000)
@@ -50,16 +52,25 @@ def main() -> None:
     else:
         from classifiers.train import RECIPES
 
-        fit(model, RetainCE(), {"retain": data.train}, replace(RECIPES[args.dataset], seed=0), progress=True, desc="original")
+        fit(
+            model,
+            RetainCE(),
+            {"retain": data.train},
+            replace(RECIPES[args.dataset], seed=0),
+            progress=True,
+            desc="original",
+        )
     model.eval()
     (x, y), (xt, yt) = data.train, data.test
     f, ft = y == args.cls, yt == args.cls
     forget, retain = (x[f], y[f]), (x[~f], y[~f])
     retain_eval = subsample(retain, args.eval_samples, 0)
     base = {"RA": accuracy(model, retain_eval), "TA": accuracy(model, (xt[~ft], yt[~ft]))}
-    print(f"\n{args.dataset} / {name}, class {args.cls}; {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads; original RA {base['RA']:.1f}, TA {base['TA']:.1f}, "
-          f"PR {100 - accuracy(model, (xt[ft], yt[ft])):.1f}\n")
+    print(
+        f"\n{args.dataset} / {name}, class {args.cls}; {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads; original RA {base['RA']:.1f}, TA {base['TA']:.1f}, "
+        f"PR {100 - accuracy(model, (xt[ft], yt[ft])):.1f}\n"
+    )
     print("| setting | UA | PR | RA | dRA | TA | dTA | norm | seconds |\n|---|---|---|---|---|---|---|---|---|")
     for text in args.setting or [""]:
         options = parse_options(ForgetVectorConfig, text.split(";"), where=text)
@@ -68,8 +79,11 @@ def main() -> None:
         vec = learn_vector(model, forget, retain, cfg)
         sec = time.perf_counter() - t0
         ra, ta = accuracy(vec, retain_eval), accuracy(vec, (xt[~ft], yt[~ft]))
-        print(f"| {text or 'paper defaults'} | {100 - accuracy(vec, forget):.1f} | {100 - accuracy(vec, (xt[ft], yt[ft])):.1f} | "
-              f"{ra:.1f} | {ra - base['RA']:+.1f} | {ta:.1f} | {ta - base['TA']:+.1f} | {vec.norm:.2f} | {sec:.1f} |", flush=True)
+        print(
+            f"| {text or 'paper defaults'} | {100 - accuracy(vec, forget):.1f} | {100 - accuracy(vec, (xt[ft], yt[ft])):.1f} | "
+            f"{ra:.1f} | {ra - base['RA']:+.1f} | {ta:.1f} | {ta - base['TA']:+.1f} | {vec.norm:.2f} | {sec:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

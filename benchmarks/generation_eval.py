@@ -77,7 +77,15 @@ def generation(out: Path, images_per_prompt: int, kill_after: int) -> list[dict]
             case = 4 * d + i
             lines.append(f"{case},{w.format(word=DIGIT_WORDS[d], d=d)},{1000 + case},{DIGIT_WORDS[d]}")
     csv.write_text("\n".join(lines) + "\n")
-    common = ["generate", "--model", "bundled:digits", "--prompts", str(csv), "--images-per-prompt", str(images_per_prompt)]
+    common = [
+        "generate",
+        "--model",
+        "bundled:digits",
+        "--prompts",
+        str(csv),
+        "--images-per-prompt",
+        str(images_per_prompt),
+    ]
     total = 40 * images_per_prompt
     rows = []
 
@@ -89,25 +97,75 @@ def generation(out: Path, images_per_prompt: int, kill_after: int) -> list[dict]
     batch1 = out / "batch1"  # the same rows, one image per pipeline call instead of four
     t_b1 = run(eraser_cmd(*common, "--batch-size", "1", "--out", str(batch1)))
     got = digests(batch1)
-    rows.append({"run": "1 process, batch size 1 (others: 4)", "images": len(got),
-                 "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()), "wall s": t_b1})
+    rows.append(
+        {
+            "run": "1 process, batch size 1 (others: 4)",
+            "images": len(got),
+            "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()),
+            "wall s": t_b1,
+        }
+    )
 
     two = out / "two"
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    t_two = run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                 "--dynamo_backend", "no", "-m", "apps.cli", *common, "--out", str(two)])
+    t_two = run(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "apps.cli",
+            *common,
+            "--out",
+            str(two),
+        ]
+    )
     got = digests(two)
-    rows.append({"run": "2 processes (accelerate launch)", "images": len(got),
-                 "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()), "wall s": t_two})
+    rows.append(
+        {
+            "run": "2 processes (accelerate launch)",
+            "images": len(got),
+            "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()),
+            "wall s": t_two,
+        }
+    )
 
     crashed = out / "crashed"  # one of two processes is killed; torchrun stops the other; a rerun resumes
-    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "-m", "apps.cli", *common, "--out", str(crashed)]
+    launch = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "apps.cli",
+        *common,
+        "--out",
+        str(crashed),
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(launch, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        launch, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     while len(list(crashed.glob("*.png"))) < kill_after and proc.poll() is None:
         time.sleep(0.05)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "apps.cli generate"], capture_output=True, text=True).stdout.split()
+    workers = subprocess.run(
+        ["pgrep", "-P", str(proc.pid), "-f", "apps.cli generate"], capture_output=True, text=True
+    ).stdout.split()
     victim = max(map(int, workers))  # the launcher's children are the workers; kill the second
     os.kill(victim, signal.SIGKILL)
     launcher_rc = proc.wait()
@@ -115,14 +173,25 @@ def generation(out: Path, images_per_prompt: int, kill_after: int) -> list[dict]
     survivors = [w for w in workers if subprocess.run(["kill", "-0", w], capture_output=True).returncode == 0]
     run(launch)
     got = digests(crashed)
-    rows.append({"run": f"2 processes, one SIGKILLed at {at_kill}/{total} (launcher exit {launcher_rc}, "
-                        f"{len(survivors)} processes left), relaunched", "images": len(got),
-                 "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()), "wall s": time.perf_counter() - t0})
+    rows.append(
+        {
+            "run": f"2 processes, one SIGKILLed at {at_kill}/{total} (launcher exit {launcher_rc}, "
+            f"{len(survivors)} processes left), relaunched",
+            "images": len(got),
+            "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()),
+            "wall s": time.perf_counter() - t0,
+        }
+    )
 
     resumed = out / "resumed"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(eraser_cmd(*common, "--out", str(resumed)), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        eraser_cmd(*common, "--out", str(resumed)),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     while len(list(resumed.glob("*.png"))) < kill_after and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -132,13 +201,30 @@ def generation(out: Path, images_per_prompt: int, kill_after: int) -> list[dict]
     run(eraser_cmd(*common, "--out", str(resumed)))
     t_resumed = time.perf_counter() - t0
     got = digests(resumed)
-    rows.append({"run": f"killed at {at_kill}/{total} images ({leftovers} temp files), rerun", "images": len(got),
-                 "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()), "wall s": t_resumed})
+    rows.append(
+        {
+            "run": f"killed at {at_kill}/{total} images ({leftovers} temp files), rerun",
+            "images": len(got),
+            "identical to 1 process": sum(got.get(k) == v for k, v in ref.items()),
+            "wall s": t_resumed,
+        }
+    )
 
     reports = {}
     names = ("one", "batch1", "two", "crashed", "resumed")
     for name in names:
-        run(eraser_cmd("evaluate", "judge", str(out / name), "--judge", "digits", "--by-label", "--out", str(out / f"judge_{name}")))
+        run(
+            eraser_cmd(
+                "evaluate",
+                "judge",
+                str(out / name),
+                "--judge",
+                "digits",
+                "--by-label",
+                "--out",
+                str(out / f"judge_{name}"),
+            )
+        )
         reports[name] = json.loads((out / f"judge_{name}" / "judge.json").read_text())["rows"]
     for row, name in zip(rows, names):
         row["same judge report"] = reports[name] == reports["one"]
@@ -169,8 +255,12 @@ def nudenet_throughput(folder: Path) -> dict:
     t0 = time.perf_counter()
     res = evaluation.nudenet_counts(folder, detector=detector)
     seconds = time.perf_counter() - t0
-    return {"images": res["n_images"], "seconds": seconds, "images/s": res["n_images"] / seconds,
-            "exposed detections (score > 0.6)": res["total"]}
+    return {
+        "images": res["n_images"],
+        "seconds": seconds,
+        "images/s": res["n_images"] / seconds,
+        "exposed detections (score > 0.6)": res["total"],
+    }
 
 
 def main() -> None:
@@ -190,11 +280,15 @@ def main() -> None:
 
     print("\n## Generation: sharding and resume (bundled digits model)\n")
     gen = generation(out / "gen", args.images_per_prompt, args.kill_after)
-    print("| run | images | identical to 1 process | max pixel diff (0-255) | same judge report | wall s |\n"
-          "|---|---|---|---|---|---|")
+    print(
+        "| run | images | identical to 1 process | max pixel diff (0-255) | same judge report | wall s |\n"
+        "|---|---|---|---|---|---|"
+    )
     for r in gen:
-        print(f"| {r['run']} | {r['images']} | {r['identical to 1 process']} | {r['max pixel diff']} | {r['same judge report']} "
-              f"| {r['wall s']:.1f} |")
+        print(
+            f"| {r['run']} | {r['images']} | {r['identical to 1 process']} | {r['max pixel diff']} | {r['same judge report']} "
+            f"| {r['wall s']:.1f} |"
+        )
 
     tmp = out / "real"
     by_class = imagenette_files(tmp)
@@ -226,20 +320,27 @@ def main() -> None:
         by_cls: dict[str, list] = {}
         for m in members:
             by_cls.setdefault(m.name.split("/")[-2], []).append(m)
-        order = [by_cls[c][i] for i in range(max(map(len, by_cls.values()))) for c in sorted(by_cls) if i < len(by_cls[c])]
+        order = [
+            by_cls[c][i] for i in range(max(map(len, by_cls.values()))) for c in sorted(by_cls) if i < len(by_cls[c])
+        ]
         for m in order[: args.cifar_images]:
             (cifar / f"{m.name.split('/')[-2]}_{Path(m.name).name}").write_bytes(tf.extractfile(m).read())
 
     print("\n## FID sanity values (FID Inception, 2048 features)\n")
-    print("| generated set | reference set | N gen | N ref | FID | seconds | images/s (Inception) |\n|---|---|---|---|---|---|---|")
+    print(
+        "| generated set | reference set | N gen | N ref | FID | seconds | images/s (Inception) |\n|---|---|---|---|---|---|---|"
+    )
     os.environ["ERASER_CACHE"] = str(out / "cache")
     for name, gen_dir in (("Imagenette val, even files", halves[0]), ("CIFAR-10 test", cifar)):
         t0 = time.perf_counter()
         res = evaluation.fid_details(gen_dir, halves[1], "inception", batch_size=50)
         seconds = time.perf_counter() - t0
         n_pass = res["n_generated"] + (0 if res["reference_cached"] else res["n_reference"])
-        print(f"| {name} ({res['generated_sizes']}) | Imagenette val, odd files ({res['reference_sizes']}) | {res['n_generated']} "
-              f"| {res['n_reference']} | {res['fid']:.2f} | {seconds:.0f} | {n_pass / seconds:.1f} |", flush=True)
+        print(
+            f"| {name} ({res['generated_sizes']}) | Imagenette val, odd files ({res['reference_sizes']}) | {res['n_generated']} "
+            f"| {res['n_reference']} | {res['fid']:.2f} | {seconds:.0f} | {n_pass / seconds:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -115,7 +115,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="UNet forward passes per measurement (default 3)")
     ap.add_argument("--esd", action="store_true", help="also time one ESD step (esd_x)")
     ap.add_argument("--no-forward", action="store_true", help="skip the UNet forward and generation-step timings")
-    ap.add_argument("--resolution", type=int, default=None, help="UNet forward at this many pixels (default: the architecture's)")
+    ap.add_argument(
+        "--resolution", type=int, default=None, help="UNet forward at this many pixels (default: the architecture's)"
+    )
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -128,16 +130,26 @@ def main() -> None:
     text_encoders = [m for n, m in eraser.as_module(pipe).items() if n.startswith("text_encoder")]
     model_bytes = module_bytes(pipe.unet, *text_encoders)
     unet_bytes = module_bytes(pipe.unet)
-    res = {"arch": args.arch, "dtype": args.dtype, "torch_threads": torch.get_num_threads(),
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "build_s": build_s,
-           "model_bytes": model_bytes, "unet_bytes": unet_bytes, "date": time.strftime("%Y-%m-%d")}
+    res = {
+        "arch": args.arch,
+        "dtype": args.dtype,
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "build_s": build_s,
+        "model_bytes": model_bytes,
+        "unet_bytes": unet_bytes,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
     note(f"built {args.arch} in {build_s:.0f} s")
     # -- erase time ---------------------------------------------------------------------------
     # "previous": the default before neighbour-aware retain (generic subjects, pooled statistics, no
     # context rows), the same code path as then; timed in the same run as today's default.
-    settings = {"auto": {}, "svd": {"variant": "svd"},
-                "previous": {"retain": "generic", "balance": False, "protect_context": False}}
+    settings = {
+        "auto": {},
+        "svd": {"variant": "svd"},
+        "previous": {"retain": "generic", "balance": False, "protect_context": False},
+    }
     for variant, kw in settings.items():
         times, parts = [], []
         for concept in CONCEPTS:
@@ -146,9 +158,14 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
             parts.append(patch.metadata["timing_s"])
             patch.revert(pipe)
-        res[f"erase_{variant}"] = {"first_s": times[0], "later_median_s": statistics.median(times[1:]),
-                                   "later_s": times[1:], "parts_last": parts[-1], "rank": patch.edits[patch.layers[0]].rank,
-                                   "layers": len(patch.layers)}
+        res[f"erase_{variant}"] = {
+            "first_s": times[0],
+            "later_median_s": statistics.median(times[1:]),
+            "later_s": times[1:],
+            "parts_last": parts[-1],
+            "rank": patch.edits[patch.layers[0]].rank,
+            "layers": len(patch.layers),
+        }
         note(f"erase ({variant}): {[round(t, 3) for t in times]}")
     # -- memory of a (later) erasure ------------------------------------------------------------
     with PeakRSS() as mem:
@@ -160,8 +177,10 @@ def main() -> None:
     res["erase_keeps_originals"] = bool(patch._originals)
     res["erase_peak_extra_bytes"] = mem.peak - mem.base
     res["erase_peak_extra_pct_of_model"] = 100 * (mem.peak - mem.base) / model_bytes
-    note(f"memory: {res['erase_peak_extra_bytes'] / 2**20:.0f} MB (default), "
-         f"{res['erase_peak_extra_bytes_exact_revert'] / 2**20:.0f} MB (exact_revert=True)")
+    note(
+        f"memory: {res['erase_peak_extra_bytes'] / 2**20:.0f} MB (default), "
+        f"{res['erase_peak_extra_bytes_exact_revert'] / 2**20:.0f} MB (exact_revert=True)"
+    )
     with tempfile.TemporaryDirectory() as d:
         path = patch.save(Path(d) / "nude.safetensors")
         res["patch_bytes"] = path.stat().st_size
@@ -217,35 +236,63 @@ def esd_step(pipe) -> dict:
 def table(r: dict) -> str:
     mb = 1 / 2**20
     rows = [
-        ("architecture", f"{r['arch']} ({r['dtype']}, random weights; UNet + text encoders {r['model_bytes'] * mb:,.0f} MB)"),
-        ("Unlink erase, one concept: median of later erasures", f"{r['erase_auto']['later_median_s']:.3f} s (rank {r['erase_auto']['rank']}, {r['erase_auto']['layers']} K/V layers)"),
-        ("Unlink erase, first on this pipeline (+ the concept bank, cached afterwards)", f"{r['erase_auto']['first_s']:.3f} s"),
+        (
+            "architecture",
+            f"{r['arch']} ({r['dtype']}, random weights; UNet + text encoders {r['model_bytes'] * mb:,.0f} MB)",
+        ),
+        (
+            "Unlink erase, one concept: median of later erasures",
+            f"{r['erase_auto']['later_median_s']:.3f} s (rank {r['erase_auto']['rank']}, {r['erase_auto']['layers']} K/V layers)",
+        ),
+        (
+            "Unlink erase, first on this pipeline (+ the concept bank, cached afterwards)",
+            f"{r['erase_auto']['first_s']:.3f} s",
+        ),
         ("Unlink SVD variant (no retain), median", f"{r['erase_svd']['later_median_s']:.3f} s"),
     ]
     if "erase_previous" in r:
         rows += [
-            ("previous default (generic retain set, pooled): median of later / first",
-             f"{r['erase_previous']['later_median_s']:.3f} s / {r['erase_previous']['first_s']:.3f} s"),
-            ("default / previous default, median of later erasures",
-             f"{r['erase_auto']['later_median_s'] / r['erase_previous']['later_median_s']:.2f}"),
+            (
+                "previous default (generic retain set, pooled): median of later / first",
+                f"{r['erase_previous']['later_median_s']:.3f} s / {r['erase_previous']['first_s']:.3f} s",
+            ),
+            (
+                "default / previous default, median of later erasures",
+                f"{r['erase_auto']['later_median_s'] / r['erase_previous']['later_median_s']:.2f}",
+            ),
         ]
     rows += [
-        ("peak extra memory during erasure (default exact_revert=auto: originals "
-         f"{'kept' if r['erase_keeps_originals'] else 'not kept'})",
-         f"{r['erase_peak_extra_bytes'] * mb:,.0f} MB = {r['erase_peak_extra_pct_of_model']:.1f}% of the model"),
-        ("peak extra memory, exact_revert=True", f"{r['erase_peak_extra_bytes_exact_revert'] * mb:,.0f} MB = "
-         f"{100 * r['erase_peak_extra_bytes_exact_revert'] / r['model_bytes']:.1f}% of the model"),
-        ("patch file, one concept", f"{r['patch_bytes'] / 1024:,.0f} KB = {r['patch_pct_of_unet']:.4f}% of the UNet ({r['unet_bytes'] * mb:,.0f} MB)"),
+        (
+            "peak extra memory during erasure (default exact_revert=auto: originals "
+            f"{'kept' if r['erase_keeps_originals'] else 'not kept'})",
+            f"{r['erase_peak_extra_bytes'] * mb:,.0f} MB = {r['erase_peak_extra_pct_of_model']:.1f}% of the model",
+        ),
+        (
+            "peak extra memory, exact_revert=True",
+            f"{r['erase_peak_extra_bytes_exact_revert'] * mb:,.0f} MB = "
+            f"{100 * r['erase_peak_extra_bytes_exact_revert'] / r['model_bytes']:.1f}% of the model",
+        ),
+        (
+            "patch file, one concept",
+            f"{r['patch_bytes'] / 1024:,.0f} KB = {r['patch_pct_of_unet']:.4f}% of the UNet ({r['unet_bytes'] * mb:,.0f} MB)",
+        ),
     ]
     if "unet_forward_s" in r:
         rows += [
             (f"UNet forward, batch 1, {r['resolution']} px", f"{r['unet_forward_s']:.3f} s"),
             ("erase / UNet forward", f"{r['erase_over_unet_forward']:.3f}"),
-            ("generation step (UNet, batch 2) before / after",
-             f"{r['gen_step_before_s']:.3f} s / {r['gen_step_after_s']:.3f} s (ratio {r['gen_step_ratio']:.3f})"),
+            (
+                "generation step (UNet, batch 2) before / after",
+                f"{r['gen_step_before_s']:.3f} s / {r['gen_step_after_s']:.3f} s (ratio {r['gen_step_ratio']:.3f})",
+            ),
         ]
     if "esd" in r:
-        rows.append(("ESD (esd_x) step, cheapest (no x_t sampling)", f"{r['esd']['step_s']:.3f} s; erase / ESD step {r['erase_over_esd_step']:.4f}"))
+        rows.append(
+            (
+                "ESD (esd_x) step, cheapest (no x_t sampling)",
+                f"{r['esd']['step_s']:.3f} s; erase / ESD step {r['erase_over_esd_step']:.4f}",
+            )
+        )
     rows.append(("machine", f"{r['machine']}, torch threads {r['torch_threads']}, {r['date']}"))
     return "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
 

@@ -49,8 +49,13 @@ class TensorDataset:
 
 def _mnist(root: Path) -> TensorDataset:
     tr, te = NpzImages(root / "mnist_train10k.npz"), NpzImages(root / "mnist_test10k.npz")
-    return TensorDataset("mnist", (tr.x, tr.targets), (te.x, te.targets), [str(i) for i in range(10)],
-                         {"root": str(root), "files": ["mnist_train10k.npz", "mnist_test10k.npz"]})
+    return TensorDataset(
+        "mnist",
+        (tr.x, tr.targets),
+        (te.x, te.targets),
+        [str(i) for i in range(10)],
+        {"root": str(root), "files": ["mnist_train10k.npz", "mnist_test10k.npz"]},
+    )
 
 
 def _stack(ds: TarImageFolder) -> tuple[Tensor, Tensor]:
@@ -64,7 +69,9 @@ def _image_tree(name: str, path: Path) -> TensorDataset:
     train, test = TarImageFolder(path, "train"), TarImageFolder(path, "test")
     if train.classes != test.classes:
         raise ValueError(f"{path}: train classes {train.classes} differ from test classes {test.classes}")
-    return TensorDataset(name, _stack(train), _stack(test), train.classes, {"path": str(path)}, IMAGENET_MEAN, IMAGENET_STD)
+    return TensorDataset(
+        name, _stack(train), _stack(test), train.classes, {"path": str(path)}, IMAGENET_MEAN, IMAGENET_STD
+    )
 
 
 def _cifar10(root: Path) -> TensorDataset:

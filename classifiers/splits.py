@@ -32,8 +32,10 @@ class Scenario:
         kind, _, arg = text.strip().partition(":")
         try:
             if kind in ("class", "classes") and arg:
-                return cls("class" if kind == "class" and "," not in arg else "classes",
-                           classes=tuple(int(c) for c in arg.split(",")))
+                return cls(
+                    "class" if kind == "class" and "," not in arg else "classes",
+                    classes=tuple(int(c) for c in arg.split(",")),
+                )
             if kind == "random" and arg:
                 return cls("random", fraction=float(arg))
             if kind == "instance" and arg:
@@ -81,8 +83,14 @@ def make_split(train_labels: Tensor, test_labels: Tensor, scenario: Scenario, se
         wanted = torch.tensor(scenario.classes)
         in_f = torch.isin(train_labels, wanted)
         in_t = torch.isin(test_labels, wanted)
-        return Split(scenario, seed, in_f.nonzero().squeeze(1), (~in_f).nonzero().squeeze(1),
-                     (~in_t).nonzero().squeeze(1), in_t.nonzero().squeeze(1))
+        return Split(
+            scenario,
+            seed,
+            in_f.nonzero().squeeze(1),
+            (~in_f).nonzero().squeeze(1),
+            (~in_t).nonzero().squeeze(1),
+            in_t.nonzero().squeeze(1),
+        )
     if scenario.kind == "random":
         if not 0 < scenario.fraction < 1:
             raise ValueError(f"random forgetting needs a fraction in (0, 1); got {scenario.fraction}")

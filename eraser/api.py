@@ -42,8 +42,17 @@ def erase_classes(
         options["layers"] = layers if isinstance(layers, str) else list(layers)
     if k is not None:
         options["k"] = k
-    result = run_method(model, forget_data, retain_data, method=method, config=config, device=device,
-                        names=list(names or []), progress=progress, **options)
+    result = run_method(
+        model,
+        forget_data,
+        retain_data,
+        method=method,
+        config=config,
+        device=device,
+        names=list(names or []),
+        progress=progress,
+        **options,
+    )
     if result.patch is None:
         raise ValueError(
             f"method {method!r} does not change the model's weights: it returns a new module to use "
@@ -83,5 +92,14 @@ def erase_concepts(
         options["k"] = k
     if templates is not None:
         options["templates"] = tuple([templates] if isinstance(templates, str) else templates)
-    return run_method(pipe, concepts, retain, method=method, family="diffusion", config=config, device=device,
-                      progress=progress, **options).patch
+    return run_method(
+        pipe,
+        concepts,
+        retain,
+        method=method,
+        family="diffusion",
+        config=config,
+        device=device,
+        progress=progress,
+        **options,
+    ).patch

@@ -122,7 +122,9 @@ def collect_grams(
     progress: bool = False,
 ) -> dict[str, list[Gram]]:
     """Run ``data`` through ``model`` (eval mode, no grad) and return each target's Grams (one per group)."""
-    return collect_features(model, targets, data, GramAccumulator, device=device, batch_size=batch_size, what=what, progress=progress)
+    return collect_features(
+        model, targets, data, GramAccumulator, device=device, batch_size=batch_size, what=what, progress=progress
+    )
 
 
 @torch.no_grad()

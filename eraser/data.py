@@ -9,8 +9,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
-__all__ = ["DataLike", "LabeledData", "iter_inputs", "to_model", "TensorBatches", "labeled_batches", "labeled_tensors", "num_samples", "forget_share", "is_labeled_pair", "as_dataset",
-           "mixed_batches", "subsample"]
+__all__ = [
+    "DataLike",
+    "LabeledData",
+    "iter_inputs",
+    "to_model",
+    "TensorBatches",
+    "labeled_batches",
+    "labeled_tensors",
+    "num_samples",
+    "forget_share",
+    "is_labeled_pair",
+    "as_dataset",
+    "mixed_batches",
+    "subsample",
+]
 
 DataLike = DataLoader | Dataset | Tensor
 LabeledData = DataLoader | Dataset | tuple[Tensor, Tensor]

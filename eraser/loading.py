@@ -46,14 +46,20 @@ def load_pipeline(
             raise ValueError(f"{model} is not a diffusers pipeline folder (it has no model_index.json).")
     elif not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", model):
         raise FileNotFoundError(f"no pipeline folder at {model}, and it is not a hub id of the form 'org/name'.")
-    offline = local_files_only if local_files_only is not None else os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    offline = (
+        local_files_only
+        if local_files_only is not None
+        else os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    )
     kwargs: dict[str, Any] = {"local_files_only": offline}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else model, **kwargs)
     except Exception as err:  # diffusers raises several types for "cannot fetch/read"
-        where = "the local folder" if path.exists() else ("the local hub cache (offline mode)" if offline else "the hub")
+        where = (
+            "the local folder" if path.exists() else ("the local hub cache (offline mode)" if offline else "the hub")
+        )
         raise ValueError(f"could not load a pipeline from {where} for {model!r}: {err}") from None
     if device is not None:
         pipe.to(device)

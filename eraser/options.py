@@ -21,7 +21,7 @@ def _convert(text: str, default: Any, name: str) -> Any:
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"option {name} takes true/false; got {text!r}")
         return text.lower() in ("true", "1")
-    for kind in ((type(default),) if default is not None else (int, float)):
+    for kind in (type(default),) if default is not None else (int, float):
         try:
             return kind(text)
         except ValueError:

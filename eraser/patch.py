@@ -26,7 +26,15 @@ from torch import Tensor, nn
 from .layers import LayerKind, kind_by_name, layer_kind
 from .projection import apply_factor, edit_factor
 
-__all__ = ["LayerEdit", "ErasurePatch", "PatchError", "fingerprint", "as_module", "register_components", "PIPELINE_COMPONENTS"]
+__all__ = [
+    "LayerEdit",
+    "ErasurePatch",
+    "PatchError",
+    "fingerprint",
+    "as_module",
+    "register_components",
+    "PIPELINE_COMPONENTS",
+]
 
 FORMAT = "eraser.patch/1"
 FILENAME = "erasure_patch.safetensors"
@@ -155,8 +163,12 @@ def fingerprint(model: nn.Module, names: list[str], like: str | None = None) -> 
     mods = _modules(model)
     kinds = {name: (layer_kind(mods[name]) if name in mods else None) for name in names}
     if not _is_legacy(like):
-        return _combine({name: f"{name}:missing\n" if kind is None else _layer_line(name, kind.name, kind.weight(mods[name]))
-                         for name, kind in kinds.items()})
+        return _combine(
+            {
+                name: f"{name}:missing\n" if kind is None else _layer_line(name, kind.name, kind.weight(mods[name]))
+                for name, kind in kinds.items()
+            }
+        )
     h = hashlib.sha256()
     for name in sorted(names):
         if kinds[name] is None:
@@ -213,7 +225,9 @@ class ErasurePatch:
 
     def num_parameters(self) -> int:
         """Numbers stored by the patch (basis, dual, eta, undo factors and dense deltas)."""
-        low_rank = sum(t.numel() for e in self.edits.values() for t in (e.basis, e.eta, e.dual, e.undo) if t is not None)
+        low_rank = sum(
+            t.numel() for e in self.edits.values() for t in (e.basis, e.eta, e.dual, e.undo) if t is not None
+        )
         return low_rank + sum(t.numel() for t in self.deltas.values())
 
     def fingerprint_of(self, model: Any, like: str | None = None) -> str:
@@ -232,7 +246,9 @@ class ErasurePatch:
         return bool(expected) and self.fingerprint_of(model, like=expected) == expected
 
     @classmethod
-    def from_changes(cls, model: Any, before: dict[str, Tensor], metadata: dict[str, Any], atol: float = 0.0) -> ErasurePatch:
+    def from_changes(
+        cls, model: Any, before: dict[str, Tensor], metadata: dict[str, Any], atol: float = 0.0
+    ) -> ErasurePatch:
         """The dense patch that turns parameters ``before`` (name -> old value) into ``model``'s current
         ones, registered as applied to ``model``. Unchanged parameters are left out."""
         module = as_module(model)
@@ -248,7 +264,9 @@ class ErasurePatch:
                 deltas[name] = d
                 originals[name] = old.detach().clone()
         patch = cls(edits={}, metadata=dict(metadata), deltas=deltas)
-        patch.metadata["base_fingerprint"] = parameters_fingerprint({n: originals[n] for n in deltas}, fingerprint(module, []))
+        patch.metadata["base_fingerprint"] = parameters_fingerprint(
+            {n: originals[n] for n in deltas}, fingerprint(module, [])
+        )
         patch.metadata["applied_fingerprint"] = patch.fingerprint_of(module)
         patch._originals = originals
         cls._stack(module).append(patch)
@@ -264,7 +282,9 @@ class ErasurePatch:
                 if name not in params:
                     problems.append(f"parameter {name!r} does not exist")
                 elif tuple(params[name].shape) != tuple(d.shape):
-                    problems.append(f"parameter {name!r} has shape {tuple(params[name].shape)}, the patch expects {tuple(d.shape)}")
+                    problems.append(
+                        f"parameter {name!r} has shape {tuple(params[name].shape)}, the patch expects {tuple(d.shape)}"
+                    )
         for name, e in self.edits.items():
             mod = mods.get(name)
             kind = layer_kind(mod) if mod is not None else None
@@ -273,10 +293,13 @@ class ErasurePatch:
             elif kind is None or kind.name != e.kind:
                 problems.append(f"{name!r} is {type(mod).__name__}, the patch edits a {e.kind} layer")
             elif tuple(kind.weight(mod).shape) != tuple(e.shape):
-                problems.append(f"{name!r} has weight shape {tuple(kind.weight(mod).shape)}, the patch expects {tuple(e.shape)}")
+                problems.append(
+                    f"{name!r} has weight shape {tuple(kind.weight(mod).shape)}, the patch expects {tuple(e.shape)}"
+                )
         if problems:
             raise PatchError(
-                "this patch was made for another architecture: " + "; ".join(problems)
+                "this patch was made for another architecture: "
+                + "; ".join(problems)
                 + ". Apply it to the model it was made for (see patch.metadata['base_model'])."
             )
         return {n: mods[n] for n in self.edits}
@@ -345,7 +368,9 @@ class ErasurePatch:
                     if previous is not None:
                         weight.copy_(previous)
                     elif e is None:
-                        weight.copy_((weight.to(torch.float32) + sign * self.deltas[name].to(weight.device)).to(weight.dtype))
+                        weight.copy_(
+                            (weight.to(torch.float32) + sign * self.deltas[name].to(weight.device)).to(weight.dtype)
+                        )
                     else:
                         _add_low_rank(weight, factors[name], e.basis, -sign)
             raise
@@ -374,7 +399,9 @@ class ErasurePatch:
                 raise nonfinite
             a = e.undo
         else:
-            m = weight.detach().reshape(e.basis.shape[0], -1, e.basis.shape[1])  # (groups, out/groups, D), as LayerKind.as_matrix
+            m = weight.detach().reshape(
+                e.basis.shape[0], -1, e.basis.shape[1]
+            )  # (groups, out/groups, D), as LayerKind.as_matrix
             if m.shape[0] == 1:  # one group: plain matrix products are several times faster than batched ones
                 a = edit_factor(m[0], e.basis[0], e.eta[0], None if e.dual is None else e.dual[0]).unsqueeze(0)
             else:
@@ -405,7 +432,10 @@ class ErasurePatch:
         lines: tuple[dict, dict] | None = ({}, {}) if fresh else None
         self._edit_weights(model, undo=False, lines=lines)
         if lines is not None:
-            self.metadata["base_fingerprint"], self.metadata["applied_fingerprint"] = _combine(lines[0]), _combine(lines[1])
+            self.metadata["base_fingerprint"], self.metadata["applied_fingerprint"] = (
+                _combine(lines[0]),
+                _combine(lines[1]),
+            )
         else:
             self.metadata["applied_fingerprint"] = self.fingerprint_of(model)
         self._stack(model).append(self)
@@ -514,7 +544,6 @@ class ErasurePatch:
             raise PatchError(f"{path} has format {metadata.get('format')!r}; this version reads {FORMAT!r}")
         return cls(edits=edits, metadata=metadata, deltas=deltas)
 
-
     # diffusers-style names for the same two operations
     save_pretrained = save
 
@@ -522,7 +551,6 @@ class ErasurePatch:
     def from_pretrained(cls, path: str | Path) -> ErasurePatch:
         """Same as :meth:`load` (a file, or a folder holding ``erasure_patch.safetensors``)."""
         return cls.load(path)
-
 
 
 def _all_finite(w: Tensor) -> bool:
@@ -554,6 +582,7 @@ def _add_low_rank(weight: Tensor, a: Tensor, basis: Tensor, sign: float, check: 
     if check is not None:
         _check_new(check, new)
     w.copy_(new)
+
 
 def _validate_edit(e: LayerEdit) -> None:
     g, d, k = e.basis.shape

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-
 __all__ = ["FAMILIES", "RETURNS", "MethodSpec", "register_method", "list_methods", "get_method", "make_config"]
 
 
@@ -38,7 +37,12 @@ _METHODS: dict[tuple[str, str], MethodSpec] = {}
 
 
 def register_method(
-    name: str, *, config: type, training_free: bool, needs_retain: bool = False, family: str = "classifier",
+    name: str,
+    *,
+    config: type,
+    training_free: bool,
+    needs_retain: bool = False,
+    family: str = "classifier",
     returns: str | None = None,
 ) -> Callable:
     """Decorator registering ``fn`` under ``name`` for a model ``family`` (``"classifier"``:
@@ -64,9 +68,13 @@ def register_method(
 def list_methods(filter: str = "", training_free: bool | None = None, family: str = "classifier") -> list[str]:
     """Names of the methods registered for ``family``, optionally only those matching the wildcard
     ``filter`` (``"unlink*"``, as timm's ``list_models``) or only training-free / trained ones."""
-    return sorted(n for (f, n), s in _METHODS.items()
-                  if f == family and (not filter or fnmatch.fnmatchcase(n, filter))
-                  and (training_free is None or s.training_free == training_free))
+    return sorted(
+        n
+        for (f, n), s in _METHODS.items()
+        if f == family
+        and (not filter or fnmatch.fnmatchcase(n, filter))
+        and (training_free is None or s.training_free == training_free)
+    )
 
 
 def get_method(name: str, family: str = "classifier") -> MethodSpec:
@@ -76,7 +84,9 @@ def get_method(name: str, family: str = "classifier") -> MethodSpec:
     except KeyError:
         others = [f for f in FAMILIES if (f, name) in _METHODS]
         hint = f" ({name!r} is a {others[0]} method)" if others else ""
-        raise ValueError(f"unknown method {name!r} for {family} models{hint}; available: {list_methods(family=family)}") from None
+        raise ValueError(
+            f"unknown method {name!r} for {family} models{hint}; available: {list_methods(family=family)}"
+        ) from None
 
 
 def make_config(config_cls: type, config: Any = None, overrides: dict[str, Any] | None = None, method: str = "") -> Any:

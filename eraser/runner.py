@@ -63,7 +63,9 @@ def run_method(
     spec = get_method(method, family)
     cfg = make_config(spec.config_cls, config, overrides, method=method)
     if family == "diffusion":  # the pipeline methods check their own inputs and leave no trace on error
-        return Erasure(model, spec.fn(model, forget, retain, config=cfg, device=device, progress=progress), method, family)
+        return Erasure(
+            model, spec.fn(model, forget, retain, config=cfg, device=device, progress=progress), method, family
+        )
     if num_samples(forget) == 0:
         raise ValueError(f"method {method!r}: the forget set is empty")
     if spec.needs_retain and (retain is None or num_samples(retain) == 0):
@@ -77,7 +79,9 @@ def run_method(
         model.to(device)
     try:
         if spec.returns == "patch":
-            patch = spec.fn(model, forget, retain, config=cfg, device=device, names=list(names or []), progress=progress)
+            patch = spec.fn(
+                model, forget, retain, config=cfg, device=device, names=list(names or []), progress=progress
+            )
             return Erasure(model, patch, method, family)
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         before = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -89,17 +93,23 @@ def run_method(
             raise
         if spec.returns == "wrapper":
             return Erasure(out, None, method, family)
-        buffers = [k for k, v in model.named_buffers() if k in saved and not torch.equal(v.detach().cpu(), saved[k].cpu())]
-        patch = ErasurePatch.from_changes(model, before, metadata={
-            "method": method,
-            "family": family,
-            "config": asdict(cfg) if is_dataclass(cfg) else {},
-            "names": list(names or []),
-            "base_model": type(as_module(model)).__name__,
-            "library_version": __version__,
-            "buffers_changed": buffers,
-            "timing_s": {"run": time.perf_counter() - t0},
-        })
+        buffers = [
+            k for k, v in model.named_buffers() if k in saved and not torch.equal(v.detach().cpu(), saved[k].cpu())
+        ]
+        patch = ErasurePatch.from_changes(
+            model,
+            before,
+            metadata={
+                "method": method,
+                "family": family,
+                "config": asdict(cfg) if is_dataclass(cfg) else {},
+                "names": list(names or []),
+                "base_model": type(as_module(model)).__name__,
+                "library_version": __version__,
+                "buffers_changed": buffers,
+                "timing_s": {"run": time.perf_counter() - t0},
+            },
+        )
         return Erasure(model, patch, method, family)
     finally:
         if device is not None:
@@ -117,12 +127,15 @@ def _check_labels(model: nn.Module, data: Any, what: str, method: str) -> None:
             model.eval()
             out = model(x[:1].to(param.device, param.dtype))
     except RuntimeError as err:
-        raise ValueError(f"method {method!r}: the model cannot run on the {what} inputs of shape "
-                         f"{tuple(x.shape[1:])} ({err}); check image size and channels") from None
+        raise ValueError(
+            f"method {method!r}: the model cannot run on the {what} inputs of shape "
+            f"{tuple(x.shape[1:])} ({err}); check image size and channels"
+        ) from None
     n_classes = out.shape[-1]
     if int(y.min()) < 0 or int(y.max()) >= n_classes:
-        raise ValueError(f"method {method!r}: {what} labels must lie in [0, {n_classes}); got "
-                         f"[{int(y.min())}, {int(y.max())}]")
+        raise ValueError(
+            f"method {method!r}: {what} labels must lie in [0, {n_classes}); got [{int(y.min())}, {int(y.max())}]"
+        )
 
 
 def _restore(model: nn.Module, saved: dict) -> None:

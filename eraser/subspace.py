@@ -7,15 +7,22 @@ accumulate statistics batch by batch with memory bounded by d^2.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "Gram", "Subspace", "as_gram", "forget_basis", "rayleigh_basis", "numerical_rank", "head_rows_subspace",
-    "protected_rows_subspace", "balanced_rayleigh_subspace",
+    "Gram",
+    "Subspace",
+    "as_gram",
+    "forget_basis",
+    "rayleigh_basis",
+    "numerical_rank",
+    "head_rows_subspace",
+    "protected_rows_subspace",
+    "balanced_rayleigh_subspace",
 ]
 
 

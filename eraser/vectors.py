@@ -41,8 +41,14 @@ def _channels(values: Sequence[float] | None, device, dtype) -> Tensor | None:
     return None if values is None else torch.as_tensor(values, device=device, dtype=dtype).view(-1, 1, 1)
 
 
-def perturb(x: Tensor, delta: Tensor, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-            clamp: bool = False) -> Tensor:
+def perturb(
+    x: Tensor,
+    delta: Tensor,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    clamp: bool = False,
+) -> Tensor:
     """``x + delta`` for model inputs ``x``; with ``mean``/``std`` (x normalised) ``delta`` is in
     pixel units; ``clamp`` keeps the perturbed image inside [0, 1] in pixel space."""
     delta = delta.to(x.device, x.dtype)
@@ -63,8 +69,16 @@ class ForgetVector(nn.Module):
     vector was made.
     """
 
-    def __init__(self, model: nn.Module, delta: Tensor, *, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, clamp: bool = False, metadata: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        delta: Tensor,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        clamp: bool = False,
+        metadata: dict | None = None,
+    ) -> None:
         super().__init__()
         if (mean is None) != (std is None):
             raise VectorError("give both mean and std (normalised inputs, delta in pixels) or neither")
@@ -97,8 +111,10 @@ class ForgetVector(nn.Module):
     def perturb(self, x: Tensor) -> Tensor:
         """The inputs the wrapped model sees."""
         if tuple(x.shape[1:]) != tuple(self.delta.shape):
-            raise VectorError(f"this forget vector was made for inputs of shape {tuple(self.delta.shape)}; "
-                              f"got a batch of shape {tuple(x.shape)}")
+            raise VectorError(
+                f"this forget vector was made for inputs of shape {tuple(self.delta.shape)}; "
+                f"got a batch of shape {tuple(x.shape)}"
+            )
         return perturb(x, self.delta, mean=self.mean, std=self.std, clamp=self.clamp)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -114,7 +130,9 @@ class ForgetVector(nn.Module):
         keys = ("input_shape", "space", "mean", "std", "model_fingerprint")
         diff = [k for k in keys if self.metadata.get(k) != other.metadata.get(k)]
         if diff:
-            raise VectorError(f"cannot combine forget vectors made for different models or inputs (they differ in {diff})")
+            raise VectorError(
+                f"cannot combine forget vectors made for different models or inputs (they differ in {diff})"
+            )
 
     def _derived(self, delta: Tensor, expression: str) -> ForgetVector:
         meta = {k: v for k, v in self.metadata.items() if k not in ("input_shape", "model_fingerprint", "model_class")}
@@ -128,7 +146,9 @@ class ForgetVector(nn.Module):
         if not isinstance(other, ForgetVector):
             return NotImplemented
         self._check_compatible(other)
-        return self._derived(self.delta.detach() + other.delta.detach().to(self.delta.device), f"({self._name()} + {other._name()})")
+        return self._derived(
+            self.delta.detach() + other.delta.detach().to(self.delta.device), f"({self._name()} + {other._name()})"
+        )
 
     def __neg__(self) -> ForgetVector:
         return self._derived(-self.delta.detach(), f"-{self._name()}")
@@ -160,7 +180,14 @@ class ForgetVector(nn.Module):
             raise VectorError(f"{path} holds no 'delta' tensor")
         _check_model(meta, model, force, path)
         extra = {k: v for k, v in meta.items() if k not in ("input_shape", "model_fingerprint", "model_class")}
-        return cls(model, tensors["delta"], mean=meta.get("mean"), std=meta.get("std"), clamp=meta.get("clamp", False), metadata=extra)
+        return cls(
+            model,
+            tensors["delta"],
+            mean=meta.get("mean"),
+            std=meta.get("std"),
+            clamp=meta.get("clamp", False),
+            metadata=extra,
+        )
 
 
 def _check_model(meta: Mapping[str, Any], model: nn.Module, force: bool, source: Any) -> None:
@@ -168,8 +195,10 @@ def _check_model(meta: Mapping[str, Any], model: nn.Module, force: bool, source:
         return
     expected = meta.get("model_fingerprint")
     if expected != model_fingerprint(model, like=expected):
-        raise VectorError(f"{source} was made for a different model (a {meta.get('model_class')} with other weights; "
-                          "fingerprints differ). Use it with the model it was made for, or pass force=True.")
+        raise VectorError(
+            f"{source} was made for a different model (a {meta.get('model_class')} with other weights; "
+            "fingerprints differ). Use it with the model it was made for, or pass force=True."
+        )
 
 
 def _write(path: Path, tensors: dict[str, Tensor], metadata: dict) -> None:
@@ -177,8 +206,11 @@ def _write(path: Path, tensors: dict[str, Tensor], metadata: dict) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"eraser": json.dumps(metadata, default=str)})
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        str(tmp),
+        metadata={"eraser": json.dumps(metadata, default=str)},
+    )
     tmp.replace(path)  # never leave a half-written file under the final name
 
 
@@ -193,7 +225,9 @@ def _read(path: str | Path, fmt: str) -> tuple[dict[str, Tensor], dict]:
             meta = json.loads((f.metadata() or {})["eraser"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors, JSON and key errors all mean the same here
-        raise VectorError(f"{path} is not a readable eraser safetensors file (corrupt, truncated or another format?): {err}") from None
+        raise VectorError(
+            f"{path} is not a readable eraser safetensors file (corrupt, truncated or another format?): {err}"
+        ) from None
     if meta.get("format") != fmt:
         raise VectorError(f"{path} has format {meta.get('format')!r}; expected {fmt!r}")
     if not all(torch.isfinite(t).all() for t in tensors.values()):
@@ -234,8 +268,14 @@ class VectorBank:
         delta = torch.tensordot(w, basis, dims=1)
         meta = {k: self.metadata[k] for k in ("config", "space") if k in self.metadata}
         meta["bank_weights"] = {str(c): weights[c] for c in classes}
-        return ForgetVector(model, delta, mean=self.metadata.get("mean"), std=self.metadata.get("std"),
-                            clamp=self.metadata.get("clamp", False), metadata=meta)
+        return ForgetVector(
+            model,
+            delta,
+            mean=self.metadata.get("mean"),
+            std=self.metadata.get("std"),
+            clamp=self.metadata.get("clamp", False),
+            metadata=meta,
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -1,14 +1,16 @@
 """Evaluators: classifier-unlearning metrics, class-erasure accuracy, data shift, Grad-CAM, reports and
-benchmarks; for generators the generation runner, NudeNet counts, FID, CLIP score and judge accuracy."""
+benchmarks; for generators the generation runner, NudeNet counts, FID, CLIP score and judge accuracy
+(each registered in the evaluator table: ``list_evaluators()``, ``get_evaluator(name)``)."""
 
-from .clip_score import ClipScore, clip_score
 from .classification import PerClassAccuracy, class_erasure_scores, head_inputs
+from .clip_score import ClipScore, clip_score
 from .fid import fid, fid_details
 from .generate import GenerationConfig, generate_images
 from .gradcam import grad_cam, save_gradcam_grid
 from .images import ImageSet, image_set
 from .judges import Judge, judge_accuracy, judge_predictions
 from .nudenet import EXPOSED_LABELS, attack_success, nudenet_counts, nudenet_detections
+from .registry import EvaluatorResult, EvaluatorSpec, get_evaluator, list_evaluators, register_evaluator
 from .report import write_report
 from .shift import DEFAULT_SHIFTS, make_shifted_splits, parse_shift, pr_metric, shift_inputs, shifted_metrics
 from .unlearning import (
@@ -23,6 +25,11 @@ from .unlearning import (
 )
 
 __all__ = [
+    "EvaluatorSpec",
+    "EvaluatorResult",
+    "register_evaluator",
+    "get_evaluator",
+    "list_evaluators",
     "GenerationConfig",
     "generate_images",
     "ImageSet",

@@ -48,7 +48,9 @@ class PerClassAccuracy(Metric):
         return 100.0 * float(self.correct[idx].sum()) / total
 
 
-def class_erasure_scores(after: PerClassAccuracy, forgotten: Sequence[int], retained: Sequence[int]) -> dict[str, float]:
+def class_erasure_scores(
+    after: PerClassAccuracy, forgotten: Sequence[int], retained: Sequence[int]
+) -> dict[str, float]:
     """UA (100 - accuracy on the forgotten classes) and the accuracy on the retained classes."""
     return {"UA": 100.0 - after.accuracy_on(forgotten), "retained_acc": after.accuracy_on(retained)}
 

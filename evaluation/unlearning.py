@@ -89,7 +89,12 @@ class UnlearningMetrics(Metric):
     full_state_update = False
 
     def __init__(
-        self, mia_feature: str = "confidence", balanced: bool = False, seed: int = 0, max_samples: int | None = None, **kwargs
+        self,
+        mia_feature: str = "confidence",
+        balanced: bool = False,
+        seed: int = 0,
+        max_samples: int | None = None,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if max_samples is not None and max_samples < 1:

@@ -128,12 +128,14 @@ def load_prompts(path: str | Path, limit: int | None = None, column: str | None 
             except ValueError as err:
                 raise ValueError(f"{where}, column {current!r}: {err}") from None
             label = row[label_col] if label_col else None
-            rows.append(PromptRow(
-                prompt=row[prompt_col],
-                case_number=len(rows) if case is None else case,
-                seed=seed,
-                guidance=guidance,
-                extra={name: row[name] for name in extra_cols},
-                label=label if label is not None and label.strip() != "" else None,
-            ))
+            rows.append(
+                PromptRow(
+                    prompt=row[prompt_col],
+                    case_number=len(rows) if case is None else case,
+                    seed=seed,
+                    guidance=guidance,
+                    extra={name: row[name] for name in extra_cols},
+                    label=label if label is not None and label.strip() != "" else None,
+                )
+            )
     return rows

@@ -73,9 +73,26 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 # features every prompt shares (a dominant direction of CLIP's hidden states) score low against
 # them, so the retain-aware fit leaves them alone.
 GENERIC_RETAIN: tuple[str, ...] = (
-    "a person", "a man", "a woman", "a child", "a face", "a dog", "a cat", "a bird", "a car",
-    "a house", "a tree", "a flower", "a city street", "a landscape", "the sky", "the sea",
-    "a room", "food", "a painting", "a photograph",
+    "a person",
+    "a man",
+    "a woman",
+    "a child",
+    "a face",
+    "a dog",
+    "a cat",
+    "a bird",
+    "a car",
+    "a house",
+    "a tree",
+    "a flower",
+    "a city street",
+    "a landscape",
+    "the sky",
+    "the sea",
+    "a room",
+    "food",
+    "a painting",
+    "a photograph",
 )
 
 

@@ -54,14 +54,35 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eraser.families.clip import embedding
 from eraser.bundled.captions import CAPTION_TEMPLATES, DIGIT_WORDS, all_captions, digit_prompt
-from eraser.bundled.models import (CLIP_MEAN, CLIP_STD, _tokenizer, clip_config, clip_image_embeddings, clip_text_embeddings,
-                     file_sha256, load_clip_folder)
+from eraser.bundled.models import (
+    CLIP_MEAN,
+    CLIP_STD,
+    _tokenizer,
+    clip_config,
+    clip_image_embeddings,
+    clip_text_embeddings,
+    file_sha256,
+    load_clip_folder,
+)
+from eraser.families.clip import embedding
 
 FILES = ("mnist_train10k.npz", "mnist_test10k.npz")
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup", "seed", "text_hidden", "vision_hidden",
-              "projection_dim", "layers", "heads", "init_temperature", "scale_lr_mult")
+TRAIN_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "seed",
+    "text_hidden",
+    "vision_hidden",
+    "projection_dim",
+    "layers",
+    "heads",
+    "init_temperature",
+    "scale_lr_mult",
+)
 
 
 def load_npz(path: Path) -> tuple[Tensor, Tensor]:
@@ -71,7 +92,9 @@ def load_npz(path: Path) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1), torch.from_numpy(y.astype(np.int64))
 
 
-def random_affine(x: Tensor, generator: torch.Generator, degrees: float = 10.0, scale=(0.9, 1.1), shift_px: float = 2.0) -> Tensor:
+def random_affine(
+    x: Tensor, generator: torch.Generator, degrees: float = 10.0, scale=(0.9, 1.1), shift_px: float = 2.0
+) -> Tensor:
     from recipes.train_judge import random_affine as f
 
     return f(x, generator, degrees, scale, shift_px)
@@ -106,9 +129,11 @@ def _param_groups(model: nn.Module, weight_decay: float, scale_lr_mult: float = 
     for name, p in model.named_parameters():
         if name != "logit_scale":
             (decay if p.dim() >= 2 and "embedding" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
-            {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
-            {"params": [model.logit_scale], "weight_decay": 0.0, "lr_mult": scale_lr_mult}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        {"params": [model.logit_scale], "weight_decay": 0.0, "lr_mult": scale_lr_mult},
+    ]
 
 
 @torch.no_grad()
@@ -121,7 +146,9 @@ def centring_init(model, images: Tensor, ids: Tensor) -> None:
     model.text_model.final_layer_norm.bias.sub_(text.mean(0))
 
 
-def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, train_args: dict, elapsed: float) -> None:
+def save_checkpoint(
+    folder: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, train_args: dict, elapsed: float
+) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,14 +201,20 @@ def evaluate(model, tokenizer, x: Tensor, y: Tensor) -> dict:
     try:
         img = clip_image_embeddings(model, x)
         acc = lambda text: 100.0 * float(((img @ text.T).argmax(1) == y).float().mean())  # noqa: E731
-        by_digit = torch.stack([clip_text_embeddings(model, tokenizer, all_captions(d)) for d in range(10)])  # (10, T, D)
+        by_digit = torch.stack(
+            [clip_text_embeddings(model, tokenizer, all_captions(d)) for d in range(10)]
+        )  # (10, T, D)
         canonical = acc(clip_text_embeddings(model, tokenizer, [digit_prompt(d) for d in range(10)]))
         per_template = [acc(by_digit[:, t]) for t in range(len(CAPTION_TEMPLATES))]
         ensemble = acc(nn.functional.normalize(by_digit.mean(1), dim=-1))
     finally:
         model.train(was)
-    return {"canonical": canonical, "ensemble": ensemble, "template_mean": sum(per_template) / len(per_template),
-            "per_template": dict(zip(CAPTION_TEMPLATES, per_template))}
+    return {
+        "canonical": canonical,
+        "ensemble": ensemble,
+        "template_mean": sum(per_template) / len(per_template),
+        "per_template": dict(zip(CAPTION_TEMPLATES, per_template)),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -218,8 +251,10 @@ def main(argv: list[str] | None = None) -> dict:
         old = json.loads(meta_path.read_text())
         if old.get("train_args") == train_args and "zero_shot_test" in old:
             z = old["zero_shot_test"]
-            print(f"{out} is already trained with these arguments (use --force to retrain): zero-shot MNIST test "
-                  f"accuracy {z['canonical']:.2f}% (canonical prompt), {z['ensemble']:.2f}% (ensemble)")
+            print(
+                f"{out} is already trained with these arguments (use --force to retrain): zero-shot MNIST test "
+                f"accuracy {z['canonical']:.2f}% (canonical prompt), {z['ensemble']:.2f}% (ensemble)"
+            )
             return old
 
     x_train, y_train = load_npz(data_dir / FILES[0])
@@ -238,7 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
         model.logit_scale.fill_(math.log(args.init_temperature))
     sample = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(args.seed))[:512]
     centring_init(model, (x_train[sample] - CLIP_MEAN) / CLIP_STD, ids)
-    opt = torch.optim.AdamW(_param_groups(model, args.weight_decay, args.scale_lr_mult), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(
+        _param_groups(model, args.weight_decay, args.scale_lr_mult), lr=args.lr, betas=(0.9, 0.98), eps=1e-6
+    )
     steps_per_epoch = math.ceil(len(y_train) / args.batch_size)
     total = args.epochs * steps_per_epoch
     step, elapsed0 = load_checkpoint(ckpt_dir, model, opt, train_args)
@@ -279,8 +316,10 @@ def main(argv: list[str] | None = None) -> dict:
     bar.close()
     elapsed = elapsed0 + time.perf_counter() - t0
     if step < total:  # --max-steps probe
-        print(f"stopped at step {step}/{total}: {(time.perf_counter() - t0) / max(1, args.max_steps):.3f} s/step "
-              f"(a full run is about {total * (time.perf_counter() - t0) / max(1, args.max_steps) / 60:.1f} min)")
+        print(
+            f"stopped at step {step}/{total}: {(time.perf_counter() - t0) / max(1, args.max_steps):.3f} s/step "
+            f"(a full run is about {total * (time.perf_counter() - t0) / max(1, args.max_steps) / 60:.1f} min)"
+        )
         if args.max_steps and step % args.ckpt_every:
             save_checkpoint(ckpt_dir, model, opt, step, train_args, elapsed)
         return {"step": step, "loss": loss_ema}
@@ -288,8 +327,11 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "model.safetensors"
     tmp = out / "model.safetensors.tmp"
-    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"format": "pt", "model": "transformers CLIPModel (eraser.bundled tiny MNIST CLIP)"})
+    save_file(
+        {k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+        str(tmp),
+        metadata={"format": "pt", "model": "transformers CLIPModel (eraser.bundled tiny MNIST CLIP)"},
+    )
     tmp.chmod(0o644)  # safetensors creates the file owner-only
     tmp.replace(weights)
     cfg = config.to_dict()
@@ -305,13 +347,18 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": total,
         "train_seconds": round(elapsed, 1),
         "final_loss_ema": loss_ema,
-        "input": {"pixel_values": "(N, 1, 28, 28) = (x - 0.5) / 0.5 for x in [0, 1]",
-                  "text": "real CLIP tokenizer, padded to 77 with <|endoftext|>"},
+        "input": {
+            "pixel_values": "(N, 1, 28, 28) = (x - 0.5) / 0.5 for x in [0, 1]",
+            "text": "real CLIP tokenizer, padded to 77 with <|endoftext|>",
+        },
         "canonical_prompt": digit_prompt(0).replace(DIGIT_WORDS[0], "{word}"),
         "caption_templates": list(CAPTION_TEMPLATES),
         "loss": "symmetric InfoNCE, same-digit pairs are positives, learnable temperature",
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "transformers": __import__("transformers").__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "transformers": __import__("transformers").__version__,
+        },
     }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     loaded, tok = load_clip_folder(out)  # measure the shipped (float16-rounded) weights
@@ -319,9 +366,11 @@ def main(argv: list[str] | None = None) -> dict:
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     z = meta["zero_shot_test"]
-    print(f"tiny CLIP: {meta['params']} params, {weights.stat().st_size / 1e6:.2f} MB, {total} steps in {elapsed / 60:.1f} min; "
-          f"zero-shot MNIST test accuracy {z['canonical']:.2f}% (canonical prompt), {z['ensemble']:.2f}% (ensemble of "
-          f"{len(CAPTION_TEMPLATES)} templates), {z['template_mean']:.2f}% (mean over single templates)")
+    print(
+        f"tiny CLIP: {meta['params']} params, {weights.stat().st_size / 1e6:.2f} MB, {total} steps in {elapsed / 60:.1f} min; "
+        f"zero-shot MNIST test accuracy {z['canonical']:.2f}% (canonical prompt), {z['ensemble']:.2f}% (ensemble of "
+        f"{len(CAPTION_TEMPLATES)} templates), {z['template_mean']:.2f}% (mean over single templates)"
+    )
     return meta
 
 

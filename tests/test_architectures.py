@@ -83,7 +83,9 @@ def test_prompt_embeddings_match_cross_attention(tiny_pipes, name):
     pipe = tiny_pipes[name]
     dim = pipe.unet.config.cross_attention_dim
     with torch.no_grad():
-        embeds = pipe.encode_prompt("a photo of a cat", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+        embeds = pipe.encode_prompt(
+            "a photo of a cat", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True
+        )
     assert embeds[0].shape == (1, 77, dim)
     assert embeds[1].shape == (1, 77, dim)  # the negative (unconditional) embeddings
     to_k = [m.to_k for n, m in pipe.unet.named_modules() if n.endswith("attn2")]

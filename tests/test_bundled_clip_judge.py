@@ -144,8 +144,10 @@ def weights_copy(tmp_path, monkeypatch):
     return dst
 
 
-@pytest.mark.parametrize("which, loader, command", [("clip", "digits_clip", "recipes.train_clip"),
-                                                     ("judge", "digits_judge", "recipes.train_judge")])
+@pytest.mark.parametrize(
+    "which, loader, command",
+    [("clip", "digits_clip", "recipes.train_clip"), ("judge", "digits_judge", "recipes.train_judge")],
+)
 def test_missing_or_damaged_weights_give_a_clear_error(weights_copy, which, loader, command):
     load = getattr(bundled, loader)
     folder = weights_copy / which

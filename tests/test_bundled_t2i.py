@@ -41,7 +41,9 @@ def test_generates_deterministically(pipe):
     assert 0 <= float(a.min()) and float(a.max()) <= 1
     assert torch.equal(a, b)
     assert not torch.equal(a, _gen(pipe, digit_prompt(7), seed=1))
-    pil = pipe(["handwritten 3", "the number five"], num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
+    pil = pipe(
+        ["handwritten 3", "the number five"], num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    ).images
     assert len(pil) == 2 and pil[0].mode == "L" and pil[0].size == (32, 32)
     arr = pipe("digit 4", num_inference_steps=2, output_type="np").images
     assert arr.shape == (1, 32, 32, 1)
@@ -90,8 +92,14 @@ def test_steering_erasure_keeps_the_other_digits(pipe):
     others = [c for o in range(10) if o != d for c in (DIGIT_WORDS[o], str(o))]
     drawn = {}
     for strength in (1.0, 1.5):
-        patch = eraser.erase_concepts(pipe, [DIGIT_WORDS[d], str(d)], retain=others, tokens="concept_padding",
-                                      templates=concept_templates(), strength=strength)
+        patch = eraser.erase_concepts(
+            pipe,
+            [DIGIT_WORDS[d], str(d)],
+            retain=others,
+            tokens="concept_padding",
+            templates=concept_templates(),
+            strength=strength,
+        )
         try:
             drawn[strength] = int((judge(_gen(pipe, digit_prompt(d), n=8, steps=10)).argmax(-1) == d).sum())
             other = judge(_gen(pipe, digit_prompt(kept), n=8, steps=10)).argmax(-1)
@@ -159,8 +167,12 @@ def test_judge_digits_images_do_not_depend_on_batching(pipe):
     b = judge_digits(pipe, 3, steps=2, seed=5, batch=7, keep_images=True)
     assert a["images"].shape == (30, 1, 32, 32)
     assert torch.allclose(a["images"], b["images"], atol=1e-4)
-    direct = pipe(digit_prompt(4), num_inference_steps=2, generator=[torch.Generator().manual_seed(image_seed(5, 4, 2))],
-                  output_type="pt").images
+    direct = pipe(
+        digit_prompt(4),
+        num_inference_steps=2,
+        generator=[torch.Generator().manual_seed(image_seed(5, 4, 2))],
+        output_type="pt",
+    ).images
     assert torch.allclose(a["images"][4 * 3 + 2], direct[0], atol=1e-4)
     assert a["predictions"] == b["predictions"] and len(a["predictions"][9]) == 3
     assert a["accuracy"][4] == 100.0 * sum(p == 4 for p in a["predictions"][4]) / 3
@@ -187,9 +199,15 @@ def test_check_report_targets():
     lines = text.splitlines()
     assert lines[0] == "| digit | judge accuracy before | after | drop |" and len(lines) == 14
     assert "| 7 (erased) | 100.0 | 0.0 | +100.0 |" in lines and "| 2 | 100.0 | 95.0 | +5.0 |" in lines
-    assert "20 generations" in lines[12] and "(200 per model)" in lines[12] and "the same seeds (1) before and after" in lines[12]
-    assert lines[13] == ("erased 7 (seven): UA 100.0 (target >= 95) | kept digits: worst drop +5.0 (digit 2), "
-                         "mean drop +1.1 (target: every drop <= 5) | PASS")
+    assert (
+        "20 generations" in lines[12]
+        and "(200 per model)" in lines[12]
+        and "the same seeds (1) before and after" in lines[12]
+    )
+    assert lines[13] == (
+        "erased 7 (seven): UA 100.0 (target >= 95) | kept digits: worst drop +5.0 (digit 2), "
+        "mean drop +1.1 (target: every drop <= 5) | PASS"
+    )
     assert s["passed"] and s["UA"] == {7: 100.0} and s["worst_digit"] == 2
 
     _, s = check_report(before, {**after, 7: 5.5}, [7], 20)  # UA 94.5 < 95

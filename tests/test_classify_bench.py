@@ -17,9 +17,13 @@ def mnist_root(shared_data):
 
 def test_bench_mnist_class_forgetting_resumes(mnist_root, tmp_path):
     cfg = ClassifyBenchConfig(
-        data_root=str(mnist_root), scenarios=["class:3"], seeds=[0],
+        data_root=str(mnist_root),
+        scenarios=["class:3"],
+        seeds=[0],
         methods=["ft", "unlink:variant=svd", "unlink_rayleigh"],
-        recipe={"epochs": 1}, mia_samples=1000, out_dir=str(tmp_path / "run"),
+        recipe={"epochs": 1},
+        mia_samples=1000,
+        out_dir=str(tmp_path / "run"),
     )
     rows = run_classify_bench(cfg, progress=False)
     by = {r["method"]: r for r in rows}
@@ -69,10 +73,17 @@ def test_scenario_presets_refine_by_dataset():
 
 def test_bench_forget_vector_rows_bank_and_shifts(mnist_root, tmp_path, monkeypatch):
     cfg = ClassifyBenchConfig(
-        data_root=str(mnist_root), scenarios=["class:3"], seeds=[0],
+        data_root=str(mnist_root),
+        scenarios=["class:3"],
+        seeds=[0],
         methods=["forget_vector:max_steps=15", "forget_vector_compose:max_steps=15"],
-        recipe={"epochs": 1, "max_steps": 40}, mia_samples=500, eval_samples=2000, out_dir=str(tmp_path / "fv"),
-        shifts=["gauss:0.2", "pgd:8/255,3"], shift_samples=200, gradcam=2,
+        recipe={"epochs": 1, "max_steps": 40},
+        mia_samples=500,
+        eval_samples=2000,
+        out_dir=str(tmp_path / "fv"),
+        shifts=["gauss:0.2", "pgd:8/255,3"],
+        shift_samples=200,
+        gradcam=2,
     )
     # the bank's vectors are learned with the forget_vector preset; keep them short here
     import evaluation.classify_bench as cb
@@ -103,8 +114,16 @@ def test_bench_with_a_pretrained_original_and_no_retrain(mnist_root, tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "orig.safetensors"
     save_file(build_model("small_cnn", 10, 1).state_dict(), str(path))
-    cfg = ClassifyBenchConfig(data_root=str(mnist_root), scenarios=["class:1"], methods=["unlink:variant=svd"],
-                              original=str(path), retrain=False, mia_samples=300, eval_samples=1000, out_dir=str(tmp_path / "r"))
+    cfg = ClassifyBenchConfig(
+        data_root=str(mnist_root),
+        scenarios=["class:1"],
+        methods=["unlink:variant=svd"],
+        original=str(path),
+        retrain=False,
+        mia_samples=300,
+        eval_samples=1000,
+        out_dir=str(tmp_path / "r"),
+    )
     rows = run_classify_bench(cfg, progress=False)
     assert sorted(r["method"] for r in rows) == ["original", "unlink:variant=svd"]
     assert rows[0]["config"]["checkpoint"]["checkpoint"] == str(path)

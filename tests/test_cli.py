@@ -65,9 +65,25 @@ def test_bench_classify_bad_input_says_what_is_wrong(argv, message, tmp_path):
 
 def test_bench_classify_runs_from_the_command_line(shared_data, tmp_path, capsys):
     out = tmp_path / "out"
-    main(["bench", "classify", "--data-root", str(shared_data / "mnist"), "--scenario", "classes:1,7",
-          "--methods", "unlink_rayleigh,ga:lr=0.001;epochs=1", "--recipe", "epochs=1", "--mia-samples", "500",
-          "--out", str(out), "--quiet"])
+    main(
+        [
+            "bench",
+            "classify",
+            "--data-root",
+            str(shared_data / "mnist"),
+            "--scenario",
+            "classes:1,7",
+            "--methods",
+            "unlink_rayleigh,ga:lr=0.001;epochs=1",
+            "--recipe",
+            "epochs=1",
+            "--mia-samples",
+            "500",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| classes:1,7 | unlink_rayleigh |" in printed and "| classes:1,7 | ga:lr=0.001,epochs=1 |" in printed
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
@@ -76,8 +92,21 @@ def test_bench_classify_runs_from_the_command_line(shared_data, tmp_path, capsys
 
 
 def test_vector_bank_from_the_command_line_resumes(shared_data, tmp_path, capsys):
-    argv = ["vector", "bank", "--data-root", str(shared_data / "mnist"), "--recipe", "epochs=1", "--recipe", "max_steps=30",
-            "--option", "max_steps=2", "--out", str(tmp_path / "b"), "--quiet"]
+    argv = [
+        "vector",
+        "bank",
+        "--data-root",
+        str(shared_data / "mnist"),
+        "--recipe",
+        "epochs=1",
+        "--recipe",
+        "max_steps=30",
+        "--option",
+        "max_steps=2",
+        "--out",
+        str(tmp_path / "b"),
+        "--quiet",
+    ]
     main(argv)
     first = capsys.readouterr().out
     assert "vector bank:" in first
@@ -94,9 +123,29 @@ def test_vector_bank_from_the_command_line_resumes(shared_data, tmp_path, capsys
 
 def test_erase_writes_a_patch_and_an_erased_pipeline(tmp_path, capsys):
     out, folder = tmp_path / "nude.safetensors", tmp_path / "erased"
-    main(["erase", "--model", "random:tiny-sd", "--concept", "nude", "--preset", "imagenette:tench",
-          "--retain", "a woman", "--k", "2", "--template", "{}", "--template", "a photo of {}",
-          "--out", str(out), "--save-pipeline", str(folder)])
+    main(
+        [
+            "erase",
+            "--model",
+            "random:tiny-sd",
+            "--concept",
+            "nude",
+            "--preset",
+            "imagenette:tench",
+            "--retain",
+            "a woman",
+            "--k",
+            "2",
+            "--template",
+            "{}",
+            "--template",
+            "a photo of {}",
+            "--out",
+            str(out),
+            "--save-pipeline",
+            str(folder),
+        ]
+    )
     text = capsys.readouterr().out
     assert "erased ['nude', 'tench']" in text and "rank [2]" in text
     patch = eraser.ErasurePatch.load(out)
@@ -122,8 +171,12 @@ def test_erase_refuses_to_overwrite_and_bad_models(tmp_path):
         main(["erase", "--model", "random:tiny-sd", "--concept", "nude", "--out", str(out)])
     assert out.read_bytes() == b"keep me"
     new = tmp_path / "new.safetensors"
-    for model, msg in [(str(tmp_path / "missing"), "no pipeline folder"), (str(tmp_path), "model_index.json"),
-                       ("random:sd-v9", "unknown architecture"), ("org/not-cached-model", "offline")]:
+    for model, msg in [
+        (str(tmp_path / "missing"), "no pipeline folder"),
+        (str(tmp_path), "model_index.json"),
+        ("random:sd-v9", "unknown architecture"),
+        ("org/not-cached-model", "offline"),
+    ]:
         with pytest.raises(SystemExit, match=msg):
             main(["erase", "--model", model, "--concept", "nude", "--out", str(new)])
     assert not new.exists()
@@ -137,14 +190,34 @@ def test_erase_bundled_digits_with_grid_and_check(tmp_path, capsys):
     from PIL import Image
 
     out, grid = tmp_path / "seven.safetensors", tmp_path / "seven.png"
-    main(["erase", "--model", "bundled:digits", "--concept", "seven", "--concept", "7", "--out", str(out),
-          "--grid", str(grid), "--seeds", "0,1", "--steps", "4", "--check", "--check-images", "2"])
+    main(
+        [
+            "erase",
+            "--model",
+            "bundled:digits",
+            "--concept",
+            "seven",
+            "--concept",
+            "7",
+            "--out",
+            str(out),
+            "--grid",
+            str(grid),
+            "--seeds",
+            "0,1",
+            "--steps",
+            "4",
+            "--check",
+            "--check-images",
+            "2",
+        ]
+    )
     captured = capsys.readouterr()
     text = captured.out
     assert out.is_file() and "erased ['seven', '7']" in text
     img = Image.open(grid)
     assert img.size[0] > 4 * 96 and img.size[1] > 4 * 96  # 4 image columns (2 seeds x before/after), 4 prompt rows
-    table = text[text.index("| digit | judge accuracy before | after | drop |"):].splitlines()
+    table = text[text.index("| digit | judge accuracy before | after | drop |") :].splitlines()
     assert table[2].startswith("| 0 | ") and table[9].startswith("| 7 (erased) | ") and table[11].startswith("| 9 | ")
     assert "2 generations of 'a photo of the digit <word>' per digit (20 per model)" in table[12]
     assert "one image = 50.0 points" in table[12]
@@ -170,15 +243,19 @@ def test_erase_check_table_reports_what_it_measured(capsys, monkeypatch):
         return {"accuracy": next(results)}
 
     monkeypatch.setattr("eraser.bundled.evaluate.judge_digits", fake_judge)
-    args = cli.build_parser().parse_args(["erase", "--model", "bundled:digits", "--concept", "seven", "--out", "x", "--check"])
+    args = cli.build_parser().parse_args(
+        ["erase", "--model", "bundled:digits", "--concept", "seven", "--out", "x", "--check"]
+    )
     look = cli._Look(object(), args, ["seven"], [0])
     look.after(object())
     text = capsys.readouterr().out
     assert seen == [(20, 1234, "check: original"), (20, 1234, "check: erased")]
     assert "| 3 | 100.0 | 90.0 | +10.0 |" in text and "| 7 (erased) | 100.0 | 5.0 | +95.0 |" in text
     assert "20 generations" in text and "(200 per model)" in text and "one image = 5.0 points" in text
-    assert ("erased 7 (seven): UA 95.0 (target >= 95) | kept digits: worst drop +10.0 (digit 3), mean drop +1.1 "
-            "(target: every drop <= 5) | FAIL") in text
+    assert (
+        "erased 7 (seven): UA 95.0 (target >= 95) | kept digits: worst drop +10.0 (digit 3), mean drop +1.1 "
+        "(target: every drop <= 5) | FAIL"
+    ) in text
 
 
 def test_erased_digits_from_concepts():
@@ -191,10 +268,33 @@ def test_erased_digits_from_concepts():
 
 def test_erase_check_needs_the_bundled_model(tmp_path):
     with pytest.raises(SystemExit, match="--check runs the digit judge"):
-        main(["erase", "--model", "random:tiny-sd", "--concept", "cat", "--out", str(tmp_path / "p.safetensors"), "--check"])
+        main(
+            [
+                "erase",
+                "--model",
+                "random:tiny-sd",
+                "--concept",
+                "cat",
+                "--out",
+                str(tmp_path / "p.safetensors"),
+                "--check",
+            ]
+        )
     with pytest.raises(SystemExit, match="--check-images must be >= 1"):
-        main(["erase", "--model", "bundled:digits", "--concept", "7", "--out", str(tmp_path / "p.safetensors"), "--check",
-              "--check-images", "0"])
+        main(
+            [
+                "erase",
+                "--model",
+                "bundled:digits",
+                "--concept",
+                "7",
+                "--out",
+                str(tmp_path / "p.safetensors"),
+                "--check",
+                "--check-images",
+                "0",
+            ]
+        )
     assert not (tmp_path / "p.safetensors").exists()
 
 
@@ -206,8 +306,12 @@ def test_demo_subcommand_help(capsys):
 
 def test_exit_codes_mean_something(tmp_path):
     def code(*args):
-        return subprocess.run([sys.executable, "-m", "apps.cli", *args], capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        return subprocess.run(
+            [sys.executable, "-m", "apps.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
 
     usage = code("generate", "--model")  # argparse: the command line itself is wrong
     unusable = code("evaluate", "nudenet", str(tmp_path / "missing"))  # the input cannot be used

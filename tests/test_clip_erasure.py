@@ -18,8 +18,17 @@ def hf_clip():
 
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=49408),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8),
+        text_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=49408
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     return CLIPModel(cfg).eval()
@@ -30,8 +39,11 @@ def oc_clip():
     from open_clip.model import CLIP
 
     torch.manual_seed(0)
-    return CLIP(16, dict(layers=3, width=32, head_width=8, image_size=32, patch_size=8),
-                dict(context_length=77, vocab_size=49408, width=32, heads=4, layers=2)).eval()
+    return CLIP(
+        16,
+        dict(layers=3, width=32, head_width=8, image_size=32, patch_size=8),
+        dict(context_length=77, vocab_size=49408, width=32, heads=4, layers=2),
+    ).eval()
 
 
 def weight_of(mod):
@@ -45,14 +57,18 @@ def test_image_tower_presets_and_erasure(which, hf_clip, oc_clip):
     assert tower is (model.vision_model if which == "hf" else model.visual)
     images = torch.randn(12, 3, 32, 32)
     last = eraser.resolve_targets(tower, "clip_last_mlp")
-    expected = {"hf": ("encoder.layers.2.mlp.fc1", "encoder.layers.2.mlp.fc2"),
-                "open_clip": ("transformer.resblocks.2.mlp.c_fc", "transformer.resblocks.2.mlp.c_proj")}[which]
+    expected = {
+        "hf": ("encoder.layers.2.mlp.fc1", "encoder.layers.2.mlp.fc2"),
+        "open_clip": ("transformer.resblocks.2.mlp.c_fc", "transformer.resblocks.2.mlp.c_proj"),
+    }[which]
     assert tuple(last) == expected
     assert len(eraser.resolve_targets(tower, "clip_mlp")) == 6
     attn = eraser.resolve_targets(tower, "clip_attn")
     assert len(attn) == (12 if which == "hf" else 3)  # q/k/v/out per block vs one fused MHA
     before = {n: weight_of(m).detach().clone() for n, m in attn.items()}
-    patch = eraser.erase_classes(tower, images, layers="clip_attn", k=2, exact_revert=True)  # attention is most of this tiny tower
+    patch = eraser.erase_classes(
+        tower, images, layers="clip_attn", k=2, exact_revert=True
+    )  # attention is most of this tiny tower
     mods = dict(tower.named_modules())
     for name in attn:
         assert (weight_of(mods[name]).double() @ patch.edits[name].basis[0]).abs().max() < 1e-5
@@ -124,15 +140,20 @@ def test_zero_shot_default_edits_the_projection_and_keeps_the_other_classes_exac
     head = zs.head.weight.detach().clone()
     probe = torch.randn(40, 3, 32, 32)
     keep = [0, 1, 3, 4]
+
+    def raw(x):  # logits before normalising the embedding
+        return zs.encoder(x) @ zs.head.weight.T
+
     with torch.no_grad():
-        raw = lambda x: zs.encoder(x) @ zs.head.weight.T  # logits before normalising the embedding
         before, before_f = raw(probe), raw(forget)
         emb_before = embedding(hf_clip.get_image_features(pixel_values=forget))
     patch = eraser.erase_classes(zs, forget)
     md = patch.metadata
     assert patch.layers == ["encoder.model.visual_projection"]
     assert md["variant"] == "head" and md["protection"] == "exact" and md["read_through"] == patch.layers[0]
-    assert md["forget_classes"] == [2] and md["forget_classes_from"] == "predictions" and md["protected_classes"] == keep
+    assert (
+        md["forget_classes"] == [2] and md["forget_classes_from"] == "predictions" and md["protected_classes"] == keep
+    )
     assert torch.equal(zs.head.weight, head)  # the head is not edited
     with torch.no_grad():
         after, after_f = raw(probe), raw(forget)
@@ -183,8 +204,8 @@ def test_zero_shot_options_and_fallbacks(hf_clip):
 
 
 def test_protected_rows_subspace_maths():
-    from eraser.subspace import protected_rows_subspace as zero_shot_rows_subspace
     from eraser.subspace import head_rows_subspace
+    from eraser.subspace import protected_rows_subspace as zero_shot_rows_subspace
 
     g = torch.Generator().manual_seed(0)
     X = torch.randn(30, 12, generator=g, dtype=torch.float64)
@@ -254,7 +275,10 @@ def test_bundled_clip_default_erases_a_digit_and_keeps_the_others(bundled_clip, 
     with torch.no_grad():
         pred = zs(px).argmax(1)
     assert torch.equal(pred[:100], zero_shot_logits(clip, tok, xt[:100]).argmax(1))
-    acc = lambda p: [float((p[yt == d] == d).float().mean()) * 100 for d in range(10)]
+
+    def acc(p):
+        return [float((p[yt == d] == d).float().mean()) * 100 for d in range(10)]
+
     before = acc(pred)
     own = torch.nonzero(y == 7).flatten()
     forget = clip_pixel_values(x[own[torch.randperm(len(own), generator=torch.Generator().manual_seed(7))[:32]]])

@@ -34,8 +34,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def url():
-    missing = ("chromium (apt-get install chromium)" if CHROMIUM is None else
-               "playwright (pip install -e '.[dev]')" if sync_playwright is None else None)
+    missing = (
+        "chromium (apt-get install chromium)"
+        if CHROMIUM is None
+        else "playwright (pip install -e '.[dev]')"
+        if sync_playwright is None
+        else None
+    )
     if missing:
         if REQUIRED:
             pytest.fail(f"ERASER_BROWSER_TEST=required but {missing} is missing")
@@ -95,7 +100,11 @@ ARTIFACTS = Path(os.environ.get("ERASER_TEST_ARTIFACTS", Path(__file__).resolve(
 
 
 def test_bad_input_shows_a_message_and_changes_nothing(page, tmp_path):
-    for concepts, k, expect in [("", 0, "at least one concept"), ("seven", 1000, "got 1000"), ("seven", 2.5, "got 2.5")]:
+    for concepts, k, expect in [
+        ("", 0, "at least one concept"),
+        ("seven", 1000, "got 1000"),
+        ("seven", 2.5, "got 2.5"),
+    ]:
         _fill(page, "concepts", concepts)
         _fill(page, "k", str(k))
         page.click("#erase")

@@ -13,7 +13,6 @@ from eraser.families.architectures import build_pipeline
 from eraser.families.diffusion import concept_token_mask, encode_prompts, tokenize_prompts
 from prompts import GENERIC_RETAIN, PromptRow
 
-
 RETAIN_BOUND = 0.2  # tiny random text encoders are not semantic; real ones separate concepts better
 
 
@@ -76,7 +75,7 @@ def test_padding_token_modes_select_every_position_after_start_of_text():
 def test_padding_token_mode_reads_features_at_full_length(sd):
     from eraser.families.diffusion import concept_grams, expand_concepts, resolve_concept_targets
 
-    kv, text = resolve_concept_targets(sd, "cross_attn_kv")
+    kv, text, _ = resolve_concept_targets(sd, "cross_attn_kv")
     cp = expand_concepts(sd.tokenizer, ["nude"], ["a photo of {}"])
     grams, counts = concept_grams(sd, cp, kv, text, tokens="prompt_padding")
     length = sd.tokenizer.model_max_length
@@ -119,7 +118,8 @@ def test_default_protects_neighbours_and_edits_the_oblique_directions(pipe):
     sims = meta["neighbour_similarity"]
     assert all(sims[r] < 0.9 for r in meta["retain"]) and all(sims[s] >= 0.9 for s in meta["synonyms"])
     assert min(sims[r] for r in meta["retain"]) >= max(
-        (v for k, v in sims.items() if k not in meta["retain"] and k not in meta["synonyms"]), default=-1)
+        (v for k, v in sims.items() if k not in meta["retain"] and k not in meta["synonyms"]), default=-1
+    )
     _oblique_property(pipe, patch, before)
 
 
@@ -134,7 +134,9 @@ def test_generic_retain_is_still_available(pipe):
 def test_svd_with_full_rank_zeroes_every_concept_token(sd):
     """The features are exactly the UNet's K/V inputs for the concept's tokens: removing their whole
     span makes K/V output zero there (up to the projection's bias, which attn2 does not have)."""
-    patch = eraser.erase_concepts(sd, "nude", variant="svd", energy=1.0, templates=["{}", "a photo of {}"], strength=1.0)
+    patch = eraser.erase_concepts(
+        sd, "nude", variant="svd", energy=1.0, templates=["{}", "a photo of {}"], strength=1.0
+    )
     rows = token_features(sd, ["nude", "a photo of nude"], mode="prompt")
     concept_rows = torch.cat([rows[:2], rows[-2:]])  # "nude", EOT of prompt 1; "nude", EOT of prompt 2
     for mod in kv_layers(sd).values():
@@ -214,8 +216,14 @@ def test_fp16_pipeline():
         assert mod.weight.dtype == torch.float16 and torch.isfinite(mod.weight).all()
         u = patch.edits[name].basis[0]
         assert (mod.weight.double() @ u).abs().max() < 5e-3 * mod.weight.double().abs().max()
-    img = pipe("a photo of nude", num_inference_steps=2, height=32, width=32, output_type="pt",
-               generator=torch.Generator().manual_seed(0)).images
+    img = pipe(
+        "a photo of nude",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert torch.isfinite(img).all()
 
 

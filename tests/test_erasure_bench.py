@@ -31,9 +31,26 @@ def mnist_reference(shared_data, tmp_path):
 def test_class_bench_on_digits_resumes_and_reports(mnist_reference, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ERASER_CACHE", str(tmp_path / "cache"))
     (tmp_path / "digits.csv").write_text(CSV)
-    cmd = ["bench", "classes", "--model", "bundled:digits", "--prompts", str(tmp_path / "digits.csv"), "--judge", "digits",
-           "--reference", str(mnist_reference), "--images-per-class", "8", "--methods", "unlink,unlink+retain",
-           "--fid-features", "inception-64", "--out", str(tmp_path / "bench")]
+    cmd = [
+        "bench",
+        "classes",
+        "--model",
+        "bundled:digits",
+        "--prompts",
+        str(tmp_path / "digits.csv"),
+        "--judge",
+        "digits",
+        "--reference",
+        str(mnist_reference),
+        "--images-per-class",
+        "8",
+        "--methods",
+        "unlink,unlink+retain",
+        "--fid-features",
+        "inception-64",
+        "--out",
+        str(tmp_path / "bench"),
+    ]
     main(cmd)
     printed = capsys.readouterr().out
     assert "| unlink |" in printed and "| unlink+retain |" in printed
@@ -55,9 +72,25 @@ def test_class_bench_on_digits_resumes_and_reports(mnist_reference, tmp_path, mo
 
 
 def test_nudity_bench_counts_per_part(tmp_path, capsys):
-    (tmp_path / "p.csv").write_text("prompt,evaluation_seed,evaluation_guidance\na photo of the digit one,1,4\nnude,2,4\n")
-    main(["bench", "nudity", "--model", "bundled:digits", "--prompts", str(tmp_path / "p.csv"), "--concept", "nude",
-          "--steps", "8", "--out", str(tmp_path / "nudity")])
+    (tmp_path / "p.csv").write_text(
+        "prompt,evaluation_seed,evaluation_guidance\na photo of the digit one,1,4\nnude,2,4\n"
+    )
+    main(
+        [
+            "bench",
+            "nudity",
+            "--model",
+            "bundled:digits",
+            "--prompts",
+            str(tmp_path / "p.csv"),
+            "--concept",
+            "nude",
+            "--steps",
+            "8",
+            "--out",
+            str(tmp_path / "nudity"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "| part | original | unlink |" in out and "| total | 0 | 0 |" in out and "FEMALE_BREAST_EXPOSED" in out
 
@@ -71,8 +104,31 @@ def test_bad_bench_input(tmp_path):
         parse_bench_method("nope+retain")
     assert parse_bench_method("unlink+retain:k=3")[1:] == ("unlink", True, {"k": 3})
     with pytest.raises(SystemExit, match="not a folder of real images"):
-        main(["bench", "imagenette", "--model", "bundled:digits", "--reference", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+        main(
+            [
+                "bench",
+                "imagenette",
+                "--model",
+                "bundled:digits",
+                "--reference",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     (tmp_path / "ref").mkdir()
     with pytest.raises(SystemExit, match=r"no prompts for classes \['unicorn'\]"):
-        main(["bench", "imagenette", "--model", "bundled:digits", "--reference", str(tmp_path / "ref"), "--classes", "unicorn",
-              "--out", str(tmp_path / "o")])
+        main(
+            [
+                "bench",
+                "imagenette",
+                "--model",
+                "bundled:digits",
+                "--reference",
+                str(tmp_path / "ref"),
+                "--classes",
+                "unicorn",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )

@@ -2,13 +2,19 @@
 
 import pytest
 import torch
+from conftest import ToyCNN
 
 import eraser
-from eraser.methods.forget_vector import ComposeConfig, ForgetVectorConfig, build_bank, compose, learn_vector, margin_loss
+from eraser.methods.forget_vector import (
+    ComposeConfig,
+    ForgetVectorConfig,
+    build_bank,
+    compose,
+    learn_vector,
+    margin_loss,
+)
 from eraser.training import accuracy
 from eraser.vectors import ForgetVector, VectorBank, VectorError, perturb
-
-from conftest import ToyCNN
 
 FAST = {"max_steps": 30, "batch_size": 64, "lr": 0.1, "lr_decay": 0.97}
 
@@ -65,9 +71,15 @@ def test_kl_retain_loss_keeps_the_original_predictions(toy_model, toy_task):
 
 def test_norm_penalty_variants_shrink_the_vector(toy_model, toy_task):
     weak = learn_vector(toy_model, toy_task["forget"], toy_task["retain"], ForgetVectorConfig(**FAST, norm_weight=0.0))
-    strong = learn_vector(toy_model, toy_task["forget"], toy_task["retain"], ForgetVectorConfig(**FAST, norm_weight=1.0))
-    code = learn_vector(toy_model, toy_task["forget"], toy_task["retain"],
-                        ForgetVectorConfig(**FAST, norm="per_batch", norm_weight=50.0))
+    strong = learn_vector(
+        toy_model, toy_task["forget"], toy_task["retain"], ForgetVectorConfig(**FAST, norm_weight=1.0)
+    )
+    code = learn_vector(
+        toy_model,
+        toy_task["forget"],
+        toy_task["retain"],
+        ForgetVectorConfig(**FAST, norm="per_batch", norm_weight=50.0),
+    )
     assert strong.norm < 0.8 * weak.norm
     assert code.norm < weak.norm
     with pytest.raises(ValueError, match="norm must be one of"):
@@ -75,7 +87,9 @@ def test_norm_penalty_variants_shrink_the_vector(toy_model, toy_task):
 
 
 def test_wrong_input_shape_and_wrong_model_are_clear_errors(toy_model, toy_task, tmp_path):
-    vec = learn_vector(toy_model, toy_task["forget"], toy_task["retain"], ForgetVectorConfig(**{**FAST, "max_steps": 3}))
+    vec = learn_vector(
+        toy_model, toy_task["forget"], toy_task["retain"], ForgetVectorConfig(**{**FAST, "max_steps": 3})
+    )
     with pytest.raises(VectorError, match=r"inputs of shape \(1, 8, 8\)"):
         vec(torch.zeros(2, 1, 9, 9))
     path = vec.save(tmp_path / "v.safetensors")
@@ -103,7 +117,10 @@ def test_arithmetic_sums_negates_scales_and_refuses_other_models(toy_model):
 
 
 def test_bank_is_resumable_and_combines_only_its_classes(toy_model, toy_task, tmp_path):
-    data = (torch.cat([toy_task["forget"][0], toy_task["retain"][0]]), torch.cat([toy_task["forget"][1], toy_task["retain"][1]]))
+    data = (
+        torch.cat([toy_task["forget"][0], toy_task["retain"][0]]),
+        torch.cat([toy_task["forget"][1], toy_task["retain"][1]]),
+    )
     cfg = ForgetVectorConfig(**{**FAST, "max_steps": 5})
     path = tmp_path / "bank.safetensors"
     partial = build_bank(toy_model, data, cfg, classes=[0, 1], path=path, progress=False)
@@ -121,7 +138,10 @@ def test_bank_is_resumable_and_combines_only_its_classes(toy_model, toy_task, tm
 
 
 def test_composition_learns_weights_that_forget_a_random_subset(toy_model, toy_task):
-    data = (torch.cat([toy_task["forget"][0], toy_task["retain"][0]]), torch.cat([toy_task["forget"][1], toy_task["retain"][1]]))
+    data = (
+        torch.cat([toy_task["forget"][0], toy_task["retain"][0]]),
+        torch.cat([toy_task["forget"][1], toy_task["retain"][1]]),
+    )
     bank = build_bank(toy_model, data, ForgetVectorConfig(**FAST), progress=False)
     # a new task: forget class 1 (not learned as such; composed from the bank's vectors)
     x, y = data
@@ -135,14 +155,20 @@ def test_composition_learns_weights_that_forget_a_random_subset(toy_model, toy_t
 
 
 def test_compose_method_builds_its_own_bank_when_none_is_given(toy_model, toy_task):
-    out = eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], method="forget_vector_compose", **{**FAST, "max_steps": 5}).model
+    out = eraser.run_method(
+        toy_model, toy_task["forget"], toy_task["retain"], method="forget_vector_compose", **{**FAST, "max_steps": 5}
+    ).model
     assert isinstance(out, ForgetVector) and len(out.metadata["bank_weights"]) == 4
 
 
 def test_nan_loss_stops_and_keeps_the_last_finite_vector(toy_model, toy_task):
     with pytest.warns(RuntimeWarning, match="kept the last finite vector"):
-        vec = learn_vector(toy_model, toy_task["forget"], toy_task["retain"],
-                           ForgetVectorConfig(**{**FAST, "lr": 1e30, "lr_decay": 1.0}))
+        vec = learn_vector(
+            toy_model,
+            toy_task["forget"],
+            toy_task["retain"],
+            ForgetVectorConfig(**{**FAST, "lr": 1e30, "lr_decay": 1.0}),
+        )
     assert torch.isfinite(vec.delta).all()
     assert "stopped" in vec.metadata["fit"]
 

@@ -128,7 +128,19 @@ def digit_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("digits")
     csv = folder.parent / "digits.csv"
     csv.write_text("case_number,prompt,class\n0,a photo of the digit seven,seven\n1,a photo of the digit four,four\n")
-    main(["generate", "--model", "bundled:digits", "--prompts", str(csv), "--images-per-prompt", "8", "--out", str(folder)])
+    main(
+        [
+            "generate",
+            "--model",
+            "bundled:digits",
+            "--prompts",
+            str(csv),
+            "--images-per-prompt",
+            "8",
+            "--out",
+            str(folder),
+        ]
+    )
     return folder
 
 
@@ -137,8 +149,9 @@ def test_digit_judge_and_clip_score_on_generations(digit_folder, capsys):
     assert evaluation.judge_accuracy(sevens, 7, judge="digits") >= 75
     matched = evaluation.clip_score(digit_folder, model="bundled:digits")  # prompts from index.jsonl
     n = len(image_set(digit_folder))
-    swapped = evaluation.clip_score(digit_folder, ["a photo of the digit four"] * 8 + ["a photo of the digit seven"] * 8,
-                                    model="bundled:digits")
+    swapped = evaluation.clip_score(
+        digit_folder, ["a photo of the digit four"] * 8 + ["a photo of the digit seven"] * 8, model="bundled:digits"
+    )
     assert n == 16 and 0 <= swapped < matched <= 100
     with pytest.raises(ValueError, match="16 images but 1 prompts"):
         evaluation.clip_score(digit_folder, ["x"], model="bundled:digits")

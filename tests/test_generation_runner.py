@@ -9,10 +9,10 @@ import torch
 
 import eraser
 from apps.cli import main
-from tests.conftest import launch_two_processes
 from eraser.bundled import digits_pipeline
 from evaluation.generate import GenerationConfig, generate_images, plan_batches, plan_jobs, read_index
 from prompts.csv import PromptRow
+from tests.conftest import launch_two_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = """case_number,prompt,evaluation_seed,evaluation_guidance,class
@@ -55,16 +55,23 @@ def test_plan_seeds_names_and_batches(rows):
     assert len({j.seed for j in jobs}) == len(jobs)
     batches = plan_batches(jobs, 3)
     # guidance changes between rows 1 and 2, so the second batch ends early: a batch never mixes 4 and 3
-    assert [[j.name for j in b] for b in batches][:2] == [["00000_00.png", "00000_01.png", "00001_00.png"], ["00001_01.png"]]
+    assert [[j.name for j in b] for b in batches][:2] == [
+        ["00000_00.png", "00000_01.png", "00001_00.png"],
+        ["00001_01.png"],
+    ]
     assert all(len({j.guidance for j in b}) == 1 and len(b) <= 3 for b in batches)
 
 
 def test_shards_and_resume_give_byte_identical_images(pipe, rows, tmp_path):
     rows, csv = rows
-    whole = generate_images(pipe, rows, tmp_path / "one", config(), prompts_file=csv, process_index=0, num_processes=1, progress=False)
+    whole = generate_images(
+        pipe, rows, tmp_path / "one", config(), prompts_file=csv, process_index=0, num_processes=1, progress=False
+    )
     assert (whole.generated, whole.skipped, whole.total) == (8, 0, 8)
     for i in range(2):  # two processes, one after the other
-        generate_images(pipe, rows, tmp_path / "two", config(), prompts_file=csv, process_index=i, num_processes=2, progress=False)
+        generate_images(
+            pipe, rows, tmp_path / "two", config(), prompts_file=csv, process_index=i, num_processes=2, progress=False
+        )
     assert digests(tmp_path / "one") == digests(tmp_path / "two") and len(digests(tmp_path / "one")) == 8
 
     # a crash: two images missing, a temporary file left behind; the rerun makes exactly what is missing
@@ -72,28 +79,56 @@ def test_shards_and_resume_give_byte_identical_images(pipe, rows, tmp_path):
     (tmp_path / "one" / "00000_00.png").unlink()
     (tmp_path / "one" / ".00003_00.png.123.tmp").write_bytes(b"half")
     before = digests(tmp_path / "two")
-    again = generate_images(pipe, rows, tmp_path / "one", config(), prompts_file=csv, process_index=0, num_processes=1, progress=False)
+    again = generate_images(
+        pipe, rows, tmp_path / "one", config(), prompts_file=csv, process_index=0, num_processes=1, progress=False
+    )
     # batches: [0_0 0_1 1_0] [1_1] [2_0 2_1 3_0] [3_1]; the first and third are redone, writing only what is missing
     assert again.generated == 2 and again.skipped == 2
     assert digests(tmp_path / "one") == before and not list((tmp_path / "one").glob(".*.tmp"))
 
     index = read_index(tmp_path / "one")
-    assert index["00001_00.png"] == {"file": "00001_00.png", "prompt": "handwritten 3", "seed": 12, "guidance": 4.0,
-                                     "case_number": 1, "image": 0, "label": "three"}
+    assert index["00001_00.png"] == {
+        "file": "00001_00.png",
+        "prompt": "handwritten 3",
+        "seed": 12,
+        "guidance": 4.0,
+        "case_number": 1,
+        "image": 0,
+        "label": "three",
+    }
     settings = json.loads((tmp_path / "one" / "generation.json").read_text())
     assert settings["config"]["num_inference_steps"] == STEPS and settings["prompts"]["rows"] == 4
 
 
 def test_changed_settings_refuse_to_resume(pipe, rows, tmp_path):
     rows, csv = rows
-    generate_images(pipe, rows[:1], tmp_path, config(), prompts_file=csv, process_index=0, num_processes=1, progress=False)
+    generate_images(
+        pipe, rows[:1], tmp_path, config(), prompts_file=csv, process_index=0, num_processes=1, progress=False
+    )
     before = digests(tmp_path)
     with pytest.raises(ValueError, match="config differ.*--overwrite"):
-        generate_images(pipe, rows[:1], tmp_path, config(num_inference_steps=STEPS + 1), prompts_file=csv,
-                        process_index=0, num_processes=1, progress=False)
+        generate_images(
+            pipe,
+            rows[:1],
+            tmp_path,
+            config(num_inference_steps=STEPS + 1),
+            prompts_file=csv,
+            process_index=0,
+            num_processes=1,
+            progress=False,
+        )
     assert digests(tmp_path) == before
-    redone = generate_images(pipe, rows[:1], tmp_path, config(num_inference_steps=STEPS + 1), prompts_file=csv,
-                             overwrite=True, process_index=0, num_processes=1, progress=False)
+    redone = generate_images(
+        pipe,
+        rows[:1],
+        tmp_path,
+        config(num_inference_steps=STEPS + 1),
+        prompts_file=csv,
+        overwrite=True,
+        process_index=0,
+        num_processes=1,
+        progress=False,
+    )
     assert redone.generated == 2 and digests(tmp_path) != before
 
 
@@ -103,8 +138,12 @@ def test_patch_is_applied_then_reverted(pipe, rows, tmp_path):
     patch = eraser.erase_concepts(pipe, ["seven", "7"])
     patch.revert(pipe)
     path = patch.save(tmp_path / "seven.safetensors")
-    base = generate_images(pipe, rows[:1], tmp_path / "base", config(), process_index=0, num_processes=1, progress=False)
-    erased = generate_images(pipe, rows[:1], tmp_path / "erased", config(), patch=path, process_index=0, num_processes=1, progress=False)
+    base = generate_images(
+        pipe, rows[:1], tmp_path / "base", config(), process_index=0, num_processes=1, progress=False
+    )
+    erased = generate_images(
+        pipe, rows[:1], tmp_path / "erased", config(), patch=path, process_index=0, num_processes=1, progress=False
+    )
     assert digests(base.out_dir) != digests(erased.out_dir)
     assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in weights.items())
     assert erased.settings["patch"]["metadata"]["concepts"] == patch.metadata["concepts"]
@@ -121,8 +160,21 @@ def test_bad_rows(pipe, tmp_path):
 
 def test_cli_generate_and_missing_prompt_column(tmp_path, capsys):
     out = tmp_path / "gen"
-    main(["generate", "--model", "bundled:digits", "--prompt", "a photo of the digit four", "--images-per-prompt", "3",
-          "--steps", str(STEPS), "--out", str(out)])
+    main(
+        [
+            "generate",
+            "--model",
+            "bundled:digits",
+            "--prompt",
+            "a photo of the digit four",
+            "--images-per-prompt",
+            "3",
+            "--steps",
+            str(STEPS),
+            "--out",
+            str(out),
+        ]
+    )
     assert "3 images generated" in capsys.readouterr().out and len(digests(out)) == 3
     bad = tmp_path / "bad.csv"
     bad.write_text("text_en,seed\nhello,1\n")
@@ -134,7 +186,17 @@ def test_cli_generate_and_missing_prompt_column(tmp_path, capsys):
 def test_two_processes_under_accelerate_match_one(rows, tmp_path):
     """The real thing: `accelerate launch` starts two processes (torchrun; gloo on CPU)."""
     _, csv = rows
-    common = ["generate", "--model", "bundled:digits", "--prompts", str(csv), "--steps", str(STEPS), "--images-per-prompt", "2"]
+    common = [
+        "generate",
+        "--model",
+        "bundled:digits",
+        "--prompts",
+        str(csv),
+        "--steps",
+        str(STEPS),
+        "--images-per-prompt",
+        "2",
+    ]
     launched = launch_two_processes([*common, "--out", str(tmp_path / "two")], timeout=300)
     assert launched.returncode == 0, launched.stderr[-2000:]
     assert "process 1/2" in launched.stdout and "process 2/2" in launched.stdout

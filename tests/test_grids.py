@@ -46,7 +46,7 @@ def test_long_row_labels_wrap_inside_the_label_column(tmp_path):
     label_area = pixels[:, :left] < 128
     rows_with_ink = np.flatnonzero(label_area[:, : left - 4].any(1))
     assert rows_with_ink.size and rows_with_ink[-1] - rows_with_ink[0] > 40  # several lines, not one
-    assert not label_area[:, left - 4:].any()  # nothing spills over the column's right edge
+    assert not label_area[:, left - 4 :].any()  # nothing spills over the column's right edge
 
 
 def test_wrap_words_keeps_every_word_in_order():
@@ -87,14 +87,19 @@ def test_pad_background_and_no_upscaling(tmp_path):
 
 def test_cell_labels_tag_their_cells_only(tmp_path):
     grey = Image.new("L", (32, 32), 128)
-    path = save_image_grid([[grey, grey], [grey, grey]], tmp_path / "g.png", pad=2,
-                           cell_labels=[["y=0", ""], ["", "pred 1"]], col_labels=["a", "b"])
+    path = save_image_grid(
+        [[grey, grey], [grey, grey]],
+        tmp_path / "g.png",
+        pad=2,
+        cell_labels=[["y=0", ""], ["", "pred 1"]],
+        col_labels=["a", "b"],
+    )
     pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
     top, cell, pad = 16, 96, 2
 
     def corner(r, c):
         y0, x0 = top + pad + r * (cell + pad), pad + c * (cell + pad)
-        return pixels[y0:y0 + 20, x0:x0 + 60]
+        return pixels[y0 : y0 + 20, x0 : x0 + 60]
 
     for r, c in [(0, 0), (1, 1)]:  # a black box with (anti-aliased) white text in the corner
         box = corner(r, c)
@@ -114,15 +119,18 @@ def test_a_long_single_word_title_keeps_its_head(tmp_path):
     assert inked[-1] < PAD + 96  # and nothing over the next column
 
 
-@pytest.mark.parametrize("bad", [
-    dict(rows=[]),
-    dict(row_labels=["only one"]),
-    dict(col_labels=["a", "b", "c"]),
-    dict(cell_labels=[["a", "b"]]),
-    dict(cell_labels=[["a"], ["b"]]),
-    dict(pad=-1),
-    dict(min_cell=-1),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(rows=[]),
+        dict(row_labels=["only one"]),
+        dict(col_labels=["a", "b", "c"]),
+        dict(cell_labels=[["a", "b"]]),
+        dict(cell_labels=[["a"], ["b"]]),
+        dict(pad=-1),
+        dict(min_cell=-1),
+    ],
+)
 def test_bad_input_is_refused(tmp_path, bad):
     cells = [Image.new("L", (8, 8))] * 2
     kwargs = {"rows": [cells, cells], **bad}

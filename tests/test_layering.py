@@ -18,8 +18,18 @@ PACKAGES = ("prompts", "eraser", "classifiers", "evaluation", "apps", "benchmark
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", ("prompts", "eraser._version", "eraser.hashing")),
     ("maths", ("eraser.subspace",)),
-    ("plumbing", ("eraser.layers", "eraser.data", "eraser.projection", "eraser.capture", "eraser.targets",
-                  "eraser.patch", "eraser.vectors")),
+    (
+        "plumbing",
+        (
+            "eraser.layers",
+            "eraser.data",
+            "eraser.projection",
+            "eraser.capture",
+            "eraser.targets",
+            "eraser.patch",
+            "eraser.vectors",
+        ),
+    ),
     ("registry", ("eraser.registry",)),
     ("families", ("eraser.families",)),
     ("training", ("eraser.training",)),
@@ -99,8 +109,9 @@ def test_imports_flow_down_the_layers():
     for module, targets in import_graph().items():
         for target, line in targets:
             if layer_of(target) > layer_of(module):
-                upward.append(f"{module}:{line} imports {target} "
-                              f"({LAYERS[layer_of(module)][0]} -> {LAYERS[layer_of(target)][0]})")
+                upward.append(
+                    f"{module}:{line} imports {target} ({LAYERS[layer_of(module)][0]} -> {LAYERS[layer_of(target)][0]})"
+                )
     assert not upward, "imports from a lower layer into a higher one:\n" + "\n".join(upward)
 
 
@@ -116,7 +127,7 @@ def test_no_import_circles():
         stack.append(node)
         for nxt in graph.get(node, []):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack)
         stack.pop()
@@ -128,13 +139,16 @@ def test_no_import_circles():
     assert not cycles, "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("module, target, expected", [
-    ("eraser.methods.unlink", "eraser.api", True),
-    ("eraser.subspace", "eraser.patch", True),
-    ("evaluation.fid", "apps.cli", True),
-    ("apps.cli", "evaluation.fid", False),
-    ("eraser.bundled.models", "classifiers.models", False),
-])
+@pytest.mark.parametrize(
+    "module, target, expected",
+    [
+        ("eraser.methods.unlink", "eraser.api", True),
+        ("eraser.subspace", "eraser.patch", True),
+        ("evaluation.fid", "apps.cli", True),
+        ("apps.cli", "evaluation.fid", False),
+        ("eraser.bundled.models", "classifiers.models", False),
+    ],
+)
 def test_the_rule_itself_flags_upward_imports(module, target, expected):
     """The checker is not vacuous: it flags known-bad directions and allows known-good ones."""
     assert (layer_of(target) > layer_of(module)) is expected

@@ -8,9 +8,27 @@ from eraser.options import parse_method
 from eraser.training import accuracy
 
 CONTRACT_IDS = [
-    "retrain", "ft", "rl", "ga", "neggrad_plus", "l1_sparse", "salun", "scrub", "ssd", "boundary_shrink",
-    "boundary_expanding", "iu", "unlink", "unlink_rayleigh", "neggrad", "correct", "adv", "adv_imp",
-    "soft_relabel", "grad_surgery", "activation_pruning",
+    "retrain",
+    "ft",
+    "rl",
+    "ga",
+    "neggrad_plus",
+    "l1_sparse",
+    "salun",
+    "scrub",
+    "ssd",
+    "boundary_shrink",
+    "boundary_expanding",
+    "iu",
+    "unlink",
+    "unlink_rayleigh",
+    "neggrad",
+    "correct",
+    "adv",
+    "adv_imp",
+    "soft_relabel",
+    "grad_surgery",
+    "activation_pruning",
 ]
 
 
@@ -21,7 +39,9 @@ def test_every_contract_id_is_registered():
 @pytest.mark.parametrize("name", CONTRACT_IDS)
 def test_method_returns_the_model_and_changes_it(name, toy_model, toy_task):
     before = {k: v.detach().clone() for k, v in toy_model.named_parameters()}
-    out = eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], **TOY_STEPS.get(name, {}), method=name).model
+    out = eraser.run_method(
+        toy_model, toy_task["forget"], toy_task["retain"], **TOY_STEPS.get(name, {}), method=name
+    ).model
     assert isinstance(out, torch.nn.Module)
     changed = any(not torch.equal(before[k], v) for k, v in out.named_parameters() if k in before)
     assert changed or name == "ssd", f"{name} left the weights unchanged"
@@ -32,10 +52,16 @@ def test_method_returns_the_model_and_changes_it(name, toy_model, toy_task):
 # The defaults are sized for CIFAR-scale data (hundreds of steps); on this 240-sample task one
 # epoch is a single step and the model is very confident (forget loss ~1e-4), so the
 # small-learning-rate ascent methods get larger steps here.
-TOY_STEPS = {"ga": {"lr": 0.1, "epochs": 20}, "neggrad_plus": {"lr": 0.01, "epochs": 20, "batch_size": 32, "grad_clip": 1.0}, "neggrad": {"lr": 0.1},
-             "grad_surgery": {"ascent_normalize": True, "ascent_lr": 0.1, "ascent_epochs": 10, "batch_size": 32},
-             "scrub": {"lr": 0.05}, "boundary_shrink": {"lr": 1e-2}, "boundary_expanding": {"lr": 1e-2},
-             "iu": {"alpha": 10.0, "damping": 1.0}}
+TOY_STEPS = {
+    "ga": {"lr": 0.1, "epochs": 20},
+    "neggrad_plus": {"lr": 0.01, "epochs": 20, "batch_size": 32, "grad_clip": 1.0},
+    "neggrad": {"lr": 0.1},
+    "grad_surgery": {"ascent_normalize": True, "ascent_lr": 0.1, "ascent_epochs": 10, "batch_size": 32},
+    "scrub": {"lr": 0.05},
+    "boundary_shrink": {"lr": 1e-2},
+    "boundary_expanding": {"lr": 1e-2},
+    "iu": {"alpha": 10.0, "damping": 1.0},
+}
 
 
 # FT and l1-sparse only rely on catastrophic forgetting, which a few steps on this easy task do
@@ -45,7 +71,9 @@ TOY_STEPS = {"ga": {"lr": 0.1, "epochs": 20}, "neggrad_plus": {"lr": 0.01, "epoc
 @pytest.mark.parametrize("name", [n for n in CONTRACT_IDS if n not in ("retrain", "ft", "l1_sparse", "ssd")])
 def test_method_lowers_forget_accuracy(name, toy_model, toy_task):
     assert accuracy(toy_model, toy_task["forget"]) > 90.0
-    out = eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], **TOY_STEPS.get(name, {}), method=name).model
+    out = eraser.run_method(
+        toy_model, toy_task["forget"], toy_task["retain"], **TOY_STEPS.get(name, {}), method=name
+    ).model
     assert accuracy(out, toy_task["forget"]) < 100.0, name
 
 
@@ -82,7 +110,12 @@ def test_overrides_reach_the_config(toy_model, toy_task):
     name, opts = parse_method("ft:lr=0.02,epochs=1,schedule=cosine,max_steps=none")
     assert (name, opts) == ("ft", {"lr": 0.02, "epochs": 1, "schedule": "cosine", "max_steps": None})
     assert parse_method("unlink:variant=svd,k=2") == ("unlink", {"variant": "svd", "k": 2})
-    for bad, msg in (("ft:lr", "key=value"), ("ft:bogus=1", "has no option"), ("ft:epochs=x", "takes a int"), ("nope", "unknown method")):
+    for bad, msg in (
+        ("ft:lr", "key=value"),
+        ("ft:bogus=1", "has no option"),
+        ("ft:epochs=x", "takes a int"),
+        ("nope", "unknown method"),
+    ):
         with pytest.raises(ValueError, match=msg):
             parse_method(bad)
     # epochs=0 means no step at all: the model must come back unchanged.
@@ -97,7 +130,13 @@ def test_masked_weights_survive_momentum_and_weight_decay(toy_model, toy_task):
 
     mask = {n: torch.rand(p.shape) > 0.5 for n, p in toy_model.named_parameters()}
     before = {n: p.detach().clone() for n, p in toy_model.named_parameters()}
-    fit(toy_model, RetainCE(), {"retain": toy_task["retain"]}, TrainConfig(epochs=3, lr=0.1, weight_decay=0.1), trainable=mask)
+    fit(
+        toy_model,
+        RetainCE(),
+        {"retain": toy_task["retain"]},
+        TrainConfig(epochs=3, lr=0.1, weight_decay=0.1),
+        trainable=mask,
+    )
     moved = 0
     for n, p in toy_model.named_parameters():
         assert torch.equal(p.detach()[~mask[n]], before[n][~mask[n]]), n
@@ -106,8 +145,8 @@ def test_masked_weights_survive_momentum_and_weight_decay(toy_model, toy_task):
 
 
 def test_crop_flip_augmentation_keeps_shapes_and_content():
-    from eraser.training.loop import _crop_flip
     from eraser.training import TrainConfig
+    from eraser.training.loop import _crop_flip
 
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8) + 1
     g = torch.Generator().manual_seed(0)
@@ -128,7 +167,7 @@ def test_training_with_augmentation_runs(toy_model, toy_task):
     from eraser.training import TrainConfig, fit
 
     logs = fit(toy_model, RetainCE(), {"retain": toy_task["retain"]}, TrainConfig(epochs=2, augment="crop_flip"))
-    assert len(logs) == 2 and all(l["loss"] == l["loss"] for l in logs)
+    assert len(logs) == 2 and all(log["loss"] == log["loss"] for log in logs)
 
 
 def test_bad_labels_in_a_dataloader_are_reported_and_undone(toy_model, toy_task):

@@ -97,8 +97,16 @@ def test_projection_is_orthogonal_to_the_retain_gradient():
 def test_grad_surgery_forgets(toy_model, toy_task):
     # The toy model is so confident (forget CE ~1e-6) that raw ascent barely moves: use
     # unit-length ascent steps and smaller batches (60 forget samples are one batch of 256).
-    eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], ascent_normalize=True,
-                                      ascent_lr=0.1, ascent_epochs=10, batch_size=32, method="grad_surgery").model
+    eraser.run_method(
+        toy_model,
+        toy_task["forget"],
+        toy_task["retain"],
+        ascent_normalize=True,
+        ascent_lr=0.1,
+        ascent_epochs=10,
+        batch_size=32,
+        method="grad_surgery",
+    ).model
     assert_forgot(toy_model, toy_task)
 
 

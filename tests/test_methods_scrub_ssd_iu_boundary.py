@@ -10,12 +10,12 @@ import eraser.methods.boundary  # noqa: F401  (registers)
 import eraser.methods.iu  # noqa: F401
 import eraser.methods.scrub  # noqa: F401
 import eraser.methods.ssd  # noqa: F401
-from eraser.methods.boundary import nearest_wrong_labels
 from eraser.data import mixed_batches, subsample
+from eraser.methods.boundary import nearest_wrong_labels
+from eraser.methods.finetune import RetainCE
 from eraser.methods.iu import influence_step
 from eraser.methods.scrub import Scrub, distill_kl
 from eraser.methods.ssd import ssd_dampen
-from eraser.methods.finetune import RetainCE
 from eraser.training import TrainConfig, accuracy, fit, gradient_stats
 
 
@@ -44,6 +44,7 @@ def test_unknown_option_is_an_error(toy_task, toy_model):
 
 
 # --- SCRUB -----------------------------------------------------------------------------------
+
 
 def test_distill_kl_is_t_squared_kl():
     s, t = torch.randn(5, 4), torch.randn(5, 4)
@@ -74,6 +75,7 @@ def test_scrub_without_max_steps_does_not_forget(toy_task, toy_model):
 
 
 # --- SSD -------------------------------------------------------------------------------------
+
 
 def test_ssd_dampen_rule_on_constructed_importances():
     model = nn.Linear(2, 2, bias=False)
@@ -113,7 +115,9 @@ def test_ssd_dampens_exactly_the_forget_only_weights(seed):
     eraser.run_method(model, f, r, method="ssd").model
     for n, p in model.named_parameters():  # the documented rule, with alpha 10 and lambda 1
         sel = imp_f[n] > 10 * imp_d[n]
-        torch.testing.assert_close(p.detach(), torch.where(sel, before[n] * (imp_d[n] / imp_f[n]).clamp(max=1), before[n]))
+        torch.testing.assert_close(
+            p.detach(), torch.where(sel, before[n] * (imp_d[n] / imp_f[n]).clamp(max=1), before[n])
+        )
     changed = model.weight.detach() != before["weight"]
     assert bool(changed[:, 0].all())  # input 0 serves the forget class only: dampened
     assert not bool(changed[:, 1:4].any())  # the other classes' inputs: the forget set never uses them
@@ -135,7 +139,9 @@ def test_ssd_accepts_datasets_and_loaders_like_tensor_pairs(toy_task, toy_model)
     other = type(toy_model)()
     other.load_state_dict(toy_model.state_dict())
     eraser.run_method(toy_model, f, r, method="ssd").model
-    eraser.run_method(other, TensorDataset(*f), DataLoader(TensorDataset(*r), batch_size=17, shuffle=True), method="ssd").model
+    eraser.run_method(
+        other, TensorDataset(*f), DataLoader(TensorDataset(*r), batch_size=17, shuffle=True), method="ssd"
+    ).model
     for a, b in zip(toy_model.parameters(), other.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
@@ -150,6 +156,7 @@ def test_mixed_batches_cover_both_sets_once():
 
 
 # --- IU --------------------------------------------------------------------------------------
+
 
 def test_influence_step_formula():
     model = nn.Linear(2, 1, bias=False)
@@ -182,12 +189,15 @@ def test_iu_forgets_and_keeps_retain(toy_task, toy_model):
 
 def test_iu_alpha_zero_changes_nothing(toy_task, toy_model):
     before = {k: v.clone() for k, v in toy_model.state_dict().items()}
-    eraser.run_method(toy_model, toy_task["forget"], toy_task["retain"], alpha=0.0, fisher_samples=10, method="iu").model
+    eraser.run_method(
+        toy_model, toy_task["forget"], toy_task["retain"], alpha=0.0, fisher_samples=10, method="iu"
+    ).model
     for k, v in toy_model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
 # --- Boundary Shrink / Expanding -------------------------------------------------------------
+
 
 def test_nearest_wrong_labels(toy_task, toy_model):
     x, y = toy_task["forget"]
@@ -223,7 +233,9 @@ def test_boundary_expanding_nested_head_and_failure_restores(toy_task):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Sequential(nn.Dropout(0.0), nn.Linear(16, 4)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(FloatingPointError):
-        eraser.run_method(model, toy_task["forget"], method="boundary_expanding", lr=1e30)  # diverges: the head must come back unchanged
+        eraser.run_method(
+            model, toy_task["forget"], method="boundary_expanding", lr=1e30
+        )  # diverges: the head must come back unchanged
     assert model[3][1].out_features == 4
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)

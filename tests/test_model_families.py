@@ -13,7 +13,9 @@ def gain(weight, basis):
 def test_timm_vit_fused_qkv_and_head():
     import timm
 
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5).eval()
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5
+    ).eval()
     x = torch.randn(6, 3, 32, 32)
     patch = eraser.erase_classes(model, x, layers=["blocks.1.attn.qkv", "head"], k=2)
     assert set(patch.layers) == {"blocks.1.attn.qkv", "head"}

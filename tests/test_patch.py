@@ -250,8 +250,14 @@ def test_a_failing_layer_puts_back_the_layers_already_edited(tiny, images, exact
     low_rank = eraser.erase_classes(tiny, images, k=1, layers=["body", "head"])
     low_rank.revert(tiny)
     before = weights(tiny)
-    dense = ErasurePatch(edits={}, metadata={}, deltas={"body.weight": torch.full_like(tiny.body.weight, 0.01),
-                                                        "head.weight": torch.full_like(tiny.head.weight, 0.01)})
+    dense = ErasurePatch(
+        edits={},
+        metadata={},
+        deltas={
+            "body.weight": torch.full_like(tiny.body.weight, 0.01),
+            "head.weight": torch.full_like(tiny.head.weight, 0.01),
+        },
+    )
     with torch.no_grad():
         tiny.head.weight[0, 0] = float("nan")
     for patch in (ErasurePatch(low_rank.edits, {}), dense):

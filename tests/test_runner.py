@@ -29,10 +29,13 @@ def test_erase_classes_serves_every_classifier_method(name, toy_model, toy_task)
         assert result.patch is None and result.model is not model
         assert result.model(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
         return
-    patch = eraser.erase_classes(model, toy_task["forget"], retain_data=toy_task["retain"], method=name,
-                                 names=["class 0"], **_fast(name))
+    patch = eraser.erase_classes(
+        model, toy_task["forget"], retain_data=toy_task["retain"], method=name, names=["class 0"], **_fast(name)
+    )
     assert isinstance(patch, ErasurePatch)
-    assert name.startswith(patch.metadata["method"]) and patch.metadata["names"] == ["class 0"]  # unlink_rayleigh: unlink, variant rayleigh
+    assert name.startswith(patch.metadata["method"]) and patch.metadata["names"] == [
+        "class 0"
+    ]  # unlink_rayleigh: unlink, variant rayleigh
     patch.revert(model)
     for k, v in model.named_parameters():
         torch.testing.assert_close(v.detach(), before[k], rtol=0, atol=0, msg=f"{name}: {k} not restored")

@@ -3,12 +3,20 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TinyNet, ToyCNN
 from PIL import Image
 from torch import nn
 
-from conftest import TinyNet, ToyCNN
 from evaluation.gradcam import MIN_CELL, PAD, TITLE_HEIGHT, grad_cam, save_gradcam_grid
-from evaluation.shift import DEFAULT_SHIFTS, Shift, make_shifted_splits, parse_shift, pr_metric, shift_inputs, shifted_metrics
+from evaluation.shift import (
+    DEFAULT_SHIFTS,
+    Shift,
+    make_shifted_splits,
+    parse_shift,
+    pr_metric,
+    shift_inputs,
+    shifted_metrics,
+)
 
 MEAN, STD = (0.5,), (0.25,)
 
@@ -71,8 +79,23 @@ def test_parse_shift_params_and_labels():
         assert parse_shift(parse_shift(text).label) == parse_shift(text)
 
 
-@pytest.mark.parametrize("text", ["", "gauss", "gauss:-1", "gauss:abc", "blur:3", "elastic:medium", "elastic:1,0",
-                                  "elastic:1,2,3", "pgd:8/255,0", "pgd:8/0", "pgd:eps", "pgd:8/255,7,1"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "gauss",
+        "gauss:-1",
+        "gauss:abc",
+        "blur:3",
+        "elastic:medium",
+        "elastic:1,0",
+        "elastic:1,2,3",
+        "pgd:8/255,0",
+        "pgd:8/0",
+        "pgd:eps",
+        "pgd:8/255,7,1",
+    ],
+)
 def test_bad_shift_strings_raise(text):
     with pytest.raises(ValueError, match="accepted forms"):
         parse_shift(text)
@@ -138,7 +161,9 @@ def test_pgd_stays_in_the_eps_ball_and_lowers_accuracy(trained, normalised):
         clean = (model(inp).argmax(1) == y).float().mean().item()
         attacked = (model(adv).argmax(1) == y).float().mean().item()
     assert clean > 0.9 and attacked < clean - 0.3
-    assert torch.equal(adv, shift_inputs(inp, "pgd:8/255", labels=y, attack_model=model, mean=mean, std=std, seed=0, batch_size=13))
+    assert torch.equal(
+        adv, shift_inputs(inp, "pgd:8/255", labels=y, attack_model=model, mean=mean, std=std, seed=0, batch_size=13)
+    )
 
 
 class _Normalise(nn.Module):
@@ -159,7 +184,11 @@ def test_pgd_needs_labels_and_model(trained):
 
 def _splits():
     x, y = pixel_data(10, seed=5)
-    return {"forget": (x[y == 0], y[y == 0]), "retain": (x[(y == 1) | (y == 2)], y[(y == 1) | (y == 2)]), "test": (x[y == 1], y[y == 1])}
+    return {
+        "forget": (x[y == 0], y[y == 0]),
+        "retain": (x[(y == 1) | (y == 2)], y[(y == 1) | (y == 2)]),
+        "test": (x[y == 1], y[y == 1]),
+    }
 
 
 def test_shifted_metrics_of_a_constant_model():
@@ -173,7 +202,9 @@ def test_shifted_metrics_of_a_constant_model():
 
 def test_shifted_metrics_share_one_shifted_set(trained):
     splits = {k: (normalise(x), y) for k, (x, y) in _splits().items()}
-    shifted = make_shifted_splits(splits, ["gauss:0.2", "pgd:8/255"], attack_model=trained, mean=MEAN, std=STD, max_samples=6)
+    shifted = make_shifted_splits(
+        splits, ["gauss:0.2", "pgd:8/255"], attack_model=trained, mean=MEAN, std=STD, max_samples=6
+    )
     assert set(shifted) == {"gauss:0.2", "pgd:8/255"}
     assert all(len(x) == len(y) == min(6, len(splits[k][0])) for sets in shifted.values() for k, (x, y) in sets.items())
     row = shifted_metrics(trained, shifted=shifted)
@@ -237,7 +268,9 @@ def test_grad_cam_shape_range_default_layer_and_cleanup():
     maps = grad_cam(model, x)
     assert maps.shape == (5, 8, 8) and maps.min() >= 0 and maps.max() <= 1
     assert all(m.max() in (0.0, 1.0) for m in maps)
-    assert torch.equal(maps, grad_cam(model, x, layer="conv2")) and not torch.equal(maps, grad_cam(model, x, layer="conv1"))
+    assert torch.equal(maps, grad_cam(model, x, layer="conv2")) and not torch.equal(
+        maps, grad_cam(model, x, layer="conv1")
+    )
     assert torch.equal(maps, grad_cam(Wrapper(model), x))  # default finds model.conv2 through the wrapper
     assert torch.equal(maps, grad_cam(Wrapper(model), x, layer="model.conv2"))
     assert model.training and _no_hooks(model) and all(p.grad is None for p in model.parameters())
@@ -245,7 +278,9 @@ def test_grad_cam_shape_range_default_layer_and_cleanup():
 
 
 def test_grad_cam_with_an_inplace_relu_after_the_conv():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
     maps = grad_cam(model, torch.randn(3, 1, 8, 8), layer="0")
     assert maps.shape == (3, 8, 8) and maps.min() >= 0 and maps.max() <= 1 and _no_hooks(model)
 
@@ -281,17 +316,17 @@ def test_save_gradcam_grid(tmp_path, trained):
     assert [p.name for p in path.parent.iterdir()] == ["grid.png"]  # no temporary file left
     for c in range(3):
         x0 = PAD + c * (cell + PAD)
-        assert (pixels[:TITLE_HEIGHT, x0:x0 + cell] < 128).any()  # column title: image, original, unlearned
+        assert (pixels[:TITLE_HEIGHT, x0 : x0 + cell] < 128).any()  # column title: image, original, unlearned
         for r in range(3):
             # every cell's corner tag (y=... / pred ...) is a pure black box; the grey images and
             # their heat-map overlays never are
             y0 = TITLE_HEIGHT + PAD + r * (cell + PAD)
-            assert (pixels[y0:y0 + 18, x0:x0 + 50] == 0).all(-1).sum() > 50
-            assert not (pixels[y0 + 30:y0 + cell, x0:x0 + cell] == 0).all(-1).any()
+            assert (pixels[y0 : y0 + 18, x0 : x0 + 50] == 0).all(-1).sum() > 50
+            assert not (pixels[y0 + 30 : y0 + cell, x0 : x0 + cell] == 0).all(-1).any()
     rgb = {"a": TinyNet(), "b": TinyNet()}  # 3-channel 32 px images are upscaled 3x
     plain = save_gradcam_grid(rgb, torch.rand(2, 3, 32, 32), None, tmp_path / "rgb.png", titles=False, layer="conv")
     with Image.open(plain) as im:
         assert im.size == (3 * 96 + 4 * PAD, 2 * 96 + 3 * PAD)
-        corners = [np.asarray(im)[PAD:PAD + 18, x0:x0 + 50] for x0 in (PAD, PAD + 96 + PAD)]
+        corners = [np.asarray(im)[PAD : PAD + 18, x0 : x0 + 50] for x0 in (PAD, PAD + 96 + PAD)]
     assert not (corners[0] == 0).all(-1).any()  # no true labels given: the image column is untagged
     assert (corners[1] == 0).all(-1).sum() > 50  # the models' predictions are

@@ -5,7 +5,7 @@ import torch
 
 from classifiers.models import build_model, list_architectures
 from classifiers.splits import Scenario, make_split
-from classifiers.train import cache_key, cached_model
+from evaluation.checkpoints import cache_key, cached_model
 from evaluation.report import mean_std, write_report
 
 
@@ -46,7 +46,9 @@ def test_random_and_instance_splits_are_seeded():
 
 
 def test_architectures_build_with_the_right_outputs():
-    assert {"small_cnn", "cifar_resnet20", "resnet18", "vgg16_bn", "vit_b_16", "swin_t", "resnet50"} <= set(list_architectures())
+    assert {"small_cnn", "cifar_resnet20", "resnet18", "vgg16_bn", "vit_b_16", "swin_t", "resnet50"} <= set(
+        list_architectures()
+    )
     assert build_model("small_cnn", 10)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert build_model("cifar_resnet20", 7)(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
     assert build_model("resnet18", 5, small_input=True)(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
@@ -72,11 +74,16 @@ def test_cached_model_trains_once(tmp_path):
     b, rec_b = cached_model(build, train, key, tmp_path)
     assert len(calls) == 1 and torch.equal(a.weight, b.weight)
     assert rec_a["weights_sha256"] == rec_b["weights_sha256"]
+    # A damaged checkpoint is not used: the model is trained again and the cache rewritten.
+    path = tmp_path / f"{key}.safetensors"
+    path.write_bytes(path.read_bytes()[:-8])
+    c, rec_c = cached_model(build, train, key, tmp_path)
+    assert len(calls) == 2 and torch.equal(c.weight, a.weight) and rec_c["weights_sha256"] == rec_a["weights_sha256"]
 
 
 def test_report_writes_markdown_csv_json(tmp_path):
-    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
-    assert mean_std([1.0, float("nan"), 3.0]) == (2.0, pytest.approx(2 ** 0.5))  # undefined values left out
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
+    assert mean_std([1.0, float("nan"), 3.0]) == (2.0, pytest.approx(2**0.5))  # undefined values left out
     assert all(v != v for v in mean_std([float("nan")]))
     rows = [{"method": "ft", "UA": (10.0, 1.0), "n": 3}, {"method": "ga", "UA": (20.0, 0.0), "n": 3}]
     paths = write_report(tmp_path, "t", ["method", "UA", "n"], rows, {"seeds": [0, 1, 2]}, notes=["a note"])

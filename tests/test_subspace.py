@@ -8,7 +8,9 @@ from eraser.subspace import as_gram
 def planted(n=200, d=16, k=3, noise=1e-3, seed=0):
     g = torch.Generator().manual_seed(seed)
     basis, _ = torch.linalg.qr(torch.randn(d, k, dtype=torch.float64, generator=g))
-    coeff = torch.randn(n, k, dtype=torch.float64, generator=g) * torch.tensor([10.0, 5.0, 2.0][:k], dtype=torch.float64)
+    coeff = torch.randn(n, k, dtype=torch.float64, generator=g) * torch.tensor(
+        [10.0, 5.0, 2.0][:k], dtype=torch.float64
+    )
     X = coeff @ basis.T + noise * torch.randn(n, d, dtype=torch.float64, generator=g)
     return X, basis
 
@@ -50,8 +52,13 @@ def test_tail_selects_small_nonzero_singular_values():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"k": 20}, "exceeds the feature dimension"), ({"k": 4}, "exceeds the rank"), ({"k": 0}, "positive"),
-     ({"energy": 1.5}, "energy"), ({"k": 1, "energy": 0.5}, "only one")],
+    [
+        ({"k": 20}, "exceeds the feature dimension"),
+        ({"k": 4}, "exceeds the rank"),
+        ({"k": 0}, "positive"),
+        ({"energy": 1.5}, "energy"),
+        ({"k": 1, "energy": 0.5}, "only one"),
+    ],
 )
 def test_bad_k(kwargs, message):
     X, _ = planted(noise=0.0)
@@ -152,7 +159,7 @@ def test_rayleigh_reuses_the_retain_factorisation_and_gives_the_same_subspace():
 
 
 def test_balanced_rayleigh_weighs_concepts_not_rows():
-    from eraser.subspace import Gram, balanced_rayleigh_subspace, rayleigh_subspace
+    from eraser.subspace import balanced_rayleigh_subspace, rayleigh_subspace
 
     g = torch.Generator().manual_seed(0)
     xf = torch.randn(6, 12, generator=g, dtype=torch.float64)

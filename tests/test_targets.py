@@ -175,8 +175,17 @@ def test_clip_preset_on_a_non_clip_model_is_refused() -> None:
 def test_presets_are_the_families_ones() -> None:
     from eraser.families import FAMILY_ADAPTERS
 
-    assert set(PRESETS) == {"head", "clip_mlp", "clip_attn", "clip_last_mlp", "cross_attn_kv", "cross_attn_k",
-                            "cross_attn_v", "text_encoder_mlp", "text_encoder_attn"}
+    assert set(PRESETS) == {
+        "head",
+        "clip_mlp",
+        "clip_attn",
+        "clip_last_mlp",
+        "cross_attn_kv",
+        "cross_attn_k",
+        "cross_attn_v",
+        "text_encoder_mlp",
+        "text_encoder_attn",
+    }
     assert set(PRESETS) == {p for f in FAMILY_ADAPTERS.values() for p in f.presets}
 
 

@@ -176,7 +176,12 @@ def test_other_streams_are_cycled_alongside_the_driver() -> None:
 
 def test_an_empty_secondary_stream_is_an_error() -> None:
     with pytest.raises(ValueError, match="a data stream of the objective is empty"):
-        fit(nn.Linear(1, 1), Recorder(streams=("retain", "forget")), {"retain": zeros(4), "forget": zeros(0)}, TrainConfig(epochs=1))
+        fit(
+            nn.Linear(1, 1),
+            Recorder(streams=("retain", "forget")),
+            {"retain": zeros(4), "forget": zeros(0)},
+            TrainConfig(epochs=1),
+        )
 
 
 class TwoPhases(Recorder):
@@ -294,8 +299,16 @@ def test_a_nonfinite_loss_stops_training() -> None:
 def test_a_mask_of_the_wrong_shape_is_refused_before_training() -> None:
     model = nn.Linear(4, 3)
     before = params_of(model)
-    with pytest.raises(ValueError, match=r"mask 'weight' has shape \(4, 3\); the parameter 'weight' has shape \(3, 4\)"):
-        fit(model, CE(), {"retain": blobs()}, TrainConfig(epochs=1, lr=0.1), trainable={"weight": torch.ones(4, 3, dtype=torch.bool)})
+    with pytest.raises(
+        ValueError, match=r"mask 'weight' has shape \(4, 3\); the parameter 'weight' has shape \(3, 4\)"
+    ):
+        fit(
+            model,
+            CE(),
+            {"retain": blobs()},
+            TrainConfig(epochs=1, lr=0.1),
+            trainable={"weight": torch.ones(4, 3, dtype=torch.bool)},
+        )
     assert torch.equal(model.weight.detach(), before["weight"])
 
 
@@ -303,7 +316,13 @@ def test_a_mask_naming_no_parameter_is_refused() -> None:
     model = nn.Linear(4, 3)
     before = params_of(model)
     with pytest.raises(ValueError, match="mask 'wieght' names no parameter of the model; parameters: weight, bias"):
-        fit(model, CE(), {"retain": blobs()}, TrainConfig(epochs=1, lr=0.1), trainable={"wieght": torch.zeros(3, 4, dtype=torch.bool)})
+        fit(
+            model,
+            CE(),
+            {"retain": blobs()},
+            TrainConfig(epochs=1, lr=0.1),
+            trainable={"wieght": torch.zeros(3, 4, dtype=torch.bool)},
+        )
     assert all(torch.equal(p, before[n]) for n, p in params_of(model).items())
 
 

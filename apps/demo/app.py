@@ -11,9 +11,7 @@ default); users cannot type paths. Each browser session has its own stack of era
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the session module imports torch: loaded only when the demo runs
     from .session import DemoConfig, ModelSlot
@@ -28,7 +26,10 @@ def load_slots(config: DemoConfig) -> dict[str, ModelSlot]:
     """Load every configured model once (shared by all sessions)."""
     from .session import ModelSlot, load_model
 
-    return {name: ModelSlot(name, spec, load_model(spec, config.device, config.dtype)) for name, spec in config.models.items()}
+    return {
+        name: ModelSlot(name, spec, load_model(spec, config.device, config.dtype))
+        for name, spec in config.models.items()
+    }
 
 
 def _upscale(images: list[Any]) -> list[Any]:
@@ -69,7 +70,9 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
     def stack_view(s: Session) -> tuple[str, Any]:
         if not s.stack:
             return "No erasures yet.", None
-        lines = [f"{i + 1}. {e.label} — {e.seconds:.2f} s, patch {e.size_bytes / 1024:.0f} KB" for i, e in enumerate(s.stack)]
+        lines = [
+            f"{i + 1}. {e.label} — {e.seconds:.2f} s, patch {e.size_bytes / 1024:.0f} KB" for i, e in enumerate(s.stack)
+        ]
         return "\n".join(lines), str(s.stack[-1].file)
 
     def on_model(name: str, state: Session | None):
@@ -80,8 +83,13 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
     def on_erase(concepts: str, keep: str, method: str, k: float | None, strength: float | None, state: Session | None):
         s = session(state)
         try:
-            e = s.erase(concepts, keep, method, None if k in (None, "", 0) else k,  # 0: automatic
-                        None if strength in (None, "") else strength)
+            e = s.erase(
+                concepts,
+                keep,
+                method,
+                None if k in (None, "", 0) else k,  # 0: automatic
+                None if strength in (None, "") else strength,
+            )
             msg = f"Erased in {e.seconds:.2f} s; patch {e.size_bytes / 1024:.0f} KB ({e.label})."
         except DemoError as err:
             msg = f"⚠️ {err}"
@@ -142,20 +150,35 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
 
     with gr.Blocks(title="eraser demo") as app:
         state = gr.State(None)
-        gr.Markdown("# eraser: erase a concept from a text-to-image model\nType what to forget, then compare the "
-                    "same prompt and seeds before and after. Erasures stack and can be reverted one by one.")
+        gr.Markdown(
+            "# eraser: erase a concept from a text-to-image model\nType what to forget, then compare the "
+            "same prompt and seeds before and after. Erasures stack and can be reverted one by one."
+        )
         model = gr.Dropdown(list(slots), value=next(iter(slots)), label="Model", elem_id="model")
         with gr.Tab("Erase"):
             with gr.Row():
                 # lengths are checked on the server, which says what is wrong (a browser limit would cut silently)
-                concepts = gr.Textbox(label="Concepts to erase (comma-separated)", value="seven", max_lines=1, elem_id="concepts")
+                concepts = gr.Textbox(
+                    label="Concepts to erase (comma-separated)", value="seven", max_lines=1, elem_id="concepts"
+                )
                 keep = gr.Textbox(label="Concepts to keep (for 'Unlink + keep' and UCE)", max_lines=1, elem_id="keep")
             with gr.Row():
-                method = gr.Dropdown(list(METHODS), value="Unlink", label="Method",
-                                     info=" · ".join(f"{m}: {t}" for m, (_, _, t) in METHODS.items()), elem_id="method")
+                method = gr.Dropdown(
+                    list(METHODS),
+                    value="Unlink",
+                    label="Method",
+                    info=" · ".join(f"{m}: {t}" for m, (_, _, t) in METHODS.items()),
+                    elem_id="method",
+                )
                 k = gr.Number(value=0, label=f"Rank k (0: automatic; 1-{limits.max_k})", elem_id="k")
-                strength = gr.Number(value=UNLINK_STRENGTH, minimum=1.0, maximum=2.0, step=0.25, elem_id="strength",
-                                     label="Unlink strength (1: remove; up to 2: reverse, steers away)")
+                strength = gr.Number(
+                    value=UNLINK_STRENGTH,
+                    minimum=1.0,
+                    maximum=2.0,
+                    step=0.25,
+                    elem_id="strength",
+                    label="Unlink strength (1: remove; up to 2: reverse, steers away)",
+                )
             erase_btn = gr.Button("Erase", variant="primary", elem_id="erase")
             status = gr.Markdown(elem_id="status")
             stack = gr.Markdown("No erasures yet.", elem_id="stack")
@@ -166,9 +189,15 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
                 upload = gr.File(label="Upload a patch (.safetensors)", file_types=[".safetensors"], elem_id="upload")
                 upload_btn = gr.Button("Apply uploaded patch", elem_id="apply-upload")
             with gr.Row():
-                prompt = gr.Textbox(label=f"Prompt (up to {limits.max_prompt_chars} characters)", value=EXAMPLES[0],
-                                    max_lines=1, elem_id="prompt")
-                seeds = gr.Textbox(label=f"Seeds (up to {limits.max_images})", value="0,1,2,3", max_lines=1, elem_id="seeds")
+                prompt = gr.Textbox(
+                    label=f"Prompt (up to {limits.max_prompt_chars} characters)",
+                    value=EXAMPLES[0],
+                    max_lines=1,
+                    elem_id="prompt",
+                )
+                seeds = gr.Textbox(
+                    label=f"Seeds (up to {limits.max_images})", value="0,1,2,3", max_lines=1, elem_id="seeds"
+                )
             gr.Examples(EXAMPLES, inputs=prompt)
             gen_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             gen_note = gr.Markdown(elem_id="gen-note")
@@ -176,8 +205,10 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
                 original = gr.Gallery(label="Original", columns=4, height=300, format="png", elem_id="original")
                 erased = gr.Gallery(label="Erased", columns=4, height=300, format="png", elem_id="erased")
         with gr.Tab("Check"):
-            gr.Markdown("Runs the digit judge on generations of every digit (bundled model only), before and after "
-                        "your erasures.")
+            gr.Markdown(
+                "Runs the digit judge on generations of every digit (bundled model only), before and after "
+                "your erasures."
+            )
             check_btn = gr.Button("Run the judge", elem_id="check")
             check_note = gr.Markdown(elem_id="check-note")
             chart = gr.BarPlot(x="digit", y="judge accuracy", color="model", y_lim=[0, 100], elem_id="chart")
@@ -195,13 +226,21 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The demo's command-line options (shared by ``python -m apps.demo.app`` and ``eraser demo``)."""
-    ap.add_argument("--model", action="append", metavar="NAME=SPEC",
-                    help="a model users may pick: SPEC is bundled:digits, a diffusers hub id or a pipeline folder (repeatable)")
+    ap.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=SPEC",
+        help="a model users may pick: SPEC is bundled:digits, a diffusers hub id or a pipeline folder (repeatable)",
+    )
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve the network)")
     ap.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     ap.add_argument("--device", default="cpu", help="where the models run: cpu, cuda, cuda:1, mps (default cpu)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                    help="weights' dtype (float16 on GPUs halves memory; default float32)")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="weights' dtype (float16 on GPUs halves memory; default float32)",
+    )
     ap.add_argument("--steps", type=int, default=None, help="denoising steps per image (default: the pipeline's)")
 
 
@@ -213,7 +252,9 @@ def run(args: argparse.Namespace) -> None:
     for item in args.model or []:
         name, sep, spec = item.partition("=")
         if not sep or not name.strip() or not spec.strip():
-            raise SystemExit(f"--model takes NAME=SPEC (for example 'SD 1.4=CompVis/stable-diffusion-v1-4'); got {item!r}")
+            raise SystemExit(
+                f"--model takes NAME=SPEC (for example 'SD 1.4=CompVis/stable-diffusion-v1-4'); got {item!r}"
+            )
         models[name.strip()] = spec.strip()
     config = DemoConfig(models=models) if models else DemoConfig()
     config.device, config.dtype, config.steps = args.device, args.dtype, args.steps

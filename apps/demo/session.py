@@ -89,8 +89,9 @@ class ModelSlot:
         self._params = dict(self.module.named_parameters())
         # Every demo method edits only cross-attention K/V: keep their base values from the start
         # (uploaded patches that touch more are added before they are first applied).
-        self._base: dict[str, Tensor] = {n: p.detach().clone() for n, p in self._params.items()
-                                          if re.search(r"attn2\.to_[kv]\.weight$", n)}
+        self._base: dict[str, Tensor] = {
+            n: p.detach().clone() for n, p in self._params.items() if re.search(r"attn2\.to_[kv]\.weight$", n)
+        }
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
 
@@ -184,8 +185,9 @@ class Session:
         return str(prompt).strip()
 
     # -- actions ----------------------------------------------------------------------------------
-    def erase(self, concepts: str, keep: str = "", method: str = "Unlink", k: int | None = None,
-              strength: float | None = None) -> Erasure:
+    def erase(
+        self, concepts: str, keep: str = "", method: str = "Unlink", k: int | None = None, strength: float | None = None
+    ) -> Erasure:
         """Erase ``concepts`` (comma-separated) on top of this user's stack; returns the new entry.
         ``strength`` (Unlink only; None: the library's default, ``UNLINK_STRENGTH``): 1 removes the
         concepts' directions, up to 2 reverses them, which steers generations away from the concepts
@@ -219,20 +221,28 @@ class Session:
         with self.slot.applied(self.stack) as pipe:
             t0 = time.perf_counter()
             try:
-                patch = eraser.erase_concepts(pipe, forget, retain=retain or None, k=None if k is None else int(k),
-                                              method=name, **options)
+                patch = eraser.erase_concepts(
+                    pipe, forget, retain=retain or None, k=None if k is None else int(k), method=name, **options
+                )
             except (ValueError, TypeError, RuntimeError) as err:
                 raise DemoError(f"could not erase {', '.join(forget)}: {err}") from None
             seconds = time.perf_counter() - t0
             outside = [n for n in self.slot._touched(patch) if n not in self.slot._base]
             patch.revert(pipe)  # off the model's stack; the context restores the exact base weights
             if outside:  # not a cross-attention edit: its base values are the reverted ones
-                raise DemoError(f"{method} edited layers outside cross-attention ({outside[0]}, ...); "
-                                "the demo only offers cross-attention erasures")
+                raise DemoError(
+                    f"{method} edited layers outside cross-attention ({outside[0]}, ...); "
+                    "the demo only offers cross-attention erasures"
+                )
         file = patch.save(self._dir / f"erasure_{len(self.stack) + 1}_{_slug(forget)}.safetensors")
-        entry = Erasure(label=f"{method}: {', '.join(forget)}" + (f" (keep {', '.join(retain)})" if retain else "")
-                        + (f" strength {strength:g}" if strength not in (None, UNLINK_STRENGTH) else ""),
-                        patch=patch, seconds=seconds, file=file)
+        entry = Erasure(
+            label=f"{method}: {', '.join(forget)}"
+            + (f" (keep {', '.join(retain)})" if retain else "")
+            + (f" strength {strength:g}" if strength not in (None, UNLINK_STRENGTH) else ""),
+            patch=patch,
+            seconds=seconds,
+            file=file,
+        )
         self.stack.append(entry)
         return entry
 
@@ -252,7 +262,9 @@ class Session:
             raise DemoError(f"upload a .safetensors patch file; got {path.name!r}")
         size = path.stat().st_size
         if size > lim.max_patch_bytes:
-            raise DemoError(f"patch files are at most {lim.max_patch_bytes / 1e6:.0f} MB; this one is {size / 1e6:.1f} MB")
+            raise DemoError(
+                f"patch files are at most {lim.max_patch_bytes / 1e6:.0f} MB; this one is {size / 1e6:.1f} MB"
+            )
         if len(self.stack) >= lim.max_stack:
             raise DemoError(f"at most {lim.max_stack} erasures at once; revert one first")
         try:
@@ -263,12 +275,18 @@ class Session:
             try:
                 patch.apply(pipe)
             except Exception as err:
-                raise DemoError(f"{path.name} does not fit the model {self.model!r} with the current erasures: "
-                                f"{str(err)[:300]}") from None
+                raise DemoError(
+                    f"{path.name} does not fit the model {self.model!r} with the current erasures: {str(err)[:300]}"
+                ) from None
             patch.revert(pipe)
         copy = self._dir / f"erasure_{len(self.stack) + 1}_uploaded.safetensors"
         copy.write_bytes(path.read_bytes())
-        entry = Erasure(label=f"uploaded: {', '.join(map(str, _concepts_of(patch))) or path.name}", patch=patch, seconds=0.0, file=copy)
+        entry = Erasure(
+            label=f"uploaded: {', '.join(map(str, _concepts_of(patch))) or path.name}",
+            patch=patch,
+            seconds=0.0,
+            file=copy,
+        )
         self.stack.append(entry)
         return entry
 

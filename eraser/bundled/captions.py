@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["DIGIT_WORDS", "CAPTION_TEMPLATES", "CANONICAL_TEMPLATE", "caption", "all_captions", "digit_prompt", "concept_templates"]
+__all__ = [
+    "DIGIT_WORDS",
+    "CAPTION_TEMPLATES",
+    "CANONICAL_TEMPLATE",
+    "caption",
+    "all_captions",
+    "digit_prompt",
+    "concept_templates",
+]
 
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

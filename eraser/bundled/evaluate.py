@@ -111,13 +111,14 @@ def judge_digits(
     desc = progress if isinstance(progress, str) else "judge digits"
     with tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(jobs), batch):
-            chunk = jobs[start:start + batch]
+            chunk = jobs[start : start + batch]
             digits = torch.tensor([d for d, _ in chunk])
             gens = [torch.Generator().manual_seed(image_seed(seed, d, i)) for d, i in chunk]
             extra = {"negative_prompt_embeds": uncond[digits]} if cfg else {}
             with images_progress(pipe, bar, len(chunk)):
-                x: Tensor = pipe(prompt_embeds=cond[digits], guidance_scale=guidance, generator=gens,
-                                 output_type="pt", **extra, **kw).images
+                x: Tensor = pipe(
+                    prompt_embeds=cond[digits], guidance_scale=guidance, generator=gens, output_type="pt", **extra, **kw
+                ).images
             p = judge(x.to(device)).softmax(-1).cpu()
             preds.append(p.argmax(-1))
             probs.append(p.gather(1, digits[:, None])[:, 0])
@@ -126,9 +127,15 @@ def judge_digits(
     pred, prob = torch.cat(preds).view(10, per_digit), torch.cat(probs).view(10, per_digit)
     accuracy = {d: 100.0 * int((pred[d] == d).sum()) / per_digit for d in range(10)}
     confidence = {d: float(prob[d].mean()) for d in range(10)}
-    out: dict[str, Any] = {"accuracy": accuracy, "confidence": confidence,
-                           "predictions": {d: pred[d].tolist() for d in range(10)}, "per_digit": per_digit,
-                           "guidance_scale": guidance, "num_inference_steps": steps, "seed": seed}
+    out: dict[str, Any] = {
+        "accuracy": accuracy,
+        "confidence": confidence,
+        "predictions": {d: pred[d].tolist() for d in range(10)},
+        "per_digit": per_digit,
+        "guidance_scale": guidance,
+        "num_inference_steps": steps,
+        "seed": seed,
+    }
     if keep_images:
         out["images"] = torch.cat(images)
     return out
@@ -156,10 +163,12 @@ def check_report(
     for d in range(10):
         name = f"{d} (erased)" if d in erased else str(d)
         lines.append(f"| {name} | {before[d]:.1f} | {after[d]:.1f} | {drop[d]:+.1f} |")
-    lines.append(f"(judge accuracy = % of the {per_digit} generations of 'a photo of the digit <word>' per digit "
-                 f"({10 * per_digit} per model) that the bundled digit judge reads as that digit; the same seeds "
-                 f"{'' if seed is None else f'({seed}) '}before and after; one image = {100 / per_digit:.1f} points; "
-                 "drop = before - after)")
+    lines.append(
+        f"(judge accuracy = % of the {per_digit} generations of 'a photo of the digit <word>' per digit "
+        f"({10 * per_digit} per model) that the bundled digit judge reads as that digit; the same seeds "
+        f"{'' if seed is None else f'({seed}) '}before and after; one image = {100 / per_digit:.1f} points; "
+        "drop = before - after)"
+    )
     ua = {d: 100.0 - after[d] for d in erased}
     worst = max(kept, key=lambda d: (drop[d], -d)) if kept else None
     mean_drop = sum(drop[d] for d in kept) / len(kept) if kept else None
@@ -167,15 +176,29 @@ def check_report(
     kept_ok = all(drop[d] <= max_drop for d in kept)
     parts = []
     if erased:
-        parts.append("erased " + ", ".join(f"{d} ({DIGIT_WORDS[d]}): UA {ua[d]:.1f}" for d in erased)
-                     + f" (target >= {ua_target:g})")
+        parts.append(
+            "erased "
+            + ", ".join(f"{d} ({DIGIT_WORDS[d]}): UA {ua[d]:.1f}" for d in erased)
+            + f" (target >= {ua_target:g})"
+        )
     else:
         parts.append("no digit among the erased concepts: no UA")
     if kept:
-        parts.append(f"kept digits: worst drop {drop[worst]:+.1f} (digit {worst}), mean drop {mean_drop:+.1f} "
-                     f"(target: every drop <= {max_drop:g})")
+        parts.append(
+            f"kept digits: worst drop {drop[worst]:+.1f} (digit {worst}), mean drop {mean_drop:+.1f} "
+            f"(target: every drop <= {max_drop:g})"
+        )
     verdict = "PASS" if ua_ok and kept_ok else "FAIL"
     lines.append(" | ".join(parts) + f" | {verdict}")
-    summary = {"erased": erased, "UA": ua, "drop": drop, "worst_drop": drop[worst] if kept else None,
-               "worst_digit": worst, "mean_drop": mean_drop, "ua_ok": ua_ok, "kept_ok": kept_ok, "passed": verdict == "PASS"}
+    summary = {
+        "erased": erased,
+        "UA": ua,
+        "drop": drop,
+        "worst_drop": drop[worst] if kept else None,
+        "worst_digit": worst,
+        "mean_drop": mean_drop,
+        "ua_ok": ua_ok,
+        "kept_ok": kept_ok,
+        "passed": verdict == "PASS",
+    }
     return "\n".join(lines), summary

@@ -88,19 +88,34 @@ def clip_pixel_values(images: Tensor) -> Tensor:
 # the tiny CLIP
 
 
-def clip_config(text_hidden: int = 64, vision_hidden: int = 96, projection_dim: int = 64, layers: int = 4, heads: int = 4):
+def clip_config(
+    text_hidden: int = 64, vision_hidden: int = 96, projection_dim: int = 64, layers: int = 4, heads: int = 4
+):
     """The tiny CLIP's ``CLIPConfig``: real CLIP vocabulary (49,408) and 77 positions; a 1-channel
     28x28 ViT with 4x4 patches (49 patches + class token)."""
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     text = CLIPTextConfig(
-        vocab_size=49408, hidden_size=text_hidden, intermediate_size=4 * text_hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, max_position_embeddings=77, projection_dim=projection_dim,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        vocab_size=49408,
+        hidden_size=text_hidden,
+        intermediate_size=4 * text_hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
     )
     vision = CLIPVisionConfig(
-        hidden_size=vision_hidden, intermediate_size=4 * vision_hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_channels=1, image_size=28, patch_size=4, projection_dim=projection_dim,
+        hidden_size=vision_hidden,
+        intermediate_size=4 * vision_hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_channels=1,
+        image_size=28,
+        patch_size=4,
+        projection_dim=projection_dim,
     )
     return CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection_dim)
 
@@ -175,12 +190,16 @@ def _load_state(folder: Path, rebuild: str) -> tuple[dict[str, Tensor], dict, di
     meta = _read_json(folder / "meta.json", rebuild)
     expected = meta.get("weights_sha256")
     if expected and file_sha256(weights) != expected:
-        raise BundledWeightsError(f"bundled weight file {weights} is damaged (sha256 differs from {folder / 'meta.json'}); "
-                                  f"rebuild it with `{rebuild}`")
+        raise BundledWeightsError(
+            f"bundled weight file {weights} is damaged (sha256 differs from {folder / 'meta.json'}); "
+            f"rebuild it with `{rebuild}`"
+        )
     try:
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises SafetensorError / OSError on damaged files
-        raise BundledWeightsError(f"bundled weight file {weights} is damaged ({err}); rebuild it with `{rebuild}`") from None
+        raise BundledWeightsError(
+            f"bundled weight file {weights} is damaged ({err}); rebuild it with `{rebuild}`"
+        ) from None
     return {k: v.float() for k, v in state.items()}, config, meta
 
 
@@ -188,8 +207,9 @@ def _load_into(model: nn.Module, state: dict[str, Tensor], path: Path, rebuild: 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise BundledWeightsError(f"bundled weight file {path} does not fit the model ({str(err)[:300]}); "
-                                  f"rebuild it with `{rebuild}`") from None
+        raise BundledWeightsError(
+            f"bundled weight file {path} does not fit the model ({str(err)[:300]}); rebuild it with `{rebuild}`"
+        ) from None
 
 
 def load_clip_folder(folder: str | Path, device: str | torch.device = "cpu"):
@@ -202,7 +222,9 @@ def load_clip_folder(folder: str | Path, device: str | torch.device = "cpu"):
         cfg = CLIPConfig.from_dict(config)
         model = CLIPModel(cfg)
     except Exception as err:
-        raise BundledWeightsError(f"bundled file {folder / 'config.json'} is damaged ({err}); rebuild it with `{CLIP_REBUILD}`") from None
+        raise BundledWeightsError(
+            f"bundled file {folder / 'config.json'} is damaged ({err}); rebuild it with `{CLIP_REBUILD}`"
+        ) from None
     _load_into(model, state, folder / "model.safetensors", CLIP_REBUILD)
     return model.float().to(device).eval(), _tokenizer()
 
@@ -238,7 +260,9 @@ def load_judge_folder(folder: str | Path, device: str | torch.device = "cpu") ->
     try:
         model = DigitJudge(width=int(config.get("width", 8)))
     except (TypeError, ValueError) as err:
-        raise BundledWeightsError(f"bundled file {folder / 'config.json'} is damaged ({err}); rebuild it with `{JUDGE_REBUILD}`") from None
+        raise BundledWeightsError(
+            f"bundled file {folder / 'config.json'} is damaged ({err}); rebuild it with `{JUDGE_REBUILD}`"
+        ) from None
     _load_into(model.net, state, folder / "model.safetensors", JUDGE_REBUILD)
     return model.to(device).eval()
 

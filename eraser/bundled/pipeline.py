@@ -33,15 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-
 from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
 
 from ..hashing import file_sha256
-from .models import WEIGHTS_DIR, BundledWeightsError
 from .captions import DIGIT_WORDS
+from .models import WEIGHTS_DIR, BundledWeightsError
 
 __all__ = [
     "T2I_DIR",
@@ -173,7 +172,11 @@ class DigitsPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------
     def _encode(self, prompts: list[str], device: torch.device) -> Tensor:
         ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
         out = self.text_encoder(ids.to(device))
         return out.last_hidden_state  # SD v1 reads the last layer (after the final layer norm)
@@ -210,10 +213,14 @@ class DigitsPipeline(DiffusionPipeline):
                 if len(negatives) != batch:
                     raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {batch}")
             negative_prompt_embeds = self._encode(negatives, device)
-        negative_prompt_embeds = negative_prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        negative_prompt_embeds = negative_prompt_embeds.to(device, dtype).repeat_interleave(
+            num_images_per_prompt, dim=0
+        )
         if negative_prompt_embeds.shape != prompt_embeds.shape:
-            raise ValueError(f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} do not match "
-                             f"prompt_embeds {tuple(prompt_embeds.shape)}")
+            raise ValueError(
+                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} do not match "
+                f"prompt_embeds {tuple(prompt_embeds.shape)}"
+            )
         return prompt_embeds, negative_prompt_embeds
 
     def prepare_extra_step_kwargs(self, generator, eta: float) -> dict[str, Any]:
@@ -336,7 +343,9 @@ def _read_json(path: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BundledWeightsError(f"bundled file {path} is damaged ({err}); rebuild it with `{T2I_REBUILD}`") from None
     if not isinstance(data, dict):
-        raise BundledWeightsError(f"bundled file {path} is damaged (not a JSON object); rebuild it with `{T2I_REBUILD}`")
+        raise BundledWeightsError(
+            f"bundled file {path} is damaged (not a JSON object); rebuild it with `{T2I_REBUILD}`"
+        )
     return data
 
 
@@ -351,21 +360,28 @@ def load_t2i_unet(folder: str | Path = T2I_DIR, check_sha: bool = True) -> UNet2
     meta = _read_json(folder / "meta.json")
     expected = meta.get("weights_sha256")
     if check_sha and expected and file_sha256(w_path) != expected:
-        raise BundledWeightsError(f"bundled weight file {w_path} is damaged (sha256 differs from {folder / 'meta.json'}); "
-                                  f"rebuild it with `{T2I_REBUILD}`")
+        raise BundledWeightsError(
+            f"bundled weight file {w_path} is damaged (sha256 differs from {folder / 'meta.json'}); "
+            f"rebuild it with `{T2I_REBUILD}`"
+        )
     try:
         state = load_file(str(w_path))
     except Exception as err:  # SafetensorError / OSError on damaged files
-        raise BundledWeightsError(f"bundled weight file {w_path} is damaged ({err}); rebuild it with `{T2I_REBUILD}`") from None
+        raise BundledWeightsError(
+            f"bundled weight file {w_path} is damaged ({err}); rebuild it with `{T2I_REBUILD}`"
+        ) from None
     try:
         unet = UNet2DConditionModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     except Exception as err:
-        raise BundledWeightsError(f"bundled file {cfg_path} is damaged ({err}); rebuild it with `{T2I_REBUILD}`") from None
+        raise BundledWeightsError(
+            f"bundled file {cfg_path} is damaged ({err}); rebuild it with `{T2I_REBUILD}`"
+        ) from None
     try:
         unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as err:
-        raise BundledWeightsError(f"bundled weight file {w_path} does not fit {cfg_path} ({str(err)[:300]}); "
-                                  f"rebuild it with `{T2I_REBUILD}`") from None
+        raise BundledWeightsError(
+            f"bundled weight file {w_path} does not fit {cfg_path} ({str(err)[:300]}); rebuild it with `{T2I_REBUILD}`"
+        ) from None
     return unet.eval().requires_grad_(False)
 
 
@@ -398,13 +414,19 @@ def digits_pipeline(
     clip, tokenizer = load_clip_folder(clip_folder) if clip_folder is not None else digits_clip()
     clip_dir = Path(clip_folder) if clip_folder is not None else WEIGHTS_DIR / "clip"
     trained_on = meta.get("clip_weights_sha256")
-    if trained_on and (clip_dir / "model.safetensors").is_file() and file_sha256(clip_dir / "model.safetensors") != trained_on:
+    if (
+        trained_on
+        and (clip_dir / "model.safetensors").is_file()
+        and file_sha256(clip_dir / "model.safetensors") != trained_on
+    ):
         warnings.warn(
             f"the UNet in {folder} was trained on another tiny CLIP than the one in {clip_dir}; "
             f"its images will not follow the prompts. Retrain it with `{T2I_REBUILD}`.",
             stacklevel=2,
         )
-    pipe = DigitsPipeline(unet=unet, text_encoder=text_encoder_from_clip(clip), tokenizer=tokenizer, scheduler=scheduler)
+    pipe = DigitsPipeline(
+        unet=unet, text_encoder=text_encoder_from_clip(clip), tokenizer=tokenizer, scheduler=scheduler
+    )
     pipe = pipe.to(device)
     # (diffusers warns on any dtype cast; the weights load as float32, so cast only when asked)
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
@@ -433,8 +455,11 @@ def save_t2i_folder(unet: UNet2DConditionModel, scheduler, folder: str | Path, m
     (folder / UNET_DIR).mkdir(parents=True, exist_ok=True)
     w_path = folder / UNET_DIR / UNET_WEIGHTS
     tmp = w_path.with_name(w_path.name + ".tmp")
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in unet.state_dict().items()}, str(tmp),
-              metadata={"format": "pt", "model": "diffusers UNet2DConditionModel (eraser.bundled digits text-to-image)"})
+    save_file(
+        {k: v.detach().to(torch.float16).contiguous() for k, v in unet.state_dict().items()},
+        str(tmp),
+        metadata={"format": "pt", "model": "diffusers UNet2DConditionModel (eraser.bundled digits text-to-image)"},
+    )
     tmp.replace(w_path)
     w_path.chmod(0o644)
     config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}

@@ -22,8 +22,10 @@ def head_layer(model: nn.Module) -> list[str]:
     return last[-1:]
 
 
-CLASSIFIER = register_family(FamilyAdapter(
-    name="classifier",
-    summary="CNN/ViT image classifiers (torchvision, timm): the final classifier layer is the 'head' preset",
-    presets={"head": head_layer},
-))
+CLASSIFIER = register_family(
+    FamilyAdapter(
+        name="classifier",
+        summary="CNN/ViT image classifiers (torchvision, timm): the final classifier layer is the 'head' preset",
+        presets={"head": head_layer},
+    )
+)

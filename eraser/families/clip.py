@@ -15,7 +15,6 @@ targets="text_encoder_mlp")``, through the same prompt-feature code as Stable Di
 from __future__ import annotations
 
 import re
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +26,15 @@ from ..layers import layer_kind
 from .base import FamilyAdapter, register_family
 
 __all__ = [
-    "CLIP", "ImageEncoder", "TextView", "image_tower", "text_view", "embedding",
-    "ZeroShotClassifier", "zero_shot_classifier", "class_text_embeddings",
+    "CLIP",
+    "ImageEncoder",
+    "TextView",
+    "image_tower",
+    "text_view",
+    "embedding",
+    "ZeroShotClassifier",
+    "zero_shot_classifier",
+    "class_text_embeddings",
 ]
 
 
@@ -52,15 +58,17 @@ def _clip_blocks(model: nn.Module, part: re.Pattern, last_only: bool = False) ->
     return [n for _, n in found]
 
 
-CLIP = register_family(FamilyAdapter(
-    name="clip",
-    summary="CLIP encoders (transformers, open_clip): presets over the towers' transformer blocks",
-    presets={
-        "clip_mlp": lambda m: _clip_blocks(m, _CLIP_MLP),
-        "clip_attn": lambda m: _clip_blocks(m, _CLIP_ATTN),
-        "clip_last_mlp": lambda m: _clip_blocks(m, _CLIP_MLP, last_only=True),
-    },
-))
+CLIP = register_family(
+    FamilyAdapter(
+        name="clip",
+        summary="CLIP encoders (transformers, open_clip): presets over the towers' transformer blocks",
+        presets={
+            "clip_mlp": lambda m: _clip_blocks(m, _CLIP_MLP),
+            "clip_attn": lambda m: _clip_blocks(m, _CLIP_ATTN),
+            "clip_last_mlp": lambda m: _clip_blocks(m, _CLIP_MLP, last_only=True),
+        },
+    )
+)
 
 
 def embedding(out: Any) -> Any:
@@ -138,8 +146,12 @@ def class_text_embeddings(model: nn.Module, tokenizer: Any, prompts: Sequence[st
     param = next(model.parameters())
     with torch.no_grad():
         if hasattr(model, "get_text_features"):
-            length = getattr(getattr(getattr(model, "config", None), "text_config", None), "max_position_embeddings", 77)
-            ids = tokenizer(flat, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+            length = getattr(
+                getattr(getattr(model, "config", None), "text_config", None), "max_position_embeddings", 77
+            )
+            ids = tokenizer(
+                flat, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            ).input_ids
             emb = embedding(model.get_text_features(input_ids=ids.to(param.device)))
         elif hasattr(model, "encode_text"):
             emb = model.encode_text(tokenizer(flat).to(param.device))
@@ -196,8 +208,9 @@ class ZeroShotClassifier(nn.Module):
         return None
 
 
-def zero_shot_classifier(model: nn.Module, tokenizer: Any, prompts: Sequence[str | Sequence[str]],
-                         logit_scale: float | None = None) -> ZeroShotClassifier:
+def zero_shot_classifier(
+    model: nn.Module, tokenizer: Any, prompts: Sequence[str | Sequence[str]], logit_scale: float | None = None
+) -> ZeroShotClassifier:
     """A :class:`ZeroShotClassifier` over ``prompts`` (one prompt, or a list of prompts, per class;
     see :func:`class_text_embeddings`). It shares ``model``: erasing from it edits ``model``."""
     return ZeroShotClassifier(model, class_text_embeddings(model, tokenizer, prompts), logit_scale)

@@ -17,7 +17,7 @@ import re
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,7 @@ __all__ = [
     "text_towers",
     "expand_concepts",
     "concept_token_mask",
+    "ConceptTargets",
     "resolve_concept_targets",
     "tokenize_prompts",
     "encode_ids",
@@ -83,28 +84,30 @@ def _unet_parameters(keep: Callable[[str], bool]) -> Callable[[nn.Module], list[
     return lambda unet: [n for n, _ in unet.named_parameters() if keep(n)]
 
 
-DIFFUSION = register_family(FamilyAdapter(
-    name="diffusion",
-    summary="UNet text-to-image pipelines (diffusers SD 1.x/2.x, SDXL): text features enter through cross-attention",
-    presets={
-        "cross_attn_kv": r"unet\..*attn2\.to_[kv]",
-        "cross_attn_k": r"unet\..*attn2\.to_k",
-        "cross_attn_v": r"unet\..*attn2\.to_v",
-        "text_encoder_mlp": r"text_encoder(_2)?\..*layers\.\d+\.mlp\.fc[12]",
-        "text_encoder_attn": r"text_encoder(_2)?\..*layers\.\d+\.self_attn\.[qkv]_proj",
-    },
-    components=("unet", "transformer", "text_encoder", "text_encoder_2", "vae"),
-    text_towers=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
-    text_reading=r"unet\..*\.(to_k|to_v|add_k_proj|add_v_proj)",
-    # ESD's train_method: "xattn": every parameter of cross-attention ("attn2"); "noxattn": all but
-    # those, the time embedding and the output head; "kv": the cross-attention key/value weights.
-    train_selections={
-        "xattn": _unet_parameters(lambda n: "attn2" in n),
-        "noxattn": _unet_parameters(lambda n: "attn2" not in n and not n.startswith(_NOXATTN_EXCLUDED)),
-        "kv": _unet_parameters(lambda n: n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))),
-        "full": _unet_parameters(lambda n: True),
-    },
-))
+DIFFUSION = register_family(
+    FamilyAdapter(
+        name="diffusion",
+        summary="UNet text-to-image pipelines (diffusers SD 1.x/2.x, SDXL): text features enter through cross-attention",
+        presets={
+            "cross_attn_kv": r"unet\..*attn2\.to_[kv]",
+            "cross_attn_k": r"unet\..*attn2\.to_k",
+            "cross_attn_v": r"unet\..*attn2\.to_v",
+            "text_encoder_mlp": r"text_encoder(_2)?\..*layers\.\d+\.mlp\.fc[12]",
+            "text_encoder_attn": r"text_encoder(_2)?\..*layers\.\d+\.self_attn\.[qkv]_proj",
+        },
+        components=("unet", "transformer", "text_encoder", "text_encoder_2", "vae"),
+        text_towers=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
+        text_reading=r"unet\..*\.(to_k|to_v|add_k_proj|add_v_proj)",
+        # ESD's train_method: "xattn": every parameter of cross-attention ("attn2"); "noxattn": all but
+        # those, the time embedding and the output head; "kv": the cross-attention key/value weights.
+        train_selections={
+            "xattn": _unet_parameters(lambda n: "attn2" in n),
+            "noxattn": _unet_parameters(lambda n: "attn2" not in n and not n.startswith(_NOXATTN_EXCLUDED)),
+            "kv": _unet_parameters(lambda n: n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))),
+            "full": _unet_parameters(lambda n: True),
+        },
+    )
+)
 TARGET_PRESETS = DIFFUSION.presets  # the family's layer presets, by their old name
 _TEXT_READING = re.compile(DIFFUSION.text_reading)
 
@@ -170,7 +173,9 @@ def expand_concepts(
     return out
 
 
-def concept_token_mask(input_ids: Tensor, eos_token_id: int, starts: Sequence[int], lengths: Sequence[int], mode: str) -> Tensor:
+def concept_token_mask(
+    input_ids: Tensor, eos_token_id: int, starts: Sequence[int], lengths: Sequence[int], mode: str
+) -> Tensor:
     """Boolean (B, L) mask of the token positions that carry each prompt's concept.
 
     ``input_ids`` start with the start-of-text token; the first ``eos_token_id`` after it ends the
@@ -195,8 +200,17 @@ def concept_token_mask(input_ids: Tensor, eos_token_id: int, starts: Sequence[in
     return (pos >= first) & (pos <= eot)
 
 
-def resolve_concept_targets(pipe: Any, targets: str | Sequence[str]) -> tuple[list[str], dict[str, nn.Module]]:
-    """Split the targets into UNet key/value projections (fed by text features) and text-encoder layers."""
+class ConceptTargets(NamedTuple):
+    """The layers a concept erasure edits: those that read text features (``kv``: cross-attention
+    key/value projections, by name), text-encoder layers (``text``) and all of them (``modules``)."""
+
+    kv: list[str]
+    text: dict[str, nn.Module]
+    modules: dict[str, nn.Module]
+
+
+def resolve_concept_targets(pipe: Any, targets: str | Sequence[str]) -> ConceptTargets:
+    """Resolve the targets once and split them into layers fed by text features and text-encoder layers."""
     view = as_module(pipe)
     if targets in ("cross_attn_kv", "cross_attn_k", "cross_attn_v") and getattr(pipe, "unet", None) is None:
         raise ValueError(
@@ -212,7 +226,7 @@ def resolve_concept_targets(pipe: Any, targets: str | Sequence[str]) -> tuple[li
             f"targets {other[:4]} take image features, not text features; concept erasure edits the "
             f"UNet's cross-attention key/value projections or text-encoder layers (presets: {sorted(TARGET_PRESETS)})."
         )
-    return kv, text
+    return ConceptTargets(kv, text, resolved)
 
 
 def _hidden(out: Any, hidden_layer: str) -> Tensor:
@@ -247,14 +261,21 @@ def tokenize_prompts(pipe: Any, prompts: Sequence[str], *, shortest: bool = Fals
     towers = text_towers(pipe)
     short = shortest and all(type(enc).__name__.startswith("CLIPText") for _, _, enc in towers)
     return [
-        tok(list(prompts), padding="longest" if short else "max_length", max_length=tok.model_max_length,
-            truncation=True, return_tensors="pt").input_ids
+        tok(
+            list(prompts),
+            padding="longest" if short else "max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         for _, tok, _ in towers
     ]
 
 
 @torch.no_grad()
-def encode_ids(pipe: Any, ids: list[Tensor], *, hidden_layer: str = "auto", device: torch.device | str | None = None) -> Tensor:
+def encode_ids(
+    pipe: Any, ids: list[Tensor], *, hidden_layer: str = "auto", device: torch.device | str | None = None
+) -> Tensor:
     """The UNet's text conditioning (B, L, D: the towers' hidden states side by side) for token ids."""
     layer = _hidden_layer(pipe, hidden_layer)
     hidden = []
@@ -308,8 +329,10 @@ def concept_grams(
     kv_acc = GramAccumulator()
     counts = [0] * (max(cp.owners) + 1 if cp.owners else 0)
     towers = text_towers(pipe)
-    batches = [(sl, tokenize_prompts(pipe, cp.prompts[sl], shortest=tokens not in PADDING_MODES))
-               for sl in _batches(cp.prompts, batch_size)]
+    batches = [
+        (sl, tokenize_prompts(pipe, cp.prompts[sl], shortest=tokens not in PADDING_MODES))
+        for sl in _batches(cp.prompts, batch_size)
+    ]
     masks = [_mask(pipe, ids, cp, sl, tokens) for sl, ids in batches]
     for (sl, _), mask in zip(batches, masks):
         for owner, n in zip(cp.owners[sl], mask.sum(1).tolist()):
@@ -319,7 +342,9 @@ def concept_grams(
         enc.eval()
     try:
         with capture_features(text_targets, lambda: GramAccumulator(row_mask=lambda: state["mask"])) as accs:
-            for (sl, ids), mask in tqdm(list(zip(batches, masks)), desc=f"encode {what}", disable=not progress, leave=False):
+            for (sl, ids), mask in tqdm(
+                list(zip(batches, masks)), desc=f"encode {what}", disable=not progress, leave=False
+            ):
                 state["mask"] = mask  # read by the text-encoder hooks
                 hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device)
                 mask = mask.to(hidden.device)
@@ -343,7 +368,9 @@ def concept_grams(
         grams.update({name: shared for name in kv_targets})
     for name, acc in accs.items():
         if acc.nonfinite:
-            raise ValueError(f"features entering {name!r} contain NaN or Inf for the {what}; the model was not changed.")
+            raise ValueError(
+                f"features entering {name!r} contain NaN or Inf for the {what}; the model was not changed."
+            )
         grams[name] = acc.compute()
     return grams, counts
 
@@ -437,8 +464,11 @@ def concept_features(
 def bank_features(pipe: Any, bank: Sequence[str], *, hidden_layer: str = "auto", device: Any = None) -> TextFeatures:
     """``concept_features`` of a concept bank, computed once per pipeline, bank and text-encoder
     state (cached on the pipeline)."""
-    key = (tuple(bank), _hidden_layer(pipe, hidden_layer),
-           tuple((p.data_ptr(), p._version) for _, _, enc in text_towers(pipe) for p in enc.parameters()))
+    key = (
+        tuple(bank),
+        _hidden_layer(pipe, hidden_layer),
+        tuple((p.data_ptr(), p._version) for _, _, enc in text_towers(pipe) for p in enc.parameters()),
+    )
     cached = pipe.__dict__.get(_BANK_CACHE)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -473,7 +503,7 @@ def text_similarity(
         b = concept_features(pipe, list(others), hidden_layer=hidden_layer, device=device).pooled
     else:
         feats = concept_features(pipe, list(texts) + list(others), hidden_layer=hidden_layer, device=device).pooled
-        a, b = feats[: len(texts)], feats[len(texts):]
+        a, b = feats[: len(texts)], feats[len(texts) :]
     return _centred_similarity(a, b, bank_feats.mean(0))
 
 

@@ -47,8 +47,9 @@ def _output_means(layers: dict[str, nn.Module]) -> Iterator[dict[str, list]]:
 
 
 @torch.no_grad()
-def mean_unit_activations(model: nn.Module, layers: dict[str, nn.Module], data, batch_size: int = 256,
-                          device=None) -> dict[str, Tensor]:
+def mean_unit_activations(
+    model: nn.Module, layers: dict[str, nn.Module], data, batch_size: int = 256, device=None
+) -> dict[str, Tensor]:
     """Mean raw output (before any BatchNorm or nonlinearity) of every unit of ``layers`` over
     ``data``, in eval mode: conv channels averaged over samples and positions, linear neurons
     over samples (and tokens). Layers that never ran are left out."""
@@ -119,6 +120,14 @@ def activation_pruning(model, forget, retain, *, config: ActivationPruningConfig
                 rows = pruned.to(p.device).view(-1, *([1] * (p.ndim - 1))).expand_as(p)
                 p[rows] = 0  # masked entries are restored to these zeros after every fit step
                 keep[f"{name}.{pname}"] = ~rows
-    fit(model, RetainCE(), {"retain": retain}, config, trainable=keep, device=device, progress=progress,
-        desc="activation_pruning")
+    fit(
+        model,
+        RetainCE(),
+        {"retain": retain},
+        config,
+        trainable=keep,
+        device=device,
+        progress=progress,
+        desc="activation_pruning",
+    )
     return model

@@ -72,8 +72,15 @@ class NegGradPlusConfig(TrainConfig):
 @register_method("neggrad_plus", config=NegGradPlusConfig, training_free=False, needs_retain=True)
 def neggrad_plus(model, forget, retain, *, config: NegGradPlusConfig, device=None, progress=False):
     """NegGrad+: beta * CE on retain minus (1 - beta) * CE on forget."""
-    fit(model, NegGradPlus(config.beta), {"retain": retain, "forget": forget}, config,
-        device=device, progress=progress, desc="neggrad_plus")
+    fit(
+        model,
+        NegGradPlus(config.beta),
+        {"retain": retain, "forget": forget},
+        config,
+        device=device,
+        progress=progress,
+        desc="neggrad_plus",
+    )
     return model
 
 
@@ -96,5 +103,13 @@ class NegGradConfig(InstanceConfig):
 @register_method("neggrad", config=NegGradConfig, training_free=False)
 def neggrad(model, forget, retain=None, *, config: NegGradConfig, device=None, progress=False):
     """NegGrad (instance-wise): -CE on the forget samples, stopping at 0% forget accuracy."""
-    fit(model, AscendForget(stop_on=forget), {"forget": forget}, config, device=device, progress=progress, desc="neggrad")
+    fit(
+        model,
+        AscendForget(stop_on=forget),
+        {"forget": forget},
+        config,
+        device=device,
+        progress=progress,
+        desc="neggrad",
+    )
     return model

@@ -29,7 +29,9 @@ class ForgetCE(Objective):
         return nn.functional.cross_entropy(model(x), y)
 
 
-def nearest_wrong_labels(model: nn.Module, x: Tensor, y: Tensor, eps: float, batch_size: int = 256, device=None) -> Tensor:
+def nearest_wrong_labels(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, batch_size: int = 256, device=None
+) -> Tensor:
     """The class each sample crosses into under an untargeted FGSM step of size ``eps`` (L-inf):
     argmax of the model's logits at ``x + eps * sign(grad_x CE)`` over the classes other than
     ``y`` (so the runner-up when the step does not flip the prediction). Eval mode; the
@@ -42,8 +44,8 @@ def nearest_wrong_labels(model: nn.Module, x: Tensor, y: Tensor, eps: float, bat
     out = []
     try:
         for start in range(0, len(x), batch_size):
-            xb = to_model(x[start:start + batch_size], param, device).requires_grad_(True)
-            yb = y[start:start + batch_size].to(device)
+            xb = to_model(x[start : start + batch_size], param, device).requires_grad_(True)
+            yb = y[start : start + batch_size].to(device)
             (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(xb), yb, reduction="sum"), xb)
             with torch.no_grad():
                 logits = model(xb + eps * grad.sign())
@@ -82,7 +84,9 @@ def boundary_shrink(model, forget, retain=None, *, config: BoundaryShrinkConfig,
     x, y = labeled_tensors(forget)
     # The original model is fixed, so its neighbour labels are computed once, not per epoch.
     neighbours = nearest_wrong_labels(model, x, y, config.eps, device=device)
-    fit(model, ForgetCE(), {"forget": (x, neighbours)}, config, device=device, progress=progress, desc="boundary_shrink")
+    fit(
+        model, ForgetCE(), {"forget": (x, neighbours)}, config, device=device, progress=progress, desc="boundary_shrink"
+    )
     return model
 
 
@@ -112,7 +116,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 def _widened(head: nn.Linear) -> nn.Linear:
     """A copy of ``head`` with one more output unit (the shadow class, freshly initialised)."""
     p = head.weight
-    wide = nn.Linear(head.in_features, head.out_features + 1, bias=head.bias is not None, device=p.device, dtype=p.dtype)
+    wide = nn.Linear(
+        head.in_features, head.out_features + 1, bias=head.bias is not None, device=p.device, dtype=p.dtype
+    )
     with torch.no_grad():
         wide.weight[:-1].copy_(head.weight)
         if head.bias is not None:
@@ -127,7 +133,9 @@ def boundary_expanding(model, forget, retain=None, *, config: BoundaryExpandingC
     targets = resolve_targets(model, config.layers)
     if len(targets) != 1 or not isinstance(next(iter(targets.values())), nn.Linear):
         kinds = {n: type(m).__name__ for n, m in targets.items()}
-        raise ValueError(f"boundary_expanding needs one nn.Linear classifier head; layers={config.layers!r} gave {kinds}")
+        raise ValueError(
+            f"boundary_expanding needs one nn.Linear classifier head; layers={config.layers!r} gave {kinds}"
+        )
     name, head = next(iter(targets.items()))
     if device is not None:
         model.to(device)
@@ -138,7 +146,15 @@ def boundary_expanding(model, forget, retain=None, *, config: BoundaryExpandingC
         wide = _widened(head)
     _set_module(model, name, wide)
     try:
-        fit(model, ForgetCE(), {"forget": (x, shadow)}, config, device=device, progress=progress, desc="boundary_expanding")
+        fit(
+            model,
+            ForgetCE(),
+            {"forget": (x, shadow)},
+            config,
+            device=device,
+            progress=progress,
+            desc="boundary_expanding",
+        )
     finally:
         # Always put the original module back (same object, so hooks and references survive),
         # carrying the trained weights of the original units; the shadow unit is dropped.

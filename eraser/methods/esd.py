@@ -116,27 +116,58 @@ def esd_erase(
             return F.mse_loss(tr.predict(x_t, t, c), target)
 
         tr.fit(loss, desc=method)
-    return tr.patch(patch_metadata(pipe, method, cfg, words, keep, train_method=cfg.train_method,
-                                   losses=tr.losses))
+    return tr.patch(patch_metadata(pipe, method, cfg, words, keep, train_method=cfg.train_method, losses=tr.losses))
 
 
 @register_method("esd_x", config=ESDConfig, training_free=False, family="diffusion")
-def esd_x(pipe: Any, concepts: Any, retain: Any = None, *, config: ESDConfig | None = None,
-          device: torch.device | str | None = None, progress: bool = False) -> ErasurePatch:
+def esd_x(
+    pipe: Any,
+    concepts: Any,
+    retain: Any = None,
+    *,
+    config: ESDConfig | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> ErasurePatch:
     """ESD-x: fine-tune cross-attention to steer a concept's prediction away from it (Gandikota et al. 2023)."""
-    return esd_erase(pipe, concepts, retain, config=config or ESDConfig(), method="esd_x", device=device, progress=progress)
+    return esd_erase(
+        pipe, concepts, retain, config=config or ESDConfig(), method="esd_x", device=device, progress=progress
+    )
 
 
 @register_method("esd_u", config=ESDUConfig, training_free=False, family="diffusion")
-def esd_u(pipe: Any, concepts: Any, retain: Any = None, *, config: ESDConfig | None = None,
-          device: torch.device | str | None = None, progress: bool = False) -> ErasurePatch:
+def esd_u(
+    pipe: Any,
+    concepts: Any,
+    retain: Any = None,
+    *,
+    config: ESDConfig | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> ErasurePatch:
     """ESD-u: fine-tune all but cross-attention to erase a concept everywhere (Gandikota et al. 2023)."""
-    return esd_erase(pipe, concepts, retain, config=config or ESDUConfig(), method="esd_u", device=device, progress=progress)
+    return esd_erase(
+        pipe, concepts, retain, config=config or ESDUConfig(), method="esd_u", device=device, progress=progress
+    )
 
 
 @register_method("esd_x_strict", config=ESDXStrictConfig, training_free=False, family="diffusion")
-def esd_x_strict(pipe: Any, concepts: Any, retain: Any = None, *, config: ESDConfig | None = None,
-                 device: torch.device | str | None = None, progress: bool = False) -> ErasurePatch:
+def esd_x_strict(
+    pipe: Any,
+    concepts: Any,
+    retain: Any = None,
+    *,
+    config: ESDConfig | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> ErasurePatch:
     """ESD-x-strict: fine-tune only cross-attention keys/values with ESD's objective."""
-    return esd_erase(pipe, concepts, retain, config=config or ESDXStrictConfig(), method="esd_x_strict",
-                     device=device, progress=progress)
+    return esd_erase(
+        pipe,
+        concepts,
+        retain,
+        config=config or ESDXStrictConfig(),
+        method="esd_x_strict",
+        device=device,
+        progress=progress,
+    )

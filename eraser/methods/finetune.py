@@ -57,7 +57,9 @@ class L1SparseConfig(TrainConfig):
 @register_method("l1_sparse", config=L1SparseConfig, training_free=False, needs_retain=True)
 def l1_sparse(model, forget, retain, *, config: L1SparseConfig, device=None, progress=False):
     """l1-sparse: fine-tune on the retain set with a linearly decaying l1 penalty on the weights."""
-    fit(model, RetainCE(l1=config.alpha), {"retain": retain}, config, device=device, progress=progress, desc="l1_sparse")
+    fit(
+        model, RetainCE(l1=config.alpha), {"retain": retain}, config, device=device, progress=progress, desc="l1_sparse"
+    )
     return model
 
 

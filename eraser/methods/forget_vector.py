@@ -100,7 +100,9 @@ def _floats(value, name: str) -> tuple[float, ...] | None:
 class _Perturbed(nn.Module):
     """The frozen model on ``x + delta(params)`` during training: ``delta`` directly, or ``w @ basis``."""
 
-    def __init__(self, model: nn.Module, cfg: ForgetVectorConfig, shape: tuple[int, ...], basis: Tensor | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: ForgetVectorConfig, shape: tuple[int, ...], basis: Tensor | None = None
+    ) -> None:
         super().__init__()
         self.model, self.cfg = model, cfg
         param = next(model.parameters())
@@ -152,7 +154,9 @@ class VectorObjective(Objective):
             return nn.functional.cross_entropy(logits, yr)
         with torch.no_grad():
             target = nn.functional.log_softmax(model.model(xr), dim=1)
-        return nn.functional.kl_div(nn.functional.log_softmax(logits, dim=1), target, log_target=True, reduction="batchmean")
+        return nn.functional.kl_div(
+            nn.functional.log_softmax(logits, dim=1), target, log_target=True, reduction="batchmean"
+        )
 
     def backward(self, model: _Perturbed, batches, info: StepInfo) -> float:
         value = super().backward(model, batches, info)
@@ -162,8 +166,15 @@ class VectorObjective(Objective):
         return value
 
 
-def _frozen_fit(wrapper: _Perturbed, forget: LabeledData, retain: LabeledData, cfg: ForgetVectorConfig,
-                device, progress: bool, desc: str) -> dict:
+def _frozen_fit(
+    wrapper: _Perturbed,
+    forget: LabeledData,
+    retain: LabeledData,
+    cfg: ForgetVectorConfig,
+    device,
+    progress: bool,
+    desc: str,
+) -> dict:
     """Train the wrapper's perturbation with the model's weights frozen; on a non-finite loss keep
     the last finite perturbation and report it in the returned info."""
     flags = [(p, p.requires_grad) for p in wrapper.model.parameters()]
@@ -173,7 +184,9 @@ def _frozen_fit(wrapper: _Perturbed, forget: LabeledData, retain: LabeledData, c
     info: dict = {}
     t0 = time.perf_counter()
     try:
-        logs = fit(wrapper, objective, {"forget": forget, "retain": retain}, cfg, device=device, progress=progress, desc=desc)
+        logs = fit(
+            wrapper, objective, {"forget": forget, "retain": retain}, cfg, device=device, progress=progress, desc=desc
+        )
         info["steps"] = logs[-1]["steps"] if logs else 0
     except FloatingPointError as err:
         if objective.last_finite is None:
@@ -196,8 +209,16 @@ def _input_shape(data: LabeledData) -> tuple[int, ...]:
     return tuple(next(iter(iter_inputs(data, 1))).shape[1:])
 
 
-def learn_vector(model: nn.Module, forget: LabeledData, retain: LabeledData, config: ForgetVectorConfig | None = None,
-                 *, device=None, progress: bool = False, metadata: dict | None = None) -> ForgetVector:
+def learn_vector(
+    model: nn.Module,
+    forget: LabeledData,
+    retain: LabeledData,
+    config: ForgetVectorConfig | None = None,
+    *,
+    device=None,
+    progress: bool = False,
+    metadata: dict | None = None,
+) -> ForgetVector:
     """A forget vector for ``forget`` that keeps ``retain`` (the model's weights are not changed)."""
     cfg = config or ForgetVectorConfig()
     wrapper = _Perturbed(model, cfg, _input_shape(forget))
@@ -212,9 +233,16 @@ def forget_vector(model, forget, retain, *, config: ForgetVectorConfig, device=N
     return learn_vector(model, forget, retain, config, device=device, progress=progress)
 
 
-def build_bank(model: nn.Module, data: LabeledData, config: ForgetVectorConfig | None = None, *,
-               classes: Sequence[int] | None = None, path: str | Path | None = None, device=None,
-               progress: bool = True) -> VectorBank:
+def build_bank(
+    model: nn.Module,
+    data: LabeledData,
+    config: ForgetVectorConfig | None = None,
+    *,
+    classes: Sequence[int] | None = None,
+    path: str | Path | None = None,
+    device=None,
+    progress: bool = True,
+) -> VectorBank:
     """One class-wise vector per class of ``data`` (forget = that class, retain = the rest).
 
     With ``path`` the bank is saved after every class and a re-run resumes from it (it must have
@@ -226,15 +254,24 @@ def build_bank(model: nn.Module, data: LabeledData, config: ForgetVectorConfig |
     absent = [c for c in classes if not bool((y == c).any())]
     if absent:
         raise VectorError(f"no samples of classes {absent} in the data; cannot learn their vectors")
-    meta = {"config": asdict(cfg), "mean": cfg.mean, "std": cfg.std, "clamp": cfg.clamp,
-            "space": "pixel" if cfg.mean is not None else "input", "model_class": type(model).__name__,
-            "model_fingerprint": model_fingerprint(model), "seconds": {}}
+    meta = {
+        "config": asdict(cfg),
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "clamp": cfg.clamp,
+        "space": "pixel" if cfg.mean is not None else "input",
+        "model_class": type(model).__name__,
+        "model_fingerprint": model_fingerprint(model),
+        "seconds": {},
+    }
     deltas: dict[int, Tensor] = {}
     if path is not None and Path(path).exists():
         old = VectorBank.load(path)
         old_fp = old.metadata.get("model_fingerprint")
-        for key, same in (("config", old.metadata.get("config") == meta["config"]),
-                          ("model", old_fp == model_fingerprint(model, like=old_fp))):
+        for key, same in (
+            ("config", old.metadata.get("config") == meta["config"]),
+            ("model", old_fp == model_fingerprint(model, like=old_fp)),
+        ):
             if not same:
                 raise VectorError(f"{path} holds a bank made with another {key}; choose another path or delete it")
         deltas, meta["seconds"] = dict(old.deltas), dict(old.metadata.get("seconds", {}))
@@ -265,8 +302,16 @@ class ComposeConfig(ForgetVectorConfig):
     lr: float = 0.1
 
 
-def compose(model: nn.Module, forget: LabeledData, retain: LabeledData, bank: VectorBank,
-            config: ComposeConfig | None = None, *, device=None, progress: bool = False) -> ForgetVector:
+def compose(
+    model: nn.Module,
+    forget: LabeledData,
+    retain: LabeledData,
+    bank: VectorBank,
+    config: ComposeConfig | None = None,
+    *,
+    device=None,
+    progress: bool = False,
+) -> ForgetVector:
     """A vector for a new forget set as ``sum_k w_k delta_k`` over ``bank``, optimising only ``w``."""
     cfg = config or ComposeConfig()
     expected = bank.metadata.get("model_fingerprint")
@@ -274,7 +319,9 @@ def compose(model: nn.Module, forget: LabeledData, retain: LabeledData, bank: Ve
         raise VectorError("the vector bank was made for a different model (fingerprints differ)")
     for key in ("mean", "std", "clamp"):
         if _norm_meta(bank.metadata.get(key)) != _norm_meta(getattr(cfg, key)):
-            raise VectorError(f"the bank's {key} ({bank.metadata.get(key)}) differs from this configuration's ({getattr(cfg, key)})")
+            raise VectorError(
+                f"the bank's {key} ({bank.metadata.get(key)}) differs from this configuration's ({getattr(cfg, key)})"
+            )
     chosen = [int(c) for c in cfg.classes.split("/") if c.strip()] if cfg.classes else None
     classes, basis = bank.basis(chosen)
     if tuple(basis.shape[1:]) != _input_shape(forget):
@@ -290,7 +337,9 @@ def _norm_meta(v):
     return None if v is None else [float(a) for a in v] if isinstance(v, (list, tuple)) else v
 
 
-@register_method("forget_vector_compose", config=ComposeConfig, training_free=False, needs_retain=True, returns="wrapper")
+@register_method(
+    "forget_vector_compose", config=ComposeConfig, training_free=False, needs_retain=True, returns="wrapper"
+)
 def forget_vector_compose(model, forget, retain, *, config: ComposeConfig, device=None, progress=False):
     """Compositional forget vector: learn only combination weights of a class-wise vector bank."""
     if config.bank:

@@ -53,7 +53,7 @@ class OrthogonalAscent(Objective):
         # The optimiser descends p.grad, so -step makes it ascend the forget loss.
         offset = 0
         for p in params:
-            p.grad = -step[offset:offset + p.numel()].view_as(p)
+            p.grad = -step[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
         return -float(loss_f.detach())
 
@@ -109,8 +109,22 @@ def grad_surgery(model, forget, retain, *, config: GradSurgeryConfig, device=Non
     ascent_lr = config.lr if config.ascent_lr is None else config.ascent_lr
     ascent = replace(config, epochs=config.ascent_epochs, lr=ascent_lr)
     surgery = OrthogonalAscent(config.ascent_normalize, forget if config.ascent_stop else None)
-    fit(model, surgery, {"forget": forget, "retain": retain}, ascent, device=device, progress=progress,
-        desc="grad_surgery ascent")
-    fit(model, ElasticNetCE(config.l1, config.l2), {"retain": retain}, config,
-        device=device, progress=progress, desc="grad_surgery finetune")
+    fit(
+        model,
+        surgery,
+        {"forget": forget, "retain": retain},
+        ascent,
+        device=device,
+        progress=progress,
+        desc="grad_surgery ascent",
+    )
+    fit(
+        model,
+        ElasticNetCE(config.l1, config.l2),
+        {"retain": retain},
+        config,
+        device=device,
+        progress=progress,
+        desc="grad_surgery finetune",
+    )
     return model

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from ..data import labeled_tensors, to_model
 from ..layers import KeptModes
 from ..registry import register_method
-from .ascent import InstanceConfig
 from ..training import Objective, accuracy, fit, gradient_stats, logits_of
+from .ascent import InstanceConfig
 
 __all__ = ["AdvConfig", "AdvImpConfig", "targeted_l2_pgd", "adversarial_surrogates", "mas_importance"]
 
@@ -46,8 +46,17 @@ def targeted_l2_pgd(model: nn.Module, x: Tensor, target: Tensor, eps: float, ste
     return (x + delta).detach()
 
 
-def adversarial_surrogates(model: nn.Module, forget, eps: float, step: float, iters: int, per_sample: int,
-                           seed: int, batch_size: int = 256, device=None) -> tuple[Tensor, Tensor]:
+def adversarial_surrogates(
+    model: nn.Module,
+    forget,
+    eps: float,
+    step: float,
+    iters: int,
+    per_sample: int,
+    seed: int,
+    batch_size: int = 256,
+    device=None,
+) -> tuple[Tensor, Tensor]:
     """``per_sample`` targeted adversarial examples of every forget image, each towards a random
     label other than its own, with those target labels: (inputs, targets) on the CPU."""
     x, y = labeled_tensors(forget)
@@ -59,8 +68,8 @@ def adversarial_surrogates(model: nn.Module, forget, eps: float, step: float, it
     target = (y + torch.randint(1, num_classes, y.shape, generator=g)) % num_classes
     out = []
     for start in range(0, len(x), batch_size):
-        xb = to_model(x[start:start + batch_size], param, device)
-        out.append(targeted_l2_pgd(model, xb, target[start:start + batch_size].to(device), eps, step, iters).cpu())
+        xb = to_model(x[start : start + batch_size], param, device)
+        out.append(targeted_l2_pgd(model, xb, target[start : start + batch_size].to(device), eps, step, iters).cpu())
     return torch.cat(out), target
 
 
@@ -149,10 +158,25 @@ def _run(model, forget, config: AdvConfig, device, progress: bool, anchor_lambda
         omega = mas_importance(model, forget)
         anchor = {n: (omega[n], p.detach().clone()) for n, p in model.named_parameters() if n in omega}
     # Made once, on the original model: its own decision boundary is what the surrogates preserve.
-    adv = adversarial_surrogates(model, forget, config.adv_eps, config.adv_step, config.adv_iters,
-                                 config.adv_per_sample, config.seed, config.batch_size)
-    fit(model, AdvAscent(forget, anchor, anchor_lambda), {"forget": forget, "adv": adv}, config,
-        device=device, progress=progress, desc=desc)
+    adv = adversarial_surrogates(
+        model,
+        forget,
+        config.adv_eps,
+        config.adv_step,
+        config.adv_iters,
+        config.adv_per_sample,
+        config.seed,
+        config.batch_size,
+    )
+    fit(
+        model,
+        AdvAscent(forget, anchor, anchor_lambda),
+        {"forget": forget, "adv": adv},
+        config,
+        device=device,
+        progress=progress,
+        desc=desc,
+    )
     return model
 
 

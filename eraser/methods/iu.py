@@ -17,7 +17,9 @@ __all__ = ["IUConfig", "influence_step"]
 
 
 @torch.no_grad()
-def influence_step(model: nn.Module, grad_f: dict[str, Tensor], fisher: dict[str, Tensor], scale: float, damping: float) -> None:
+def influence_step(
+    model: nn.Module, grad_f: dict[str, Tensor], fisher: dict[str, Tensor], scale: float, damping: float
+) -> None:
     """theta += scale * grad_f / (fisher + damping * mean(fisher)), per element, in place
     (the mean is over every element of every parameter)."""
     mean = torch.cat([f.flatten() for f in fisher.values()]).mean()
@@ -63,8 +65,10 @@ class IUConfig:
 
     def __post_init__(self) -> None:
         if self.damping <= 0 or self.fisher_samples < 1 or self.batch_size < 1:
-            raise ValueError(f"need damping > 0, fisher_samples >= 1 and batch_size >= 1 "
-                             f"(got {self.damping}, {self.fisher_samples}, {self.batch_size})")
+            raise ValueError(
+                f"need damping > 0, fisher_samples >= 1 and batch_size >= 1 "
+                f"(got {self.damping}, {self.fisher_samples}, {self.batch_size})"
+            )
 
 
 @register_method("iu", config=IUConfig, training_free=True, needs_retain=True)
@@ -73,8 +77,9 @@ def iu(model, forget, retain, *, config: IUConfig, device=None, progress=False):
     if device is not None:
         model.to(device)
     grad_f = gradient_stats(model, forget, power=1, batch_size=config.batch_size, device=device)
-    fisher = gradient_stats(model, subsample(retain, config.fisher_samples, config.seed), power=2,
-                            per_sample=True, device=device)
+    fisher = gradient_stats(
+        model, subsample(retain, config.fisher_samples, config.seed), power=2, per_sample=True, device=device
+    )
     scale = config.alpha * num_samples(forget) / num_samples(retain)
     influence_step(model, grad_f, fisher, scale, config.damping)
     return model

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from ..data import forget_share, labeled_tensors
 from ..registry import register_method
+from ..training import Objective, TrainConfig, accuracy, fit, gradient_stats, logits_of, top_fraction_mask
 from .ascent import InstanceConfig
-from ..training import Objective, TrainConfig, accuracy, fit, gradient_stats, logits_of
 
 __all__ = ["RLConfig", "SalUnConfig", "CorrectConfig", "saliency_mask"]
 
@@ -42,7 +42,6 @@ class RandomLabels(Objective):
         return self.w * ce(out_f, wrong) + (1 - self.w) * ce(model(xr), yr)
 
 
-
 @dataclass
 class RLConfig(TrainConfig):
     """RL: random labels on the forget set while training on the retain set.
@@ -66,14 +65,11 @@ def rl(model, forget, retain, *, config: RLConfig, device=None, progress=False):
 
 def saliency_mask(model: nn.Module, forget, ratio: float, device=None) -> dict[str, Tensor]:
     """SalUn's weight saliency: True for the ``ratio`` share of weights (over the whole model)
-    with the largest |gradient of the forget loss|."""
+    with the largest |gradient of the forget loss| (exactly ``int(ratio * total)``, ties by position)."""
     if not 0 < ratio <= 1:
         raise ValueError(f"mask ratio must be in (0, 1]; got {ratio}")
     grads = gradient_stats(model, forget, device=device)
-    flat = torch.cat([g.abs().flatten() for g in grads.values()])
-    keep = max(1, int(round(ratio * flat.numel())))
-    threshold = torch.topk(flat, keep, sorted=True).values[-1]
-    return {n: g.abs() >= threshold for n, g in grads.items()}
+    return top_fraction_mask({n: g.abs() for n, g in grads.items()}, ratio)
 
 
 @dataclass
@@ -92,7 +88,16 @@ def salun(model, forget, retain, *, config: SalUnConfig, device=None, progress=F
     """SalUn: random-label training on the top ``mask_ratio`` salient weights only."""
     mask = saliency_mask(model, forget, config.mask_ratio, device=device)
     objective = RandomLabels(config.seed, forget_share(forget, retain, config.forget_weight))
-    fit(model, objective, {"forget": forget, "retain": retain}, config, trainable=mask, device=device, progress=progress, desc="salun")
+    fit(
+        model,
+        objective,
+        {"forget": forget, "retain": retain},
+        config,
+        trainable=mask,
+        device=device,
+        progress=progress,
+        desc="salun",
+    )
     return model
 
 
@@ -125,5 +130,7 @@ def correct(model, forget, retain=None, *, config: CorrectConfig, device=None, p
     logits, _ = logits_of(model, (x, y))
     logits[torch.arange(len(y)), y] = float("-inf")
     relabelled = (x, logits.argmax(1))
-    fit(model, ToNewLabels(relabelled), {"forget": relabelled}, config, device=device, progress=progress, desc="correct")
+    fit(
+        model, ToNewLabels(relabelled), {"forget": relabelled}, config, device=device, progress=progress, desc="correct"
+    )
     return model

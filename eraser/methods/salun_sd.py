@@ -30,6 +30,7 @@ from prompts.presets import GENERIC_RETAIN
 
 from ..patch import ErasurePatch
 from ..registry import register_method
+from ..training import top_fraction_mask
 from ..training.diffusion import (
     TRAIN_METHODS,
     Conditioning,
@@ -38,7 +39,6 @@ from ..training.diffusion import (
     concept_lists,
     patch_metadata,
     select_unet_parameters,
-    top_fraction_mask,
 )
 
 __all__ = ["SalUnSDConfig", "salun_sd", "DEFAULT_RETAIN_PROMPTS"]
@@ -150,5 +150,16 @@ def salun_sd(
             return forget_loss + cfg.alpha * retain_loss
 
         tr.fit(loss, masks=masks, desc="salun_sd")
-    return tr.patch(patch_metadata(pipe, "salun_sd", cfg, words, keep, retain_prompts_used=keep_prompts,
-                                   surrogate=surrogate, mask_coverage=coverage, losses=tr.losses))
+    return tr.patch(
+        patch_metadata(
+            pipe,
+            "salun_sd",
+            cfg,
+            words,
+            keep,
+            retain_prompts_used=keep_prompts,
+            surrogate=surrogate,
+            mask_coverage=coverage,
+            losses=tr.losses,
+        )
+    )

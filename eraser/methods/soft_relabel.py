@@ -17,8 +17,9 @@ from ..training import Objective, TrainConfig, fit
 __all__ = ["SoftRelabelConfig", "soft_labels"]
 
 
-def soft_labels(feat_f: Tensor, y_f: Tensor, feat_r: Tensor, y_r: Tensor, num_classes: int,
-                temperature: float) -> Tensor:
+def soft_labels(
+    feat_f: Tensor, y_f: Tensor, feat_r: Tensor, y_r: Tensor, num_classes: int, temperature: float
+) -> Tensor:
     """softmax(cos(feat_f, feat_r) / T) @ onehot(y_r), with retain samples of the forget sample's
     own class masked out; a row with no usable retain sample gets the uniform mix of the other
     classes. Returns (n_f, num_classes) probability rows."""
@@ -87,6 +88,13 @@ def soft_relabel(model, forget, retain, *, config: SoftRelabelConfig, device=Non
     """Soft relabeling: train forget samples towards the labels of similar retain samples."""
     head = resolve_targets(model, "head")
     objective = SoftRelabel(head, config.temperature, forget_share(forget, retain, config.forget_weight))
-    fit(model, objective, {"forget": forget, "retain": retain}, config,
-        device=device, progress=progress, desc="soft_relabel")
+    fit(
+        model,
+        objective,
+        {"forget": forget, "retain": retain},
+        config,
+        device=device,
+        progress=progress,
+        desc="soft_relabel",
+    )
     return model

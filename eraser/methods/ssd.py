@@ -16,7 +16,9 @@ __all__ = ["SSDConfig", "ssd_dampen"]
 
 
 @torch.no_grad()
-def ssd_dampen(model: nn.Module, imp_f: dict[str, Tensor], imp_d: dict[str, Tensor], alpha: float, lam: float) -> dict[str, Tensor]:
+def ssd_dampen(
+    model: nn.Module, imp_f: dict[str, Tensor], imp_d: dict[str, Tensor], alpha: float, lam: float
+) -> dict[str, Tensor]:
     """Multiply every weight with ``imp_f > alpha * imp_d`` by ``min(1, lam * imp_d / imp_f)``
     (in place); returns the boolean selection per parameter name."""
     selected = {}
@@ -52,7 +54,9 @@ class SSDConfig:
 
     def __post_init__(self) -> None:
         if self.alpha <= 0 or self.lam <= 0 or self.batch_size < 1:
-            raise ValueError(f"need alpha > 0, lam > 0 and batch_size >= 1 (got {self.alpha}, {self.lam}, {self.batch_size})")
+            raise ValueError(
+                f"need alpha > 0, lam > 0 and batch_size >= 1 (got {self.alpha}, {self.lam}, {self.batch_size})"
+            )
 
 
 @register_method("ssd", config=SSDConfig, training_free=True, needs_retain=True)
@@ -66,6 +70,8 @@ def ssd(model, forget, retain, *, config: SSDConfig, device=None, progress=False
     # pure forget batch's mean gradient is coherent, so that combination keeps imp_D above
     # (n_f / n) * imp_f and with alpha = 10 nothing is ever selected once forget is >= 10% of D.
     # In mixed batches the forget share p enters squared (imp_D ~ p^2 * imp_f on forget-only weights).
-    imp_d = gradient_stats(model, mixed_batches([forget, retain], config.batch_size, config.seed), power=2, device=device)
+    imp_d = gradient_stats(
+        model, mixed_batches([forget, retain], config.batch_size, config.seed), power=2, device=device
+    )
     ssd_dampen(model, imp_f, imp_d, config.alpha, config.lam)
     return model

@@ -58,8 +58,10 @@ class UCEConfig:
 
     def __post_init__(self) -> None:
         if self.lamb < 0 or self.erase_scale <= 0 or self.preserve_scale < 0:
-            raise ValueError(f"need lamb >= 0, erase_scale > 0 and preserve_scale >= 0 (got {self.lamb}, "
-                             f"{self.erase_scale}, {self.preserve_scale})")
+            raise ValueError(
+                f"need lamb >= 0, erase_scale > 0 and preserve_scale >= 0 (got {self.lamb}, "
+                f"{self.erase_scale}, {self.preserve_scale})"
+            )
         if isinstance(self.templates, str) or not self.templates:
             raise ValueError("templates must be a non-empty list of strings such as ['{}', 'painting by {}']")
         self.templates = tuple(self.templates)
@@ -78,8 +80,9 @@ def last_token_features(pipe: Any, prompts: list[str], hidden_layer: str = "auto
     """The UNet's text conditioning at each prompt's last token before end-of-text (P, D)."""
     ids = tokenize_prompts(pipe, prompts)
     tokenizer = text_towers(pipe)[0][1]
-    mask = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").attention_mask
+    mask = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).attention_mask
     last = mask.sum(1) - 2  # start-of-text at 0, end-of-text after the last token
     hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer)
     return hidden[torch.arange(len(prompts)), last.to(hidden.device)]
@@ -110,7 +113,11 @@ def uce(
     for name, mod in mods.items():
         w = mod.weight.detach()
         # float64 needs a device that has it (not MPS): compute there, then move back.
-        dev = torch.device(device) if device is not None else (w.device if w.device.type != "mps" else torch.device("cpu"))
+        dev = (
+            torch.device(device)
+            if device is not None
+            else (w.device if w.device.type != "mps" else torch.device("cpu"))
+        )
         w64 = w.to(dev, torch.float64)
         c_e, c_g = erase.to(dev, torch.float64), guide.to(dev, torch.float64)
         v_star = (c_g @ w64.T).expand(len(c_e), -1)  # the guide's outputs under the original W
@@ -123,11 +130,21 @@ def uce(
         # W' = lhs rhs^-1, solved (rhs is symmetric) rather than inverted
         w_new = torch.linalg.solve(rhs, lhs.T).T
         if not torch.isfinite(w_new).all():
-            raise ValueError(f"UCE produced NaN or Inf for {name!r} (lamb=0 with too few prompts?); the pipeline was not changed.")
+            raise ValueError(
+                f"UCE produced NaN or Inf for {name!r} (lamb=0 with too few prompts?); the pipeline was not changed."
+            )
         new[name] = w_new.to(w.device, w.dtype)
     before = {n: m.weight.detach().clone() for n, m in mods.items()}
-    meta = patch_metadata(pipe, "uce", cfg, words, keep, prompts=prompts, guide=cfg.guide,
-                          timing_s={"encode": t1 - t0, "solve": time.perf_counter() - t1})
+    meta = patch_metadata(
+        pipe,
+        "uce",
+        cfg,
+        words,
+        keep,
+        prompts=prompts,
+        guide=cfg.guide,
+        timing_s={"encode": t1 - t0, "solve": time.perf_counter() - t1},
+    )
     try:
         with torch.no_grad():  # every new weight was computed before any is assigned
             for name, mod in mods.items():

@@ -14,18 +14,29 @@ from .._version import __version__
 from ..capture import collect_grams
 from ..data import DataLike
 from ..families.clip import ImageEncoder, ZeroShotClassifier
+from ..layers import layer_kind
 from ..patch import ErasurePatch, LayerEdit
 from ..registry import register_method
 from ..subspace import (
-    Gram, Subspace, balanced_rayleigh_subspace, forget_subspace, head_rows_subspace, protected_rows_subspace,
+    Gram,
+    Subspace,
+    balanced_rayleigh_subspace,
+    forget_subspace,
+    head_rows_subspace,
+    protected_rows_subspace,
     rayleigh_subspace,
 )
 from ..targets import PRESETS, resolve_targets
-from ..layers import layer_kind
 
 __all__ = [
-    "UnlinkConfig", "RayleighUnlinkConfig", "unlink", "unlink_rayleigh", "unlink_from_grams", "fit_subspace",
-    "classifier_head", "forget_classes_from_counts",
+    "UnlinkConfig",
+    "RayleighUnlinkConfig",
+    "unlink",
+    "unlink_rayleigh",
+    "unlink_from_grams",
+    "fit_subspace",
+    "classifier_head",
+    "forget_classes_from_counts",
 ]
 
 VARIANTS = ("auto", "svd", "rayleigh", "head")
@@ -77,7 +88,9 @@ class UnlinkConfig:
         if self.classes is not None:
             given = [self.classes] if isinstance(self.classes, int) else list(self.classes)
             if not given or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in given):
-                raise ValueError(f"classes must be a non-empty list of class indices (integers >= 0); got {self.classes!r}")
+                raise ValueError(
+                    f"classes must be a non-empty list of class indices (integers >= 0); got {self.classes!r}"
+                )
             self.classes = sorted(set(given))
         given = [n for n in ("k", "energy", "tail_beta", "sv_ratio") if getattr(self, n) is not None]
         if len(given) > 1:
@@ -87,7 +100,9 @@ class UnlinkConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {self.batch_size}")
         if not 0.0 < float(self.strength) <= 2.0:
-            raise ValueError(f"strength must be in (0, 2] (1 removes the subspace, 2 reflects it); got {self.strength!r}")
+            raise ValueError(
+                f"strength must be in (0, 2] (1 removes the subspace, 2 reflects it); got {self.strength!r}"
+            )
         choices = {"auto": "auto", "true": True, "1": True, "false": False, "0": False}
         value = str(self.exact_revert).lower() if not isinstance(self.exact_revert, bool) else self.exact_revert
         if value not in (True, False, *choices):
@@ -140,7 +155,11 @@ def forget_classes_from_counts(counts: Tensor, share: float = DEFAULT_FORGET_CLA
 
 
 def fit_subspace(
-    forget: Gram, retain: Gram | None, cfg: UnlinkConfig, *, head_weight: Tensor | None = None,
+    forget: Gram,
+    retain: Gram | None,
+    cfg: UnlinkConfig,
+    *,
+    head_weight: Tensor | None = None,
     forget_classes: Sequence[int] = (),
 ) -> Subspace:
     """The subspace to remove for one layer (one group) from its feature statistics.
@@ -151,16 +170,32 @@ def fit_subspace(
     variant = cfg.layer_variant(retain is not None, head_weight is not None)
     if variant == "head":
         if cfg.k is None and cfg.energy is None and cfg.tail_beta is None and cfg.sv_ratio is None:
-            return head_rows_subspace(forget, head_weight, forget_classes, ridge=cfg.ridge, sv_ratio=DEFAULT_HEAD_SV_RATIO)
-        return head_rows_subspace(forget, head_weight, forget_classes, ridge=cfg.ridge, k=cfg.k, energy=cfg.energy,
-                                  tail_beta=cfg.tail_beta, sv_ratio=cfg.sv_ratio)
+            return head_rows_subspace(
+                forget, head_weight, forget_classes, ridge=cfg.ridge, sv_ratio=DEFAULT_HEAD_SV_RATIO
+            )
+        return head_rows_subspace(
+            forget,
+            head_weight,
+            forget_classes,
+            ridge=cfg.ridge,
+            k=cfg.k,
+            energy=cfg.energy,
+            tail_beta=cfg.tail_beta,
+            sv_ratio=cfg.sv_ratio,
+        )
     if variant == "rayleigh":
         if cfg.energy is not None or cfg.tail_beta is not None or cfg.sv_ratio is not None:
             raise ValueError("the rayleigh variant takes k only (not energy, tail_beta or sv_ratio)")
         if retain.parts is not None:  # one statistic per retain concept: protect each of them
-            return balanced_rayleigh_subspace(forget, retain.parts, cfg.k or DEFAULT_RAYLEIGH_K, shared=retain.shared,
-                                              rounds=getattr(cfg, "balance_rounds", 1), ridge=cfg.ridge,
-                                              clip_k=cfg.k is None)[0]
+            return balanced_rayleigh_subspace(
+                forget,
+                retain.parts,
+                cfg.k or DEFAULT_RAYLEIGH_K,
+                shared=retain.shared,
+                rounds=getattr(cfg, "balance_rounds", 1),
+                ridge=cfg.ridge,
+                clip_k=cfg.k is None,
+            )[0]
         if cfg.k is not None:
             return rayleigh_subspace(forget, retain, cfg.k, ridge=cfg.ridge)
         return rayleigh_subspace(forget, retain, DEFAULT_RAYLEIGH_K, ridge=cfg.ridge, clip_k=True)
@@ -221,7 +256,7 @@ def unlink(
     r_grams = collect_grams(model, targets, retain, what="retain data", **kw) if retain is not None else None
     capture_s = time.perf_counter() - t0
     classes = forget_classes_from_counts(counts) if counts is not None else None
-    patch = unlink_from_grams(model, f_grams, r_grams, config=cfg, names=names, forget_classes=classes)
+    patch = unlink_from_grams(model, f_grams, r_grams, config=cfg, names=names, forget_classes=classes, targets=targets)
     patch.metadata["timing_s"]["capture"] = capture_s
     if counts is not None and "forget_classes" in patch.metadata:
         patch.metadata["forget_classes_from"] = "predictions"
@@ -231,9 +266,15 @@ def unlink(
     return patch
 
 
-def _unlink_zero_shot(model: ZeroShotClassifier, forget: DataLike, config: UnlinkConfig, *,
-                      device: torch.device | str | None = None, names: list[str] | None = None,
-                      progress: bool = False) -> ErasurePatch | None:
+def _unlink_zero_shot(
+    model: ZeroShotClassifier,
+    forget: DataLike,
+    config: UnlinkConfig,
+    *,
+    device: torch.device | str | None = None,
+    names: list[str] | None = None,
+    progress: bool = False,
+) -> ErasurePatch | None:
     """Unlink's retain-free default on a zero-shot CLIP classifier: the image projection ``P`` (else
     the head) loses the forget images' feature subspace ``U`` (its input features; every direction
     with singular value >= 0.1 x the largest, as the head variant) from what the forget classes
@@ -251,13 +292,16 @@ def _unlink_zero_shot(model: ZeroShotClassifier, forget: DataLike, config: Unlin
     _check_weights({**targets, "head": model.head})
     t0 = time.perf_counter()
     with _prediction_counts(model.head if config.classes is None else None) as counts:
-        grams = collect_grams(model, targets, forget, device=device, batch_size=config.batch_size,
-                              what="forget data", progress=progress)
+        grams = collect_grams(
+            model, targets, forget, device=device, batch_size=config.batch_size, what="forget data", progress=progress
+        )
     capture_s = time.perf_counter() - t0
     n_classes = model.head.out_features
     classes = list(config.classes) if config.classes is not None else forget_classes_from_counts(counts)
     if classes[-1] >= n_classes:
-        raise ValueError(f"classes must be class indices in [0, {n_classes}); got {classes}. The model was not changed.")
+        raise ValueError(
+            f"classes must be class indices in [0, {n_classes}); got {classes}. The model was not changed."
+        )
     if len(classes) >= n_classes:
         return None  # every class is to be forgotten: nothing to protect (the generic path notes it)
     t1 = time.perf_counter()
@@ -267,27 +311,31 @@ def _unlink_zero_shot(model: ZeroShotClassifier, forget: DataLike, config: Unlin
     rows = head if layer == "head" else head.double() @ weight.double()  # the classes' rows on the layer's input
     selectors = {n: getattr(config, n) for n in ("k", "energy", "sv_ratio") if getattr(config, n) is not None}
     try:
-        sub, protection = protected_rows_subspace(grams[layer][0], rows, classes, ridge=config.ridge,
-                                                  **(selectors or {"sv_ratio": DEFAULT_HEAD_SV_RATIO}))
+        sub, protection = protected_rows_subspace(
+            grams[layer][0], rows, classes, ridge=config.ridge, **(selectors or {"sv_ratio": DEFAULT_HEAD_SV_RATIO})
+        )
     except ValueError as err:
         raise ValueError(f"layer {layer!r}: {err} The model was not changed.") from None
     basis, eta, dual = _stack([sub])
     edit = LayerEdit(layer, kind.name, tuple(weight.shape), basis, eta * float(config.strength), dual)
-    patch = ErasurePatch({layer: edit}, metadata={
-        "method": "unlink",
-        "variant": "head",
-        "config": asdict(config),
-        "names": list(names) if names else [],
-        "layers": [layer],
-        "base_model": type(model).__name__,
-        "library_version": __version__,
-        "head_layer": "head",
-        "read_through": layer if layer != "head" else None,
-        "forget_classes": classes,
-        "protected_classes": sorted(set(range(n_classes)) - set(classes)),
-        "forget_classes_from": "config" if config.classes is not None else "predictions",
-        "protection": protection,
-    })
+    patch = ErasurePatch(
+        {layer: edit},
+        metadata={
+            "method": "unlink",
+            "variant": "head",
+            "config": asdict(config),
+            "names": list(names) if names else [],
+            "layers": [layer],
+            "base_model": type(model).__name__,
+            "library_version": __version__,
+            "head_layer": "head",
+            "read_through": layer if layer != "head" else None,
+            "forget_classes": classes,
+            "protected_classes": sorted(set(range(n_classes)) - set(classes)),
+            "forget_classes_from": "config" if config.classes is not None else "predictions",
+            "protection": protection,
+        },
+    )
     if counts is not None:
         top = torch.argsort(counts, descending=True, stable=True)
         patch.metadata["forget_predictions"] = [[int(c), int(counts[c])] for c in top if counts[c] > 0]
@@ -360,6 +408,8 @@ def unlink_from_grams(
     config: UnlinkConfig | None = None,
     names: list[str] | None = None,
     forget_classes: Sequence[int] | None = None,
+    targets: dict[str, nn.Module] | None = None,
+    base_model: str | None = None,
 ) -> ErasurePatch:
     """Unlink from feature statistics already captured (per layer name, one Gram per group).
 
@@ -367,10 +417,13 @@ def unlink_from_grams(
     split without running the model again. ``forget_classes`` (or the config's ``classes``, which
     wins): the classes being erased, for the head variant on the model's classifier head
     (``unlink`` takes them from the model's predictions); without them that layer gets svd.
+    ``targets``: the modules of the layers in ``forget`` when the caller has resolved them already;
+    ``base_model``: what the patch records as the model (default: the model's class name).
     """
     cfg = config or UnlinkConfig()
     cfg.resolved_variant(retain is not None)  # a bad variant/retain combination fails before any work
-    targets = resolve_targets(model, list(forget))
+    if targets is None or set(targets) != set(forget):
+        targets = resolve_targets(model, list(forget))
     classes = cfg.classes if cfg.classes is not None else forget_classes
     classes = sorted({int(c) for c in classes}) if classes is not None else []
     head = classifier_head(model, targets) if classes else None
@@ -389,14 +442,24 @@ def unlink_from_grams(
             variants[name] = variant = cfg.layer_variant(retain is not None, head_weight is not None)
         except ValueError as err:
             raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
-        key = (tuple(id(g) for g in forget[name]) + tuple(id(g) for g in (retain[name] if retain else ()))
-               + ((name,) if variant == "head" else ()))
+        key = (
+            tuple(id(g) for g in forget[name])
+            + tuple(id(g) for g in (retain[name] if retain else ()))
+            + ((name,) if variant == "head" else ())
+        )
         if key not in fitted:
             subs = []
             for g, fg in enumerate(forget[name]):
                 try:
-                    subs.append(fit_subspace(fg, retain[name][g] if retain else None, cfg,
-                                             head_weight=head_weight, forget_classes=classes))
+                    subs.append(
+                        fit_subspace(
+                            fg,
+                            retain[name][g] if retain else None,
+                            cfg,
+                            head_weight=head_weight,
+                            forget_classes=classes,
+                        )
+                    )
                 except ValueError as err:
                     raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
             basis, eta, dual = _stack(subs)
@@ -412,7 +475,7 @@ def unlink_from_grams(
             "config": asdict(cfg),
             "names": list(names) if names else [],
             "layers": list(targets),
-            "base_model": type(model).__name__,
+            "base_model": base_model or type(model).__name__,
             "library_version": __version__,
         },
     )
@@ -420,12 +483,14 @@ def unlink_from_grams(
         patch.metadata["layer_variants"] = variants
     if variants.get(head) == "head":
         n_rows = layer_kind(targets[head]).weight(targets[head]).shape[0]
-        patch.metadata.update({
-            "head_layer": head,
-            "forget_classes": classes,
-            "protected_classes": sorted(set(range(n_rows)) - set(classes)),
-            "forget_classes_from": "config" if cfg.classes is not None else "given",
-        })
+        patch.metadata.update(
+            {
+                "head_layer": head,
+                "forget_classes": classes,
+                "protected_classes": sorted(set(range(n_rows)) - set(classes)),
+                "forget_classes_from": "config" if cfg.classes is not None else "given",
+            }
+        )
     if notes:
         patch.metadata["notes"] = notes
     t1 = time.perf_counter()

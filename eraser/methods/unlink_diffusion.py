@@ -18,20 +18,27 @@ from ..families.diffusion import (
     bank_features,
     concept_features,
     concept_grams,
-    concept_texts,
     concept_neighbours,
+    concept_texts,
     expand_concepts,
     pipeline_id,
     resolve_concept_targets,
     text_similarity,
     text_towers,
 )
-from ..subspace import Gram
 from ..patch import ErasurePatch, as_module
 from ..registry import register_method
+from ..subspace import Gram
 from .unlink import UnlinkConfig, unlink_from_grams
 
-__all__ = ["ConceptUnlinkConfig", "RayleighConceptUnlinkConfig", "concept_texts", "generic_retain_for", "pipeline_id", "unlink_concepts"]
+__all__ = [
+    "ConceptUnlinkConfig",
+    "RayleighConceptUnlinkConfig",
+    "concept_texts",
+    "generic_retain_for",
+    "pipeline_id",
+    "unlink_concepts",
+]
 
 
 @dataclass
@@ -83,8 +90,9 @@ class ConceptUnlinkConfig(UnlinkConfig):
         if isinstance(self.templates, str) or not self.templates:
             raise ValueError("templates must be a non-empty list of strings such as ['{}', 'a photo of {}']")
         self.templates = tuple(self.templates)
-        if self.neighbours is not None and (not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool)
-                                            or self.neighbours < 0):
+        if self.neighbours is not None and (
+            not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool) or self.neighbours < 0
+        ):
             raise ValueError(f"neighbours must be a non-negative integer (or None: automatic); got {self.neighbours!r}")
         if not 0.0 < float(self.synonym_similarity) <= 1.0:
             raise ValueError(f"synonym_similarity must be in (0, 1]; got {self.synonym_similarity!r}")
@@ -107,11 +115,22 @@ class RayleighConceptUnlinkConfig(ConceptUnlinkConfig):
 _RETAIN_CACHE = "_eraser_retain_grams"
 
 
-def _retain_key(pipe: Any, keep: list[str], verbatim: set[int], kv: list[str], text: dict, cfg: ConceptUnlinkConfig) -> tuple:
+def _retain_key(
+    pipe: Any, keep: list[str], verbatim: set[int], kv: list[str], text: dict, cfg: ConceptUnlinkConfig
+) -> tuple:
     """Identifies retain statistics: the prompts, the settings that shape features, and the text
     encoders' exact state (parameter storage and in-place version counters, so any edit invalidates)."""
     state = tuple((p.data_ptr(), p._version, p.dtype) for _, _, enc in text_towers(pipe) for p in enc.parameters())
-    return (tuple(keep), tuple(sorted(verbatim)), tuple(kv), tuple(text), cfg.templates, cfg.tokens, cfg.hidden_layer, state)
+    return (
+        tuple(keep),
+        tuple(sorted(verbatim)),
+        tuple(kv),
+        tuple(text),
+        cfg.templates,
+        cfg.tokens,
+        cfg.hidden_layer,
+        state,
+    )
 
 
 def generic_retain_for(concepts: list[str]) -> list[str]:
@@ -147,7 +166,9 @@ def _warn_synonyms(pipe: Any, words: list[str], keep: list[str], cfg: ConceptUnl
         warnings.warn(
             f"retain entries {[k for k, _ in close]} are as close to the erased concepts as synonyms "
             f"(similarity >= {cfg.synonym_similarity}); protecting them keeps the concept reachable through "
-            "them. They are kept as you asked.", stacklevel=4)
+            "them. They are kept as you asked.",
+            stacklevel=4,
+        )
 
 
 @register_method("unlink", config=ConceptUnlinkConfig, training_free=True, family="diffusion")
@@ -171,9 +192,11 @@ def unlink_concepts(
     if clash:
         raise ValueError(f"{clash} are both concepts to erase and retain prompts; remove them from one list.")
     if mode == "none" and cfg.variant == "rayleigh":
-        raise ValueError("variant='rayleigh' protects retain concepts, but retain='none' gives none; "
-                         "drop retain='none' (neighbours are then protected) or use variant='svd'.")
-    kv, text = resolve_concept_targets(pipe, cfg.layers)
+        raise ValueError(
+            "variant='rayleigh' protects retain concepts, but retain='none' gives none; "
+            "drop retain='none' (neighbours are then protected) or use variant='svd'."
+        )
+    kv, text, modules = resolve_concept_targets(pipe, cfg.layers)
     tokenizer = towers[0][1]
     found = None
     if keep:
@@ -188,16 +211,27 @@ def unlink_concepts(
         n = cfg.neighbours
         if n is None:  # a bank the pipeline declares is its whole vocabulary: protect all of it
             n = len(bank) if getattr(pipe, "concept_bank", None) and not cfg.bank else DEFAULT_NEIGHBOURS
-        found = concept_neighbours(pipe, words, bank, n=n,
-                                   synonym_similarity=cfg.synonym_similarity, hidden_layer=cfg.hidden_layer, device=device)
+        found = concept_neighbours(
+            pipe,
+            words,
+            bank,
+            n=n,
+            synonym_similarity=cfg.synonym_similarity,
+            hidden_layer=cfg.hidden_layer,
+            device=device,
+        )
         keep, retain_source = list(found.neighbours), "neighbours"
         if cfg.erase_synonyms and found.synonyms:
             words = words + [w for w in found.synonyms if w.casefold() not in {x.casefold() for x in words}]
     variant = cfg.resolved_variant(bool(keep))
-    kw = dict(tokens=cfg.tokens, hidden_layer=cfg.hidden_layer, batch_size=cfg.batch_size, device=device, progress=progress)
+    kw = dict(
+        tokens=cfg.tokens, hidden_layer=cfg.hidden_layer, batch_size=cfg.batch_size, device=device, progress=progress
+    )
     forget = expand_concepts(tokenizer, words, cfg.templates, verbatim)
     # Context rows join automatically chosen neighbours; a user's retain list is protected as given.
-    context = Gram(torch.zeros(0, 0, dtype=torch.float64), 0) if found is not None and cfg.protect_context and kv else None
+    context = (
+        Gram(torch.zeros(0, 0, dtype=torch.float64), 0) if found is not None and cfg.protect_context and kv else None
+    )
     f_grams, counts = concept_grams(pipe, forget, kv, text, what="concept prompts", context=context, **kw)
     empty = [w for w, n in zip(words, counts) if n == 0]
     if empty:
@@ -219,8 +253,17 @@ def unlink_concepts(
             key = ("rows",) + _retain_key(pipe, keep, keep_verbatim, kv, text, cfg)
             cache = pipe.__dict__.get(_RETAIN_CACHE)
             if cache is None or cache[0] != key:
-                cache = (key, concept_features(pipe, keep, templates=cfg.templates, verbatim=keep_verbatim,
-                                               hidden_layer=cfg.hidden_layer, device=device).rows)
+                cache = (
+                    key,
+                    concept_features(
+                        pipe,
+                        keep,
+                        templates=cfg.templates,
+                        verbatim=keep_verbatim,
+                        hidden_layer=cfg.hidden_layer,
+                        device=device,
+                    ).rows,
+                )
                 pipe.__dict__[_RETAIN_CACHE] = cache  # a user's list is often reused for many erasures
             parts = cache[1]
         shared = balanced_gram(parts)
@@ -234,34 +277,48 @@ def unlink_concepts(
         if cache is not None and cache[0] == key:
             r_grams = cache[1]
         else:
-            r_grams, _ = concept_grams(pipe, expand_concepts(tokenizer, keep, cfg.templates, keep_verbatim), kv, text,
-                                       what="retain prompts", **kw)
+            r_grams, _ = concept_grams(
+                pipe,
+                expand_concepts(tokenizer, keep, cfg.templates, keep_verbatim),
+                kv,
+                text,
+                what="retain prompts",
+                **kw,
+            )
             if not text:  # K/V statistics are one d x d matrix: cheap to keep for the next erasure
                 pipe.__dict__[_RETAIN_CACHE] = (key, r_grams)
         if context is not None and context.n:
             r_grams = _with_context(r_grams, kv, context)
     encode_s = time.perf_counter() - t0
-    patch = unlink_from_grams(as_module(pipe), f_grams, r_grams, config=cfg, names=words)
-    patch.metadata.update({
-        "family": "diffusion",
-        "concepts": words,
-        "retain": keep,
-        "retain_source": retain_source,
-        "synonyms": list(found.synonyms) if found else [],
-        "neighbour_similarity": dict(found.similarity) if found else {},
-        "bank": None if found is None else ("config" if cfg.bank else "pipeline" if getattr(pipe, "concept_bank", None) else "builtin"),
-        "base_model": pipeline_id(pipe),
-        "pipeline_class": type(pipe).__name__,
-        "tokens_per_concept": dict(zip(words, counts)),
-    })
+    patch = unlink_from_grams(
+        as_module(pipe), f_grams, r_grams, config=cfg, names=words, targets=modules, base_model=pipeline_id(pipe)
+    )
+    patch.metadata.update(
+        {
+            "family": "diffusion",
+            "concepts": words,
+            "retain": keep,
+            "retain_source": retain_source,
+            "synonyms": list(found.synonyms) if found else [],
+            "neighbour_similarity": dict(found.similarity) if found else {},
+            "bank": None
+            if found is None
+            else ("config" if cfg.bank else "pipeline" if getattr(pipe, "concept_bank", None) else "builtin"),
+            "pipeline_class": type(pipe).__name__,
+            "tokens_per_concept": dict(zip(words, counts)),
+        }
+    )
     patch.metadata["timing_s"]["encode"] = encode_s
     return patch
 
 
-@register_method("unlink_rayleigh", config=RayleighConceptUnlinkConfig, training_free=True, needs_retain=True, family="diffusion")
-def unlink_rayleigh_concepts(pipe: Any, concepts: Any, retain: Any = None, *, config: RayleighConceptUnlinkConfig | None = None, **kw) -> ErasurePatch:
+@register_method(
+    "unlink_rayleigh", config=RayleighConceptUnlinkConfig, training_free=True, needs_retain=True, family="diffusion"
+)
+def unlink_rayleigh_concepts(
+    pipe: Any, concepts: Any, retain: Any = None, *, config: RayleighConceptUnlinkConfig | None = None, **kw
+) -> ErasurePatch:
     """Unlink (Rayleigh): remove the text directions that separate the concepts from the retain prompts."""
     if not retain:
         raise ValueError("unlink_rayleigh needs retain prompts (concepts to keep); pass retain=[...].")
     return unlink_concepts(pipe, concepts, retain, config=config or RayleighConceptUnlinkConfig(), **kw)
-

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..families.diffusion import DIFFUSION, concept_texts, encode_prompts, pipeline_id, text_towers, tokenize_prompts
 from ..layers import KeptModes
+from .masks import masked_step, trained_parameters
 
 __all__ = [
     "DiffusionTrainConfig",
@@ -44,7 +45,6 @@ __all__ = [
     "DIFFUSION_OPTIMIZERS",
     "select_unet_parameters",
     "resolve_mixed_precision",
-    "top_fraction_mask",
     "concept_lists",
     "patch_metadata",
 ]
@@ -52,6 +52,7 @@ __all__ = [
 TRAIN_METHODS = tuple(DIFFUSION.train_selections)
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 DIFFUSION_OPTIMIZERS = ("adam", "adamw", "sgd")
+
 
 @dataclass
 class DiffusionTrainConfig:
@@ -132,29 +133,6 @@ def resolve_mixed_precision(mode: str, device: torch.device, weights: torch.dtyp
     return "no"
 
 
-def top_fraction_mask(scores: dict[str, Tensor], ratio: float) -> dict[str, Tensor]:
-    """Boolean masks marking the ``ratio`` largest entries over all tensors together (one global
-    threshold); exactly ``int(ratio * total)`` entries are True, ties broken by position."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio must lie in [0, 1]; got {ratio}")
-    flat = torch.cat([s.detach().reshape(-1).float() for s in scores.values()])
-    total, k = flat.numel(), int(ratio * flat.numel())
-    if k == 0:
-        chosen = torch.zeros(total, dtype=torch.bool, device=flat.device)
-    elif k == total:
-        chosen = torch.ones(total, dtype=torch.bool, device=flat.device)
-    else:
-        threshold = flat.kthvalue(total - k + 1).values  # the k-th largest value
-        chosen = flat > threshold
-        ties = torch.nonzero(flat == threshold).squeeze(1)
-        chosen[ties[: k - int(chosen.sum())]] = True
-    out, start = {}, 0
-    for name, s in scores.items():
-        out[name] = chosen[start : start + s.numel()].reshape(s.shape)
-        start += s.numel()
-    return out
-
-
 def concept_lists(concepts: Any, retain: Any) -> tuple[list[str], set[int], list[str]]:
     """Concept texts, the indices of those given as prompt rows, and retain texts (may be empty);
     ValueError for empty concepts or a retain prompt that is also a concept."""
@@ -166,7 +144,9 @@ def concept_lists(concepts: Any, retain: Any) -> tuple[list[str], set[int], list
     return words, verbatim, keep
 
 
-def patch_metadata(pipe: Any, method: str, config: Any, concepts: list[str], retain: list[str], **extra: Any) -> dict[str, Any]:
+def patch_metadata(
+    pipe: Any, method: str, config: Any, concepts: list[str], retain: list[str], **extra: Any
+) -> dict[str, Any]:
     """The metadata every diffusion method's patch carries (as ``unlink`` writes it)."""
     return {
         "method": method,
@@ -370,7 +350,11 @@ class UNetTrainer:
         zeroes empty prompts (SDXL's ``force_zeros_for_empty_prompt``), else the empty prompt."""
         null = self.encode([""])
         if getattr(getattr(self.pipe, "config", None), "force_zeros_for_empty_prompt", False):
-            added = {k: (torch.zeros_like(v) if k == "text_embeds" else v) for k, v in null.added.items()} if null.added else None
+            added = (
+                {k: (torch.zeros_like(v) if k == "text_embeds" else v) for k, v in null.added.items()}
+                if null.added
+                else None
+            )
             null = Conditioning(torch.zeros_like(null.hidden), added)
         return null[[0] * n]
 
@@ -385,7 +369,9 @@ class UNetTrainer:
         ids = tokenize_prompts(self.pipe, list(prompts))[-1].to(next(enc.parameters()).device)
         out = enc(ids)
         pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
-        n_ids = (int(config.projection_class_embeddings_input_dim) - pooled.shape[-1]) // int(config.addition_time_embed_dim)
+        n_ids = (int(config.projection_class_embeddings_input_dim) - pooled.shape[-1]) // int(
+            config.addition_time_embed_dim
+        )
         if n_ids != 6:
             raise NotImplementedError(
                 f"this UNet expects {n_ids} time ids (SDXL base uses 6: size, crop, target size); "
@@ -432,8 +418,13 @@ class UNetTrainer:
         dtype = self.dtype if self.precision == "no" else torch.float32
         added = {k: v.to(dtype) for k, v in cond.added.items()} if cond.added else None
         with self.accelerator.autocast():
-            out = self.model(latents.to(dtype), t, encoder_hidden_states=cond.hidden.to(dtype),
-                             added_cond_kwargs=added, return_dict=False)[0]
+            out = self.model(
+                latents.to(dtype),
+                t,
+                encoder_hidden_states=cond.hidden.to(dtype),
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
         return out.float()
 
     @contextmanager
@@ -508,7 +499,9 @@ class UNetTrainer:
             return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def fit(self, loss_fn: Callable[[int], Tensor], *, masks: dict[str, Tensor] | None = None, desc: str = "train") -> list[float]:
+    def fit(
+        self, loss_fn: Callable[[int], Tensor], *, masks: dict[str, Tensor] | None = None, desc: str = "train"
+    ) -> list[float]:
         """Minimise ``loss_fn(step)`` for ``config.steps`` steps; returns the losses.
 
         ``masks`` (name -> boolean tensor, True = may change) restrict training to those entries:
@@ -522,31 +515,27 @@ class UNetTrainer:
                 raise ValueError(f"mask {n!r} does not match a trained parameter")
         # Fully masked tensors stay out of the optimiser but keep requires_grad: DDP expects a
         # gradient for every parameter that had one when it was wrapped.
-        trained = [p for n, p in self.params.items() if n not in masks or bool(masks[n].any())]
-        if not trained:
-            raise ValueError("the masks leave no parameter entry to train")
+        trained = trained_parameters(self.params, masks)
         opt = self.accelerator.prepare(self._optimizer(trained))
+        clip = (
+            (lambda: self.accelerator.clip_grad_norm_(trained, self.cfg.grad_clip))
+            if self.cfg.grad_clip is not None
+            else None
+        )
         self.unet.train()
-        bar = tqdm(range(self.cfg.steps), desc=desc, leave=False,
-                   disable=not self.progress or not self.accelerator.is_main_process)
+        bar = tqdm(
+            range(self.cfg.steps),
+            desc=desc,
+            leave=False,
+            disable=not self.progress or not self.accelerator.is_main_process,
+        )
         for step in bar:
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(step)
             value = float(loss.detach())
             _check_finite(value, step, desc)
             self.backward(loss)
-            for n, m in masks.items():
-                grad = self.params[n].grad
-                if grad is not None:
-                    grad.mul_(m)
-            if self.cfg.grad_clip is not None:
-                self.accelerator.clip_grad_norm_(trained, self.cfg.grad_clip)
-            opt.step()
-            if masks:
-                with torch.no_grad():
-                    for n, m in masks.items():
-                        p = self.params[n]
-                        p.copy_(torch.where(m, p, self.before[n].to(p.dtype)))
+            masked_step(opt, self.params, masks, self.before, clip)
             self.losses.append(value)
             bar.set_postfix(loss=f"{value:.4g}")
         bar.close()
@@ -585,7 +574,9 @@ class UNetTrainer:
         meta["num_processes"] = self.accelerator.num_processes if hasattr(self, "accelerator") else 1
         patch = ErasurePatch.from_changes(self.pipe, {f"unet.{n}": t for n, t in self.before.items()}, meta)
         if not patch.deltas:
-            warnings.warn("training left every parameter unchanged (lr=0 or steps=0?); the patch is empty.", stacklevel=2)
+            warnings.warn(
+                "training left every parameter unchanged (lr=0 or steps=0?); the patch is empty.", stacklevel=2
+            )
         return patch
 
 

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data import LabeledData, labeled_batches, to_model
 from ..layers import KeptModes
+from .masks import masked_step, trained_parameters
 
 __all__ = ["TrainConfig", "Objective", "StepInfo", "fit", "SCHEDULES", "OPTIMIZERS", "AUGMENTATIONS"]
 
@@ -58,7 +59,9 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
-            raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr >= 0 (got {self.epochs}, {self.batch_size}, {self.lr})")
+            raise ValueError(
+                f"need epochs >= 0, batch_size >= 1 and lr >= 0 (got {self.epochs}, {self.batch_size}, {self.lr})"
+            )
 
 
 @dataclass
@@ -144,25 +147,29 @@ def fit(
     """Optimise ``objective`` on ``data`` (stream name -> labelled data); returns per-epoch logs.
 
     ``trainable`` maps parameter names to boolean masks (True = may change); masked-out entries
-    are restored after every step, so momentum and weight decay cannot move them either.
+    get no gradient (nor a share of ``grad_clip``'s norm) and are restored after every step, so
+    momentum and weight decay cannot move them either.
     Parameters with ``requires_grad=False`` are left alone.
 
     The model trains in train mode, except submodules the caller put in eval mode inside a module
     in train mode (e.g. a frozen BatchNorm): they stay as they are. Afterwards every module's
     train/eval mode is what it was.
     """
-    missing = [s for e in range(max(1, cfg.epochs)) for p in objective.phases(e) for s in p if s not in data or data[s] is None]
+    missing = [
+        s for e in range(max(1, cfg.epochs)) for p in objective.phases(e) for s in p if s not in data or data[s] is None
+    ]
     if missing:
         raise ValueError(f"the objective needs data streams {sorted(set(missing))}")
     _check_masks(model, trainable or {})
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
     model.to(device)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    masks = {n: m.to(device=device, dtype=torch.bool) for n, m in (trainable or {}).items()}
-    frozen = {n: p.detach().clone() for n, p in named if n in masks}
-    params = [p for n, p in named if n not in masks or bool(masks[n].any())]
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    masks = {n: m.to(device=device, dtype=torch.bool) for n, m in (trainable or {}).items() if n in named}
+    frozen = {n: named[n].detach().clone() for n in masks}
+    params = trained_parameters(named, masks)
     opt = _optimizer(params, cfg)
+    clip = (lambda: nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip is not None else None
     loaders = {
         name: labeled_batches(d, cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 * i)
         for i, (name, d) in enumerate(data.items())
@@ -172,7 +179,11 @@ def fit(
         total = min(total, cfg.max_steps)
     cycles = {name: _cycle(b) for name, b in loaders.items()}
     aug_gen = torch.Generator().manual_seed(cfg.seed + 7)
-    prep = (lambda b: _crop_flip(_to(b, param, device), aug_gen)) if cfg.augment == "crop_flip" else (lambda b: _to(b, param, device))
+    prep = (
+        (lambda b: _crop_flip(_to(b, param, device), aug_gen))
+        if cfg.augment == "crop_flip"
+        else (lambda b: _to(b, param, device))
+    )
     logs: list[dict] = []
     step = 0
     modes = KeptModes(model)
@@ -194,18 +205,15 @@ def fit(
                     try:
                         loss = objective.backward(model, batches, StepInfo(epoch, step, total))
                     except IndexError as err:  # what cross_entropy raises for labels >= classes
-                        raise ValueError(f"{desc}: a batch's labels do not fit the model's outputs ({err}); "
-                                         "labels must lie in [0, number of classes)") from None
+                        raise ValueError(
+                            f"{desc}: a batch's labels do not fit the model's outputs ({err}); "
+                            "labels must lie in [0, number of classes)"
+                        ) from None
                     if not math.isfinite(loss):
-                        raise FloatingPointError(f"{desc}: the loss became {loss} at step {step}; lower the learning rate")
-                    if cfg.grad_clip is not None:
-                        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    opt.step()
-                    if masks:
-                        with torch.no_grad():
-                            for n, p in named:
-                                if n in masks:
-                                    p.copy_(torch.where(masks[n], p, frozen[n]))
+                        raise FloatingPointError(
+                            f"{desc}: the loss became {loss} at step {step}; lower the learning rate"
+                        )
+                    masked_step(opt, named, masks, frozen, clip)
                     losses.append(loss)
                     step += 1
                     bar.update(1)
@@ -227,8 +235,10 @@ def _check_masks(model: nn.Module, trainable: dict[str, Tensor]) -> None:
             listed = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
             raise ValueError(f"trainable mask {name!r} names no parameter of the model; parameters: {listed}")
         if tuple(mask.shape) != shapes[name]:
-            raise ValueError(f"trainable mask {name!r} has shape {tuple(mask.shape)}; "
-                             f"the parameter {name!r} has shape {shapes[name]}")
+            raise ValueError(
+                f"trainable mask {name!r} has shape {tuple(mask.shape)}; "
+                f"the parameter {name!r} has shape {shapes[name]}"
+            )
 
 
 def _train_keeping_frozen(model: nn.Module, modes: dict[nn.Module, bool]) -> None:
