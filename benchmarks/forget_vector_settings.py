@@ -50,7 +50,7 @@ def main() -> None:
     if args.original:
         load_weights(model, args.original)
     else:
-        from classifiers.train import RECIPES
+        from evaluation.classify_bench import RECIPES
 
         fit(
             model,

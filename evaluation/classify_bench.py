@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from classifiers.data import TensorDataset, load_dataset
 from classifiers.models import build_model
 from classifiers.splits import Scenario, make_split
-from classifiers.train import RECIPES
 from eraser import get_method, run_method
 from eraser.hashing import file_sha256
 from eraser.options import parse_method
@@ -33,6 +32,7 @@ from .report import mean_std, write_report
 from .unlearning import GAP_KEYS, avg_gap, unlearning_metrics
 
 __all__ = [
+    "RECIPES",
     "vector_bank",
     "ClassifyBenchConfig",
     "ALL_METHODS",
@@ -42,6 +42,14 @@ __all__ = [
     "run_classify_bench",
     "summarize",
 ]
+
+# Recipes that train each dataset's original model; Retrain uses the same one on the retain set.
+RECIPES: dict[str, TrainConfig] = {
+    "mnist": TrainConfig(epochs=5, lr=0.05, batch_size=128, schedule="cosine", weight_decay=5e-4),
+    "cifar10": TrainConfig(
+        epochs=40, lr=0.1, batch_size=128, schedule="cosine", weight_decay=5e-4, augment="crop_flip"
+    ),
+}
 
 # The default comparison: every registered classifier method; Unlink twice (retain-free and Rayleigh).
 ALL_METHODS = [

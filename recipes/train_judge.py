@@ -1,5 +1,5 @@
 """Train the bundled digit judge: the project's ``SmallCNN`` on the 10,000 real MNIST training
-digits, with the project's MNIST recipe (``classifiers.train.RECIPES["mnist"]``: SGD momentum
+digits, with the project's MNIST recipe (``evaluation.classify_bench.RECIPES["mnist"]``: SGD momentum
 0.9, lr 0.05, cosine decay, weight decay 5e-4, batch 128) and the one training loop
 (``eraser.training.fit``), changed in three documented ways: width 16 (~106k parameters),
 8 epochs, and the training set extended by 2 randomly transformed copies of every digit
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     from safetensors.torch import save_file
 
     from classifiers.data import load_dataset
-    from classifiers.train import RECIPES
     from eraser.methods.finetune import RetainCE
     from eraser.training import accuracy, fit
+    from evaluation.classify_bench import RECIPES
 
     data_dir, out = Path(args.data), Path(args.out)
     data = load_dataset("mnist", data_dir)

@@ -14,7 +14,7 @@ from evaluation.generate import GenerationConfig, generate_images, plan_batches,
 from prompts.csv import PromptRow
 from tests.conftest import launch_two_processes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CSV = """case_number,prompt,evaluation_seed,evaluation_guidance,class
 0,a photo of the digit seven,11,4,seven
 1,handwritten 3,12,4,three

@@ -96,7 +96,7 @@ def _status(page, expect: str) -> str:
     return page.locator("#status").inner_text()
 
 
-ARTIFACTS = Path(os.environ.get("ERASER_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("ERASER_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 
 
 def test_bad_input_shows_a_message_and_changes_nothing(page, tmp_path):
