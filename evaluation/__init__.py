@@ -1,7 +1,20 @@
 """Evaluators: classifier-unlearning metrics, class-erasure accuracy, data shift, Grad-CAM, reports and
 benchmarks; for generators the generation runner, NudeNet counts, FID, CLIP score and judge accuracy
-(each registered in the evaluator table: ``list_evaluators()``, ``get_evaluator(name)``)."""
+(each registered in the evaluator table: ``list_evaluators()``, ``get_evaluator(name)``); attacks on
+erased pipelines and their success rate (``evaluation.attacks``: ``list_attacks()``, ``get_attack(name)``;
+``evaluation.attack_success`` is NudeNet's rule, the attacks' ASR is ``evaluation.attacks.attack_success``)."""
 
+from .attacks import (
+    AttackResult,
+    AttackSpec,
+    AttackSuccess,
+    ParaphraseConfig,
+    SoftPromptConfig,
+    get_attack,
+    list_attacks,
+    register_attack,
+    run_attack,
+)
 from .classification import PerClassAccuracy, class_erasure_scores, head_inputs
 from .clip_score import ClipScore, clip_score
 from .fid import fid, fid_details
@@ -25,6 +38,15 @@ from .unlearning import (
 )
 
 __all__ = [
+    "AttackSpec",
+    "AttackResult",
+    "AttackSuccess",
+    "SoftPromptConfig",
+    "ParaphraseConfig",
+    "register_attack",
+    "get_attack",
+    "list_attacks",
+    "run_attack",
     "EvaluatorSpec",
     "EvaluatorResult",
     "register_evaluator",
