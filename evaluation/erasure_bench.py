@@ -231,11 +231,16 @@ def run_class_bench(
             {**settings, "erased": c, "erase": erase_settings},
             lambda c=c, where=where: _evaluate(where / "images", groups, c, judge, reference, config, device),
         )
+        # Worst case first: the kept class that lost most, beside the pooled RA.
+        drops = {k: original[c]["accuracy"][k] - res["accuracy"][k] for k in groups if k != c}
+        worst = max(drops, key=lambda k: drops[k]) if drops else None
         table.append(
             {
                 "method": label,
                 "erased class": c,
                 "UA": res["UA"],
+                "worst drop": drops[worst] if drops else 0.0,
+                "worst class": worst,
                 "RA": res["RA"],
                 "FID": res["FID"],
                 "FID original": original[c]["FID"],
@@ -252,6 +257,8 @@ def run_class_bench(
         summary.append(
             {
                 "method": spec[0],
+                "UA min": min(r["UA"] for r in mine),
+                "worst drop": max(r["worst drop"] for r in mine),
                 **{
                     k: sum(r[k] for r in mine) / len(mine)
                     for k in ("UA", "RA", "FID", "FID original", "RA original", "erase s")
@@ -270,16 +277,19 @@ def run_class_bench(
         "the same seeds for every method and for the original",
         "UA = 100 - judge top-1 accuracy on the erased class's images; "
         "RA = accuracy on the other classes' images; FID of the other classes' images vs the reference (N in the JSON)",
+        "worst drop: the largest loss of one kept class's accuracy (original minus after, points; worst class names "
+        "it); in the summary, UA min and worst drop are over every erased class, the other columns are means",
     ]
-    columns = ["method", "erased class", "UA", "RA", "FID", "FID original", "RA original", "erase s"]
+    columns = ["method", "erased class", "UA", "worst drop", "worst class", "RA", "FID", "FID original", "RA original"]
+    columns.append("erase s")
     write_report(out, "per_class", columns, table, settings, title="Class erasure: per class", notes=notes)
     write_report(
         out,
         "summary",
-        [c for c in columns if c != "erased class"],
+        ["method", "UA min", "worst drop", "UA", "RA", "FID", "FID original", "RA original", "erase s"],
         summary,
         settings,
-        title="Class erasure: mean over classes",
+        title="Class erasure: worst case and mean over classes",
         notes=notes,
     )
     return {"per_class": table, "summary": summary, "original": original, "settings": settings}

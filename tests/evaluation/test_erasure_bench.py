@@ -60,6 +60,14 @@ def test_class_bench_on_digits_resumes_and_reports(mnist_reference, tmp_path, mo
     for r in rows.values():
         assert r["UA"] > 100 - r["RA original"] - 25  # the erased digit is mostly gone (original accuracy ~100)
         assert r["FID"] > 0 and r["erase s"] > 0
+        # With two classes the one kept class is the worst, and its drop is what RA lost.
+        assert r["worst class"] in ("seven", "four") and r["worst class"] != r["erased class"]
+        assert abs(r["worst drop"] - (r["RA original"] - r["RA"])) < 1e-9
+    summary = {r["method"]: r for r in json.loads((tmp_path / "bench" / "summary.json").read_text())["rows"]}
+    for m in ("unlink", "unlink+retain"):
+        mine = [r for (k, _), r in rows.items() if k == m]
+        assert summary[m]["UA min"] == min(r["UA"] for r in mine)
+        assert summary[m]["worst drop"] == max(r["worst drop"] for r in mine)
     assert per_class["settings"]["images_per_prompt"] == 4 and per_class["settings"]["judge"] == "bundled digits judge"
     assert (tmp_path / "bench" / "grid_unlink+retain.png").is_file()
     assert len(list((tmp_path / "bench" / "unlink" / "class_0" / "images").glob("*.png"))) == 16
