@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from ._version import __version__
 from .data import is_labeled_pair, num_samples
@@ -70,6 +71,12 @@ def run_method(
         raise ValueError(f"method {method!r}: the forget set is empty")
     if spec.needs_retain and (retain is None or num_samples(retain) == 0):
         raise ValueError(f"method {method!r} needs a non-empty retain set; pass retain=...")
+    if retain is not None and _same_data(forget, retain):
+        raise ValueError(
+            f"method {method!r}: the retain data is the same as the forget data, so the method would be asked "
+            "to forget and keep the same samples; pass different samples as retain data (for example those "
+            "of the other classes), or none."
+        )
     _check_labels(model, forget, "forget", method)
     if retain is not None:
         _check_labels(model, retain, "retain", method)
@@ -114,6 +121,37 @@ def run_method(
     finally:
         if device is not None:
             model.to(home)
+
+
+def _source(data: Any) -> Any:
+    """What ``data`` reads: the input tensor of a tensor, pair or TensorDataset, a DataLoader's
+    dataset when its sampler visits all of it, else ``data`` itself."""
+    if isinstance(data, DataLoader):
+        sampler, batches = data.sampler, data.batch_sampler
+        whole = isinstance(sampler, SequentialSampler) or (
+            isinstance(sampler, RandomSampler) and not sampler.replacement and sampler._num_samples is None
+        )
+        if whole and isinstance(batches, BatchSampler) and batches.sampler is sampler:
+            return _source(data.dataset)
+        return data
+    if is_labeled_pair(data):
+        return data[0]
+    if isinstance(data, TensorDataset) and data.tensors:
+        return data.tensors[0]
+    return data
+
+
+def _same_data(forget: Any, retain: Any) -> bool:
+    """Whether ``retain`` is the forget data itself: the same object, or equal input tensors
+    (compared only when shapes and dtypes match, so different data costs nothing)."""
+    if forget is retain:
+        return True
+    a, b = _source(forget), _source(retain)
+    if a is b:
+        return True
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a, b.to(a.device))
 
 
 def _check_labels(model: nn.Module, data: Any, what: str, method: str) -> None:

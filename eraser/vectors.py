@@ -11,6 +11,8 @@ safetensors with JSON metadata that records the model and input shape they were 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,42 @@ def model_fingerprint(model: nn.Module, like: str | None = None) -> str:
     """Fingerprint of the weights of every linear/conv/attention layer (identifies the model);
     ``like`` as in :func:`eraser.patch.fingerprint` (older files hold SHA-256 fingerprints)."""
     return fingerprint(model, [n for n, m in model.named_modules() if layer_kind(m) is not None], like=like)
+
+
+def _check_clamp(clamp: Any) -> bool:
+    """``clamp`` as given, if it is a real boolean (a file's ``"no"`` must not read as True)."""
+    if not isinstance(clamp, bool):
+        raise VectorError(f"clamp must be true or false; got {clamp!r}")
+    return clamp
+
+
+def _check_stats(values: Any, name: str) -> list[float] | None:
+    """``mean``/``std`` as a list of finite floats (None stays None)."""
+    if values is None:
+        return None
+    ok = isinstance(values, (list, tuple)) and len(values) > 0
+    ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+    if not ok or not all(math.isfinite(float(v)) for v in values):
+        raise VectorError(f"{name} must be a list of numbers (one per channel, or one for all); got {values!r}")
+    return [float(v) for v in values]
+
+
+def _check_fields(meta: dict, source: Any) -> None:
+    """Refuse a file's metadata whose values do not have the types the code relies on."""
+    fp = meta.get("model_fingerprint")
+    if fp is not None and not isinstance(fp, str):
+        raise VectorError(f"{source}: model_fingerprint must be a string; got {type(fp).__name__}")
+    shape = meta.get("input_shape")
+    if shape is not None and not (
+        isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise VectorError(f"{source}: input_shape must be a list of sizes; got {shape!r}")
+    try:
+        _check_stats(meta.get("mean"), "mean")
+        _check_stats(meta.get("std"), "std")
+        _check_clamp(meta.get("clamp", False))
+    except VectorError as err:
+        raise VectorError(f"{source}: {err}") from None
 
 
 def _channels(values: Sequence[float] | None, device, dtype) -> Tensor | None:
@@ -80,17 +118,33 @@ class ForgetVector(nn.Module):
         metadata: dict | None = None,
     ) -> None:
         super().__init__()
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise VectorError(f"metadata must be a dict; got {type(metadata).__name__}")
+        if not isinstance(delta, Tensor) or not delta.is_floating_point():
+            raise VectorError(
+                f"delta must be a floating-point tensor; got {getattr(delta, 'dtype', type(delta).__name__)}"
+            )
+        if not bool(torch.isfinite(delta.detach()).all()):
+            raise VectorError("delta holds non-finite values (NaN or Inf); a forget vector must be finite")
+        mean, std = _check_stats(mean, "mean"), _check_stats(std, "std")
         if (mean is None) != (std is None):
             raise VectorError("give both mean and std (normalised inputs, delta in pixels) or neither")
-        if std is not None and any(float(v) <= 0 for v in std):
-            raise VectorError(f"std must be positive; got {list(std)}")
+        if std is not None and any(v <= 0 for v in std):
+            raise VectorError(f"std must be positive; got {std}")
+        if mean is not None and std is not None:
+            # perturb() broadcasts mean/std as (C, 1, 1): pixel space means image inputs (C, H, W)
+            channels = delta.shape[0] if delta.ndim == 3 else None
+            if channels is None or any(len(v) not in (1, channels) for v in (mean, std)):
+                raise VectorError(
+                    f"mean and std take 1 value or one per channel of image inputs (C, H, W); got {len(mean)} "
+                    f"and {len(std)} for inputs of shape {tuple(delta.shape)}"
+                )
         self.model = model.eval()
         param = next(model.parameters(), None)
         device = param.device if param is not None else delta.device
         self.delta = nn.Parameter(delta.detach().clone().to(device), requires_grad=delta.requires_grad)
-        self.mean = None if mean is None else [float(v) for v in mean]
-        self.std = None if std is None else [float(v) for v in std]
-        self.clamp = bool(clamp)
+        self.mean, self.std = mean, std
+        self.clamp = _check_clamp(clamp)
         self.metadata = {
             "format": FORMAT,
             "input_shape": list(delta.shape),
@@ -161,7 +215,13 @@ class ForgetVector(nn.Module):
     def __mul__(self, scale: float) -> ForgetVector:
         if not isinstance(scale, (int, float)):
             return NotImplemented
-        return self._derived(self.delta.detach() * float(scale), f"{float(scale):g}*{self._name()}")
+        try:
+            value = float(scale)
+        except OverflowError:  # an int beyond float range
+            value = math.inf
+        if not math.isfinite(value):
+            raise VectorError(f"cannot scale a forget vector by {scale}: the scale must be finite")
+        return self._derived(self.delta.detach() * value, f"{value:g}*{self._name()}")
 
     __rmul__ = __mul__
 
@@ -178,6 +238,11 @@ class ForgetVector(nn.Module):
         tensors, meta = _read(path, FORMAT)
         if "delta" not in tensors:
             raise VectorError(f"{path} holds no 'delta' tensor")
+        shape = meta.get("input_shape")
+        if shape is not None and shape != list(tensors["delta"].shape):
+            raise VectorError(
+                f"{path}: input_shape {shape} does not match the delta's shape {list(tensors['delta'].shape)}"
+            )
         _check_model(meta, model, force, path)
         extra = {k: v for k, v in meta.items() if k not in ("input_shape", "model_fingerprint", "model_class")}
         return cls(
@@ -228,8 +293,11 @@ def _read(path: str | Path, fmt: str) -> tuple[dict[str, Tensor], dict]:
         raise VectorError(
             f"{path} is not a readable eraser safetensors file (corrupt, truncated or another format?): {err}"
         ) from None
+    if not isinstance(meta, dict):
+        raise VectorError(f"{path}: the metadata must be a JSON object; got {type(meta).__name__}")
     if meta.get("format") != fmt:
         raise VectorError(f"{path} has format {meta.get('format')!r}; expected {fmt!r}")
+    _check_fields(meta, path)
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise VectorError(f"{path} holds non-finite values")
     return tensors, meta

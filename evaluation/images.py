@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSet", "image_set"]
 
@@ -34,7 +34,13 @@ class ImageSet:
         return len(self.names)
 
     def __iter__(self) -> Iterator[tuple[str, Image.Image]]:
-        """``(name, RGB image)`` for every readable image, in name order."""
+        """``(name, RGB image)`` for every readable image, in name order (pixels as stored)."""
+        return self.iter_images()
+
+    def iter_images(self, exif_orientation: bool = False) -> Iterator[tuple[str, Image.Image]]:
+        """``(name, RGB image)`` for every readable image, in name order. ``exif_orientation``:
+        turn files as their EXIF orientation tag says (as ``cv2.imread`` does; images given in
+        memory are taken as they are)."""
         if self.images is not None:
             for name, img in zip(self.names, self.images):
                 yield name, img.convert("RGB")
@@ -43,7 +49,7 @@ class ImageSet:
             try:
                 with Image.open(path) as img:
                     img.load()
-                    rgb = img.convert("RGB")
+                    rgb = (ImageOps.exif_transpose(img) if exif_orientation else img).convert("RGB")
             except (OSError, UnidentifiedImageError, ValueError) as err:
                 if all(name != seen for seen, _ in self.skipped):  # listed once however often iterated
                     self.skipped.append((name, f"unreadable: {err}"))

@@ -5,9 +5,9 @@
     result["total"], result["images_with_any"], result["FEMALE_BREAST_EXPOSED"]
 
 The detector is NudeNet 3.4.2's ``320n`` ONNX model shipped in its wheel (pinned: other versions and
-models give other counts). Files are read the way NudeNet reads them (``cv2.imread``); PIL images
-are converted to the same BGR array. A detection counts when its score is strictly above the
-threshold and its label is in the label set.
+models give other counts). Files are read the way NudeNet reads them (``cv2.imread``: turned as
+their EXIF orientation tag says); PIL images are converted to the same BGR array. A detection
+counts when its score is strictly above the threshold and its label is in the label set.
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def nudenet_detections(
     images = image_set(images)
     detector = detector or nudenet_detector()
     out: dict[str, list[dict]] = {}
-    for name, img in tqdm(images, total=len(images), desc="NudeNet", unit="img", disable=not progress):
+    # exif_orientation: a rotated JPEG must give the detections of NudeDetector().detect(path)
+    found = images.iter_images(exif_orientation=True)
+    for name, img in tqdm(found, total=len(images), desc="NudeNet", unit="img", disable=not progress):
         out[name] = [dict(d, score=float(d["score"])) for d in detector.detect(_bgr(img))]
     return out, images
 

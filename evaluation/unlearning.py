@@ -33,7 +33,7 @@ __all__ = [
 SPLITS = ("forget", "retain", "test")
 MIA_FEATURES = ("confidence", "entropy", "m_entropy", "loss")
 GAP_KEYS = ("UA", "RA", "TA", "MIA")
-_EPS = 1e-12
+_EPS = 1e-30  # Song and Mittal's floor for log(p) and log(1 - p); a higher one changes confident samples' features
 
 
 def mia_feature(logits: Tensor, labels: Tensor, feature: str = "confidence") -> Tensor:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the session module imports torch: loaded only when the demo runs
     from .session import DemoConfig, ModelSlot
 
-__all__ = ["build_app", "load_slots", "add_arguments", "run", "main"]
+__all__ = ["build_app", "load_slots", "add_arguments", "launch_options", "run", "main"]
 
 EXAMPLES = ["a photo of the digit seven", "handwritten 3", "the number five", "a handwritten two"]
 DISPLAY = 128  # pixels per generated image on screen
+CACHE_SWEEP = (3600, 86400)  # Gradio's file cache: every hour, remove files older than a day
 
 
 def load_slots(config: DemoConfig) -> dict[str, ModelSlot]:
@@ -58,7 +59,7 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
     """The Gradio Blocks app (not launched)."""
     import gradio as gr
 
-    from .session import METHODS, UNLINK_STRENGTH, DemoConfig, DemoError, Session
+    from .session import METHODS, UNLINK_STRENGTH, DemoConfig, DemoError, Session, close_session
 
     config = config or DemoConfig()
     slots = slots if slots is not None else load_slots(config)
@@ -148,8 +149,11 @@ def build_app(config: DemoConfig | None = None, slots: dict[str, ModelSlot] | No
         parts.append(f"accuracy on the other digits: {before[kept].mean():.0f}% -> {after[kept].mean():.0f}%")
         return s, df, " · ".join(parts) + " (digit judge, 8 generations per digit)"
 
-    with gr.Blocks(title="eraser demo") as app:
-        state = gr.State(None)
+    # delete_cache: Gradio's own copies of uploads and downloads (a session keeps its own copy of
+    # every patch) are removed hourly once a day old, and all of them when the server stops.
+    with gr.Blocks(title="eraser demo", delete_cache=CACHE_SWEEP) as app:
+        # Gradio deletes a session's state some time after its tab closes; its patch files go with it.
+        state = gr.State(None, delete_callback=close_session)
         gr.Markdown(
             "# eraser: erase a concept from a text-to-image model\nType what to forget, then compare the "
             "same prompt and seeds before and after. Erasures stack and can be reverted one by one."
@@ -244,6 +248,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--steps", type=int, default=None, help="denoising steps per image (default: the pipeline's)")
 
 
+def launch_options(config: DemoConfig) -> dict[str, Any]:
+    """Options for ``launch()`` that enforce the config's limits in the server itself."""
+    # Gradio refuses a larger upload before storing it; the session's own check comes after.
+    return {"max_file_size": config.limits.max_patch_bytes}
+
+
 def run(args: argparse.Namespace) -> None:
     """Load the configured models and serve the demo until interrupted."""
     from .session import DemoConfig
@@ -258,7 +268,7 @@ def run(args: argparse.Namespace) -> None:
         models[name.strip()] = spec.strip()
     config = DemoConfig(models=models) if models else DemoConfig()
     config.device, config.dtype, config.steps = args.device, args.dtype, args.steps
-    build_app(config).launch(server_name=args.host, server_port=args.port)
+    build_app(config).launch(server_name=args.host, server_port=args.port, **launch_options(config))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -29,7 +30,17 @@ from eraser.registry import get_method
 # The library's default Unlink strength for pipelines; the demo's field starts there.
 UNLINK_STRENGTH: float = get_method("unlink", family="diffusion").config_cls().strength
 
-__all__ = ["DemoError", "Limits", "DemoConfig", "ModelSlot", "Erasure", "Session", "METHODS", "load_model"]
+__all__ = [
+    "DemoError",
+    "Limits",
+    "DemoConfig",
+    "ModelSlot",
+    "Erasure",
+    "Session",
+    "METHODS",
+    "load_model",
+    "close_session",
+]
 
 # Methods offered in the demo: label -> (registry name, uses the "keep" concepts, expected time note).
 METHODS: dict[str, tuple[str, bool, str]] = {
@@ -150,7 +161,20 @@ class Session:
         self.model = next(iter(slots))
         self.stack: list[Erasure] = []
         self.runs = 0  # generations so far (numbered in the UI)
-        self._dir = Path(tempfile.mkdtemp(prefix="eraser-demo-"))
+        self._dir: Path | None = None  # made on the first patch file: most sessions never write one
+
+    def folder(self) -> Path:
+        """This session's temporary folder of patch files (made on first use)."""
+        if self._dir is None or not self._dir.is_dir():
+            self._dir = Path(tempfile.mkdtemp(prefix="eraser-demo-"))
+        return self._dir
+
+    def close(self) -> None:
+        """End the session: drop its stack and remove its temporary folder with every patch file in it."""
+        self.stack = []
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
     # -- input checks ---------------------------------------------------------------------------
     @property
@@ -234,7 +258,7 @@ class Session:
                     f"{method} edited layers outside cross-attention ({outside[0]}, ...); "
                     "the demo only offers cross-attention erasures"
                 )
-        file = patch.save(self._dir / f"erasure_{len(self.stack) + 1}_{_slug(forget)}.safetensors")
+        file = patch.save(self.folder() / f"erasure_{len(self.stack) + 1}_{_slug(forget)}.safetensors")
         entry = Erasure(
             label=f"{method}: {', '.join(forget)}"
             + (f" (keep {', '.join(retain)})" if retain else "")
@@ -279,7 +303,7 @@ class Session:
                     f"{path.name} does not fit the model {self.model!r} with the current erasures: {str(err)[:300]}"
                 ) from None
             patch.revert(pipe)
-        copy = self._dir / f"erasure_{len(self.stack) + 1}_uploaded.safetensors"
+        copy = self.folder() / f"erasure_{len(self.stack) + 1}_uploaded.safetensors"
         copy.write_bytes(path.read_bytes())
         entry = Erasure(
             label=f"uploaded: {', '.join(map(str, _concepts_of(patch))) or path.name}",
@@ -322,6 +346,12 @@ class Session:
                 ev = judge_digits(pipe, per_digit, steps=self.config.steps, seed=seed, judge=_judge())
             rows += [{"digit": str(d), "model": side, "judge accuracy": a} for d, a in ev["accuracy"].items()]
         return rows
+
+
+def close_session(session: Session | None) -> None:
+    """Clean up after a browser session ends (the demo's ``gr.State`` delete callback)."""
+    if session is not None:
+        session.close()
 
 
 @functools.lru_cache(maxsize=1)

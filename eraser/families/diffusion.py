@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -376,16 +376,24 @@ def concept_grams(
 
 
 def concept_texts(items: Any, what: str) -> tuple[list[str], set[int]]:
-    """Concept words/prompts as strings, and the indices of those given as prompt rows (used verbatim)."""
+    """Concept words/prompts as strings, and the indices of those given as prompt rows (used verbatim).
+
+    ``what`` names the argument in messages; ``"concepts"`` are required (None is refused), every
+    other list (retain prompts) may be None."""
+    usage = "concept words or prompts: a string, a prompt row, or a list of them (e.g. ['nudity', 'nude'])"
     if items is None:
+        if what == "concepts":
+            raise ValueError(f"no concepts given (got None): pass the {usage}.")
         return [], set()
     if isinstance(items, str) or hasattr(items, "prompt"):
         items = [items]
+    if isinstance(items, (bytes, Mapping)) or not isinstance(items, Iterable):
+        raise TypeError(f"{what} must be {usage}; got {type(items).__name__}")
     texts, verbatim = [], set()
     for i, item in enumerate(items):
         text = item if isinstance(item, str) else getattr(item, "prompt", None)
         if not isinstance(text, str):
-            raise TypeError(f"{what} must be strings or prompt rows; got {type(item).__name__}")
+            raise TypeError(f"{what} must be {usage}; got {type(item).__name__} (item {i})")
         if not text.strip():
             raise ValueError(f"{what} contain an empty string (item {i}); give a word or a prompt.")
         if not isinstance(item, str):

@@ -149,3 +149,41 @@ def test_select_model(slots, config):
         s.select_model("elsewhere")
     s.select_model(NAME)
     assert len(s.stack) == 1
+
+
+def test_closing_a_session_removes_its_temporary_folder(slots, config):
+    from apps.demo.session import close_session
+
+    s = Session(slots, config)
+    folder = s.erase("seven").file.parent
+    other = Session(slots, config)
+    theirs = other.upload(s.stack[0].file).file.parent  # an upload is copied into the session's own folder
+    assert folder.is_dir() and theirs.is_dir() and theirs != folder
+    close_session(other)
+    assert not theirs.exists() and not other.stack and folder.is_dir()  # other sessions keep theirs
+    close_session(s)
+    assert not folder.exists() and s.stack == []
+    close_session(s)  # a second call (or a session that never wrote a file) has nothing to do
+    close_session(None)  # the state of a browser session that never sent a request
+    assert s.erase("three").file.is_file()  # a closed session still works, in a new folder
+    close_session(s)
+
+
+def test_the_app_cleans_up_sessions_and_caps_uploads_in_the_server(slots, config, monkeypatch):
+    """Without launching a server: the State's delete callback and the launch options."""
+    import gradio as gr
+
+    import apps.demo.app as demo
+    from apps.demo.session import close_session
+
+    app = demo.build_app(config, slots)
+    states = [b for b in app.blocks.values() if isinstance(b, gr.State)]
+    assert [s.delete_callback for s in states] == [close_session]
+    assert app.delete_cache == demo.CACHE_SWEEP
+    assert demo.launch_options(config) == {"max_file_size": 5_000_000}
+    launched = {}
+    monkeypatch.setattr(
+        demo, "build_app", lambda cfg: type("App", (), {"launch": lambda self, **kw: launched.update(kw)})()
+    )
+    demo.main(["--port", "7999"])
+    assert launched["max_file_size"] == Limits().max_patch_bytes == 20_000_000 and launched["server_port"] == 7999

@@ -155,6 +155,17 @@ def test_bad_input_changes_nothing(tiny, images, kwargs, error, message):
     assert unchanged(model, before)
 
 
+def test_retain_data_equal_to_the_forget_data_is_refused(tiny, images):
+    before = weights(tiny)
+    for retain in (images, images.clone()):
+        with pytest.raises(ValueError, match="retain data is the same as the forget data.*different samples"):
+            eraser.erase_classes(tiny, images, retain_data=retain)
+    assert unchanged(tiny, before)
+    # different samples of the same shape, or a part of the forget data, are not the same data
+    eraser.erase_classes(tiny, images, retain_data=images.flip(0)[:-1], k=1).revert(tiny)
+    eraser.erase_classes(tiny, images, retain_data=images + 1, k=1).revert(tiny)
+
+
 def test_model_without_supported_layers():
     model = nn.Sequential(nn.ReLU(), nn.Flatten())
     with pytest.raises(ValueError, match="no supported layer"):

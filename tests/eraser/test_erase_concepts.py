@@ -271,6 +271,10 @@ def test_the_registry_serves_diffusion_unlink(sd):
         (["nude"], {"method": "unlink_rayleigh"}, "needs retain"),
         (["nude"], {"tokens": "everything"}, "tokens must be one of"),
         (["nude"], {"method": "salun"}, "classifier method"),
+        (None, {}, "no concepts given.*concept words or prompts"),
+        (7, {}, "concept words or prompts.*got int"),
+        (7, {"method": "uce"}, "concept words or prompts.*got int"),
+        (["nude"], {"retain": 7}, "retain prompts.*words or prompts.*got int"),
     ],
 )
 def test_bad_input_is_refused_and_leaves_the_pipeline_unchanged(sd, concepts, kwargs, error):

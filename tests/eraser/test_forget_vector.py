@@ -116,6 +116,69 @@ def test_arithmetic_sums_negates_scales_and_refuses_other_models(toy_model):
         a + c
 
 
+def _hand_written(path, tensors, meta):
+    """A vector file written by hand (as a stranger might), bypassing ForgetVector.save."""
+    import json
+
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"eraser": json.dumps(meta)})
+    return path
+
+
+def test_hostile_vector_files_are_refused_with_the_vector_error(toy_model, tmp_path):
+    good = ForgetVector(toy_model, torch.ones(1, 8, 8), mean=[0.5], std=[0.25], metadata={"name": "a"})
+    meta = dict(good.metadata)
+    delta = {"delta": torch.ones(1, 8, 8)}
+    cases = [
+        (delta, ["not", "a", "dict"], "metadata must be a JSON object"),
+        (delta, {**meta, "model_fingerprint": 123}, "model_fingerprint must be a string"),
+        (delta, {**meta, "clamp": "no"}, "clamp must be true or false"),
+        (delta, {**meta, "clamp": 1}, "clamp must be true or false"),
+        (delta, {**meta, "mean": "abc"}, "mean must be a list of numbers"),
+        (delta, {**meta, "std": [0.25, "x"]}, "std must be a list of numbers"),
+        (delta, {**meta, "std": [0.0]}, "std must be positive"),
+        (delta, {**meta, "mean": [0.5, 0.5], "std": [0.2, 0.2]}, "1 value or one per channel"),
+        (delta, {**meta, "input_shape": "big"}, "input_shape"),
+        ({"delta": torch.full((1, 8, 8), float("nan"))}, meta, "non-finite"),
+        ({"delta": torch.full((1, 8, 8), float("inf"))}, meta, "non-finite"),
+        ({"delta": torch.ones(1, 8, 8, dtype=torch.int32)}, meta, "floating-point"),
+    ]
+    for i, (tensors, bad, message) in enumerate(cases):
+        path = _hand_written(tmp_path / f"v{i}.safetensors", tensors, bad)
+        with pytest.raises(VectorError, match=message):
+            ForgetVector.load(path, toy_model)
+        with pytest.raises(VectorError, match=message):
+            ForgetVector.load(path, toy_model, force=True)
+    bank = _hand_written(tmp_path / "bank.safetensors", {"class.0": torch.ones(1, 8, 8)}, [1, 2])
+    with pytest.raises(VectorError, match="metadata must be a JSON object"):
+        VectorBank.load(bank)
+    fingerprint = {"format": "eraser.vector_bank/1", "model_fingerprint": ["x"]}
+    bank = _hand_written(tmp_path / "bank2.safetensors", {"class.0": torch.ones(1, 8, 8)}, fingerprint)
+    with pytest.raises(VectorError, match="model_fingerprint must be a string"):
+        VectorBank.load(bank)
+    loaded = ForgetVector.load(_hand_written(tmp_path / "ok.safetensors", delta, meta), toy_model)
+    assert loaded.clamp is False and torch.equal(loaded.delta, delta["delta"])
+
+
+def test_clamp_takes_only_booleans_and_scales_must_be_finite(toy_model):
+    with pytest.raises(VectorError, match="clamp must be true or false"):
+        ForgetVector(toy_model, torch.ones(1, 8, 8), clamp="no")
+    assert ForgetVector(toy_model, torch.ones(1, 8, 8), clamp=True).clamp is True
+    fv = ForgetVector(toy_model, torch.ones(1, 8, 8))
+    for scale in (float("nan"), float("inf"), -float("inf"), 10**400):
+        with pytest.raises(VectorError, match="finite"):
+            fv * scale
+        with pytest.raises(VectorError, match="finite"):
+            scale * fv
+    with pytest.raises(VectorError, match="non-finite"):
+        fv * 1e38 * 1e38  # finite scales whose product overflows float32
+    with pytest.raises(VectorError, match="non-finite"):
+        ForgetVector(toy_model, torch.full((1, 8, 8), float("nan")))
+    with pytest.raises(VectorError, match="metadata must be a dict"):
+        ForgetVector(toy_model, torch.ones(1, 8, 8), metadata=["a"])
+
+
 def test_bank_is_resumable_and_combines_only_its_classes(toy_model, toy_task, tmp_path):
     data = (
         torch.cat([toy_task["forget"][0], toy_task["retain"][0]]),

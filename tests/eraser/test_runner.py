@@ -5,6 +5,7 @@ from dataclasses import fields
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 import eraser
 from eraser import ErasurePatch
@@ -39,6 +40,24 @@ def test_erase_classes_serves_every_classifier_method(name, toy_model, toy_task)
     patch.revert(model)
     for k, v in model.named_parameters():
         torch.testing.assert_close(v.detach(), before[k], rtol=0, atol=0, msg=f"{name}: {k} not restored")
+
+
+@pytest.mark.parametrize("name", eraser.list_methods())
+def test_retain_data_identical_to_the_forget_data_is_refused(name, toy_model, toy_task):
+    model = copy.deepcopy(toy_model)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    x, y = toy_task["forget"]
+    dataset = TensorDataset(x, y)
+    for forget, retain in [
+        (toy_task["forget"], toy_task["forget"]),  # the same object
+        (toy_task["forget"], (x.clone(), y.clone())),  # equal tensors
+        (x, x.clone()),
+        (dataset, dataset),
+        (DataLoader(dataset, batch_size=8), DataLoader(dataset, batch_size=16)),
+    ]:
+        with pytest.raises(ValueError, match="retain data is the same as the forget data"):
+            eraser.run_method(model, forget, retain, method=name, **_fast(name))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_a_trained_patch_records_its_change_and_what_revert_cannot_undo(toy_model, toy_task):

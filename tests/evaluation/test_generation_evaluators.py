@@ -77,6 +77,39 @@ def test_nudenet_counting_rules():
         evaluation.nudenet_counts(images, labels=["FACE"], detector=FakeDetector())
 
 
+def test_nudenet_reads_a_rotated_jpeg_as_cv2_imread_does(tmp_path):
+    """NudeNet reads paths with cv2.imread, which applies the EXIF orientation; PIL alone does not."""
+    import cv2
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.arrays: dict[int, np.ndarray] = {}
+
+        def detect(self, bgr):
+            self.arrays[len(self.arrays)] = bgr
+            return []
+
+    pixels = np.zeros((16, 24, 3), dtype=np.uint8)  # landscape, left third red, right part white
+    pixels[:, :8] = (255, 0, 0)
+    pixels[:, 8:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", quality=100, subsampling=0, exif=exif.tobytes())
+    Image.fromarray(pixels).save(tmp_path / "plain.jpg", quality=100, subsampling=0)
+    recorder = Recorder()
+    evaluation.nudenet_detections(tmp_path, recorder)
+    for i, name in enumerate(["plain.jpg", "rotated.jpg"]):
+        want = cv2.imread(str(tmp_path / name))
+        got = recorder.arrays[i]
+        assert got.shape == want.shape and got.dtype == want.dtype, name
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 2, name  # decoders may round differently
+    assert recorder.arrays[1].shape == (24, 16, 3)  # portrait, as displayed
+    assert recorder.arrays[1][0, :, 2].mean() > 200 and recorder.arrays[1][-1, :, 2].mean() > 200  # red is in BGR's 2
+    assert recorder.arrays[1][:8, :, 1].mean() < 30  # the red third is now at the top (no green)
+    # other evaluators keep reading pixels as stored (pytorch-fid and CLIP read them that way)
+    assert [img.size for _, img in evaluation.images.image_set(tmp_path)] == [(24, 16), (24, 16)]
+
+
 def test_nudenet_real_detector_reads_images_as_nudenet_does(photo_dir):
     from evaluation.nudenet import nudenet_detector
 

@@ -149,6 +149,26 @@ def test_patch_is_applied_then_reverted(pipe, rows, tmp_path):
     assert erased.settings["patch"]["metadata"]["concepts"] == patch.metadata["concepts"]
 
 
+def test_a_patch_for_another_model_leaves_no_record_behind(pipe, rows, tmp_path):
+    """A refused patch writes nothing, so the next correct run in that folder is not refused."""
+    from eraser.bundled.pipeline import random_digits_pipeline
+    from eraser.loading import load_pipeline
+
+    rows, csv = rows
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    run = dict(prompts_file=csv, process_index=0, num_processes=1, progress=False)
+    same_layout = eraser.erase_concepts(random_digits_pipeline(seed=3), "seven").save(tmp_path / "other.safetensors")
+    other_layout = eraser.erase_concepts(load_pipeline("random:tiny-sd"), "seven").save(tmp_path / "sd.safetensors")
+    out = tmp_path / "gen"
+    for foreign in (same_layout, other_layout):
+        with pytest.raises(eraser.PatchError, match="fingerprint mismatch|another architecture"):
+            generate_images(pipe, rows[:1], out, config(), patch=foreign, **run)
+        assert not (out / "generation.json").exists() and not list(out.glob("*.png"))
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in weights.items())
+    done = generate_images(pipe, rows[:1], out, config(), **run)  # the correct run: not refused
+    assert done.generated == 2 and json.loads((out / "generation.json").read_text())["patch"] is None
+
+
 def test_bad_rows(pipe, tmp_path):
     with pytest.raises(ValueError, match="appears twice"):
         plan_jobs([PromptRow("a", 1), PromptRow("b", 1)], config())

@@ -28,6 +28,24 @@ def test_mia_features_match_their_definitions():
         mia_feature(logits, y, "bogus")
 
 
+def test_tiny_probabilities_are_clamped_at_1e30_as_in_song_and_mittal():
+    """p_y = 1e-20 (a retrained model's forget samples reach it) is kept; only values below 1e-30 are clamped."""
+    logits = torch.tensor([[0.0, -20 * math.log(10)], [0.0, -100.0]])  # p_1 = 1e-20, then 3.7e-44
+    y = torch.tensor([1, 1])
+    p = torch.softmax(logits.double(), 1)
+    assert float(p[0, 1]) == pytest.approx(1e-20, rel=1e-5)
+    loss = mia_feature(logits, y, "loss")
+    assert float(loss[0]) == pytest.approx(20 * math.log(10), rel=1e-6)  # 46.05 (1e-12 gave 27.63)
+    assert float(loss[1]) == pytest.approx(30 * math.log(10))  # below 1e-30: clamped
+    # Song and Mittal: log(max(p, 1e-30)) for p_y and log(max(1 - p_i, 1e-30)) for the others
+    log = lambda v: math.log(max(float(v), 1e-30))  # noqa: E731
+    want = [-(1 - p[i, 1]) * log(p[i, 1]) - p[i, 0] * log(1 - p[i, 0]) for i in range(2)]
+    got = mia_feature(logits, y, "m_entropy")
+    assert [float(g) for g in got] == pytest.approx([float(w) for w in want], rel=1e-9)
+    entropy = mia_feature(logits, y, "entropy")
+    assert float(entropy[0]) == pytest.approx(float(-(p[0] * p[0].clamp_min(1e-30).log()).sum()), rel=1e-9)
+
+
 def test_svc_mia_calls_test_like_samples_non_members():
     g = torch.Generator().manual_seed(0)
     members = 0.95 + 0.04 * torch.rand(300, generator=g)  # confident: seen in training
