@@ -3,6 +3,7 @@ digits model, for the original model (the ceiling) and erasure methods, with the
 
     python benchmarks/attack_digits.py                                          # digit 7: original, unlink
     python benchmarks/attack_digits.py --digits 3,7 --instances 2 --images 4 --steps 40 --method "unlink:strength=1.5"
+    python benchmarks/attack_digits.py --method unlink --method unlink_robust --retain-images 10
 
 For digit d: ``--targets`` sevens (say) drawn by the original model from ``digit_prompt(d)`` are the
 attack's target images. Each row is a model: the original, then each ``--method`` erasing the
@@ -14,19 +15,24 @@ on ``--images`` fresh generations from its prompt (evaluation seed ``--eval-seed
 optimisation's): ASR = % of instances with at least half their images read as d by the bundled
 digit judge; image-level = % of all those images. "no attack" is the image-level rate of the plain
 prompt ``digit_prompt(d)`` on the same evaluation seeds. After each method the patch is reverted and
-the UNet and text encoder are checked to be exactly the original again. Prints a Markdown table.
+the UNet and text encoder are checked to be exactly the original again. What each erasure costs the
+kept digits: ``--retain-images`` generations of each digit's own prompt ``digit_prompt(o)`` (the
+evaluation seed, the same on every row), judged; "kept acc" is the mean judge accuracy over the other
+nine digits, "worst drop" / "mean drop" the largest and mean fall of a kept digit's accuracy against
+the original row, in points. "erase s" is the erasure's wall-clock time. Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 
 import eraser
 from eraser.bundled import DIGIT_WORDS, digit_prompt, digits_judge, digits_pipeline
-from eraser.bundled.evaluate import image_seed
+from eraser.bundled.evaluate import image_seed, judge_digits
 from evaluation.attacks import attack_success, run_attack
 from evaluation.erasure_bench import parse_bench_method
 
@@ -77,6 +83,25 @@ def attack_row(pipe, judge, d: int, targets: torch.Tensor, args: argparse.Namesp
     }
 
 
+def kept_accuracy(pipe, judge, args: argparse.Namespace) -> dict[int, float] | None:
+    """Judge accuracy (%) of every digit's own prompt on the pipeline as it is (None when not asked)."""
+    if args.retain_images < 1:
+        return None
+    bar = "kept digits" if args.progress else False
+    return judge_digits(pipe, args.retain_images, seed=args.eval_seed, judge=judge, progress=bar)["accuracy"]
+
+
+def kept_columns(d: int, acc: dict[int, float] | None, base: dict[int, float] | None) -> str:
+    """``kept acc | worst drop | mean drop`` over the digits other than ``d`` (against ``base``)."""
+    if acc is None or base is None:
+        return "- | - | -"
+    kept = [o for o in range(10) if o != d]
+    drops = [base[o] - acc[o] for o in kept]
+    worst = max(kept, key=lambda o: (base[o] - acc[o], -o))
+    which = f" (digit {worst})" if base[worst] - acc[worst] > 0 else ""
+    return f"{statistics.mean(acc[o] for o in kept):.1f} | {base[worst] - acc[worst]:+.1f}{which} | {statistics.mean(drops):+.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -100,6 +125,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="optimisation seed of instance 0 (instance i: seed + i)")
     ap.add_argument("--eval-seed", type=int, default=1234, help="seed of the evaluation images")
     ap.add_argument("--target-seed", type=int, default=99, help="seed of the target images")
+    ap.add_argument(
+        "--retain-images",
+        type=int,
+        default=10,
+        help="generations per digit of its own prompt, to measure the kept digits' accuracy (0: skip)",
+    )
     ap.add_argument("--progress", action="store_true", help="progress bars for every attack and judging")
     args = ap.parse_args()
 
@@ -109,6 +140,8 @@ def main() -> None:
     for name in ("instances", "images", "targets", "steps", "tokens"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1; got {getattr(args, name)}")
+    if args.retain_images < 0:
+        raise SystemExit(f"--retain-images must be >= 0; got {args.retain_images}")
     if args.eval_seed in range(args.seed, args.seed + args.instances):
         raise SystemExit(f"--eval-seed {args.eval_seed} is one of the optimisation seeds; choose another")
     specs = [parse_bench_method(m) for m in (args.method or ["unlink"])]
@@ -118,17 +151,24 @@ def main() -> None:
     judge = digits_judge()
     original = snapshot(pipe)
     lines = [
-        "| digit | method | ASR (%) | image-level success (%) | no attack: image-level (%) | attack s (mean) | probe loss before -> after |",
-        "|---|---|---|---|---|---|---|",
+        "| digit | method | ASR (%) | image-level success (%) | no attack: image-level (%) | kept acc (%) "
+        "| worst drop | mean drop | erase s | attack s (mean) | probe loss before -> after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    base_acc = kept_accuracy(pipe, judge, args)  # the original model's: the same for every digit
     for d in digits:
         targets = target_images(pipe, d, args.targets, args.target_seed)
-        rows: list[tuple[str, dict]] = [(ORIGINAL, attack_row(pipe, judge, d, targets, args))]
+        rows: list[tuple[str, dict]] = [
+            (ORIGINAL, {**attack_row(pipe, judge, d, targets, args), "kept": base_acc, "erase_s": None})
+        ]
         for label, name, with_retain, options in specs:
             retain = [w for o in range(10) if o != d for w in (DIGIT_WORDS[o], str(o))] if with_retain else None
+            t0 = time.perf_counter()
             patch = eraser.erase_concepts(pipe, DIGIT_WORDS[d], retain=retain, method=name, **options)
+            erase_s = time.perf_counter() - t0
             try:
-                rows.append((label, attack_row(pipe, judge, d, targets, args)))
+                row = attack_row(pipe, judge, d, targets, args)
+                rows.append((label, {**row, "kept": kept_accuracy(pipe, judge, args), "erase_s": erase_s}))
             finally:
                 patch.revert(pipe)
             changed = [k for k, v in snapshot(pipe).items() if not torch.equal(v, original[k])]
@@ -137,8 +177,10 @@ def main() -> None:
                     f"reverting {label} for digit {d} left {len(changed)} tensors changed, e.g. {changed[0]}"
                 )
         for label, r in rows:
+            erase = "-" if r["erase_s"] is None else f"{r['erase_s']:.2f}"
             lines.append(
                 f"| {d} | {label} | {r['asr']:.1f} | {r['image_asr']:.1f} | {r['no_attack']:.1f} | "
+                f"{kept_columns(d, r['kept'], base_acc)} | {erase} | "
                 f"{r['seconds']:.1f} | {r['loss'][0]:.4f} -> {r['loss'][1]:.4f} |"
             )
     lines.append(
@@ -148,7 +190,10 @@ def main() -> None:
         f"{args.seed + args.instances - 1}), each judged on {args.images} generations (evaluation seed "
         f"{args.eval_seed}, the same for every row) by the bundled digit judge; ASR = % of instances with at least "
         "half their images read as the digit; no attack = the plain prompt 'a photo of the digit <word>' on the "
-        f"same seeds; attack s = wall-clock seconds per attack on {torch.get_num_threads()} thread(s))"
+        f"same seeds; kept acc = mean judge accuracy of the nine other digits' own prompts, "
+        f"{args.retain_images} images each (seed {args.eval_seed}), worst / mean drop = fall against the original "
+        f"row in points (one image = {100 / max(args.retain_images, 1):.0f} points; the digit with the worst drop in brackets); "
+        f"erase s / attack s = wall-clock seconds per erasure / attack on {torch.get_num_threads()} thread(s))"
     )
     print("\n".join(lines))
 

@@ -23,6 +23,12 @@ __all__ = [
     "head_rows_subspace",
     "protected_rows_subspace",
     "balanced_rayleigh_subspace",
+    "protected_statistics",
+    "energy_basis",
+    "private_basis",
+    "complement_basis",
+    "gram_without",
+    "with_cut",
 ]
 
 
@@ -323,6 +329,8 @@ def balanced_rayleigh_subspace(
     rounds: int = 1,
     step: float = 4.0,
     clip_k: bool = False,
+    contrast: float = 0.0,
+    fragility: float = 0.0,
 ) -> tuple[Subspace, Tensor, Tensor]:
     """The Rayleigh subspace against retain concepts weighed so that the worst-protected one decides.
 
@@ -334,6 +342,13 @@ def balanced_rayleigh_subspace(
     weights on the maximum damage). Returns the subspace, the final weights and each concept's
     damage: ``||X_j dual diag(eta) basis^T||^2 / ||X_j||^2`` per part, i.e. the fraction of its
     feature energy the edit changes.
+
+    ``contrast``: the scatter of the concepts' mean features about their centre (the directions
+    that tell the retain concepts apart, which the uncentred second moments, dominated by what all
+    prompts share, underweight) joins C_rr with this many times C_rr's trace. ``fragility``: each
+    concept starts with weight ``lambda_j ** -fragility``, lambda_j the top generalised eigenvalue
+    of its second moment against the others' (how separable it is from them): the concepts hardest
+    to tell apart from the rest, which a nearby edit disturbs first, are protected most.
     """
     if not parts:
         raise ValueError("balanced_rayleigh_subspace needs at least one retain concept's rows")
@@ -343,13 +358,32 @@ def balanced_rayleigh_subspace(
     covs = [x.T @ x / max(x.shape[0], 1) for x in xs]
     energy = torch.stack([x.pow(2).sum() for x in xs]).clamp_min(1e-300)
     base = shared.covariance() if shared is not None and shared.n else None
-    w = torch.ones(len(xs), dtype=torch.float64)
-    sub, damage = None, None
-    for r in range(max(int(rounds), 1)):
+    if contrast < 0 or fragility < 0:
+        raise ValueError(f"contrast and fragility must be >= 0; got {contrast} and {fragility}")
+    means = torch.stack([x.mean(0) for x in xs])
+    means = means - means.mean(0)
+    scatter = means.T @ means / len(xs)
+
+    def mixed(w: Tensor) -> Tensor:
         c = sum(wi * ci for wi, ci in zip(w.tolist(), covs)) / float(w.sum())
         if base is not None:  # as much energy as the concepts together (outlier tokens, e.g. CLIP's
             c = c + base * (torch.trace(c) / torch.trace(base).clamp_min(1e-300))  # start token, cannot swamp it)
-        sub = rayleigh_subspace(Xf, Gram(c, 1), k, ridge=ridge, clip_k=clip_k)
+        if contrast > 0 and float(torch.trace(scatter)) > 0:
+            c = c + scatter * (contrast * torch.trace(c) / torch.trace(scatter))
+        return c
+
+    w = torch.ones(len(xs), dtype=torch.float64)
+    if fragility > 0 and len(xs) > 1:
+        lam = []
+        for j in range(len(xs)):
+            others = torch.ones(len(xs), dtype=torch.float64)
+            others[j] = 0
+            lam.append(float(rayleigh_subspace(Gram(covs[j], 1), Gram(mixed(others), 1), 1, ridge=ridge).spectrum[0]))
+        w = torch.tensor(lam, dtype=torch.float64).clamp_min(1e-12).pow(-float(fragility))
+        w = w / w.mean()
+    sub, damage = None, None
+    for r in range(max(int(rounds), 1)):
+        sub = rayleigh_subspace(Xf, Gram(mixed(w), 1), k, ridge=ridge, clip_k=clip_k)
         edit = sub.dual * sub.eta
         damage = torch.stack([((x @ sub.basis) @ edit.T).pow(2).sum() for x in xs]) / energy
         if float(damage.max()) <= 0 or r == rounds - 1:
@@ -405,3 +439,119 @@ def protected_rows_subspace(
         return head_rows_subspace(forget, rows, forget_rows, ridge=ridge, **selectors), "ridge"
     dual = w_fn.T @ (torch.linalg.pinv(w_fn @ w_fn.T, hermitian=True) @ (w_f @ sub.basis))
     return Subspace(basis=sub.basis, eta=sub.eta, dual=dual, spectrum=sub.spectrum), "exact"
+
+
+# ----------------------------------------------------------------------------------------------
+# closing what an edit leaves reachable (the robust Unlink)
+
+
+def protected_statistics(retain: Tensor | Gram) -> Tensor:
+    """The second moment (d x d) of what an edit must keep: a retain :class:`Gram`'s covariance, or,
+    when it carries each concept's rows (``parts``) and shared statistics (``shared``), the mean of
+    the concepts' second moments plus the shared one scaled to the same trace (as
+    :func:`balanced_rayleigh_subspace` weighs them)."""
+    g = as_gram(retain, "retain features") if not isinstance(retain, Gram) or retain.parts is None else retain
+    if g.parts is None:
+        return g.covariance()
+    xs = [p.to(torch.float64) for p in g.parts]
+    for x in xs:
+        _check_finite(x, "retain features")
+    c = sum(x.T @ x / max(x.shape[0], 1) for x in xs) / len(xs)
+    if g.shared is not None and g.shared.n:
+        base = g.shared.covariance()
+        c = c + base * (torch.trace(c) / torch.trace(base).clamp_min(1e-300))
+    return c
+
+
+def energy_basis(matrix: Tensor, energy: float) -> Tensor:
+    """Orthonormal basis (d x r) of the top eigenvectors of a PSD ``matrix`` that hold an
+    ``energy`` share of its trace (the smallest such r, at most its numerical rank)."""
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1]; got {energy}")
+    _check_finite(matrix, "statistics")
+    vals, vecs = _eigh_desc(matrix.to(torch.float64))
+    vals = vals.clamp_min(0)
+    rank = numerical_rank(vals, matrix.shape[-1])
+    if rank == 0:
+        raise ValueError("the statistics are all zero: there is no subspace to keep.")
+    frac = vals[:rank].cumsum(0) / vals[:rank].sum()
+    r = min(int((frac < energy - 1e-12).sum()) + 1, rank)
+    return vecs[:, :r]
+
+
+def complement_basis(keep: Tensor) -> Tensor:
+    """Orthonormal basis (d x (d - r)) of the orthogonal complement of the span of ``keep`` (d x r, orthonormal)."""
+    if keep.ndim != 2 or keep.shape[1] > keep.shape[0]:
+        raise ValueError(f"keep must be a d x r basis with r <= d; got shape {tuple(keep.shape)}")
+    k = keep.to(torch.float64)
+    d, r = k.shape
+    vals, vecs = _eigh_desc(torch.eye(d, dtype=torch.float64) - k @ k.T)
+    return vecs[:, : d - r]
+
+
+def private_basis(forget: Tensor | Gram, keep: Tensor, ratio: float = 0.5) -> tuple[Tensor, float]:
+    """The forget features' private directions: the part of them outside the span of ``keep`` (an
+    orthonormal d x r basis, e.g. :func:`energy_basis` of what an edit must keep), as an orthonormal
+    basis (d x q) of its singular directions with singular value at least ``ratio`` times the largest,
+    and that part's share of the forget features' energy. An edit that removes them (not reflects:
+    removal leaves no input that reaches them) costs the kept features nothing."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be in (0, 1]; got {ratio}")
+    g = as_gram(forget)
+    if keep.ndim != 2 or keep.shape[0] != g.dim:
+        raise ValueError(f"keep must be a {g.dim} x r basis; got shape {tuple(keep.shape)}")
+    k = keep.to(torch.float64)
+    total = float(torch.trace(g.matrix))
+    if g.rows is not None:
+        y = g.rows.T - k @ (k.T @ g.rows.T)  # d x n: the rows' parts outside span(keep)
+        u, s, _ = torch.linalg.svd(y, full_matrices=False)
+        vals, vecs = s**2, u
+    else:
+        m = g.matrix - k @ (k.T @ g.matrix)
+        m = m - (m @ k) @ k.T
+        vals, vecs = _eigh_desc(m)
+        vals = vals.clamp_min(0)
+    share = float(vals.sum()) / total if total > 0 else 0.0
+    rank = numerical_rank(vals, g.dim)
+    if rank == 0 or share <= 1e-12:
+        return torch.zeros(g.dim, 0, dtype=torch.float64), 0.0
+    q = int((vals[:rank].sqrt() >= ratio * vals[0].sqrt()).sum())
+    return vecs[:, :q], share
+
+
+def gram_without(g: Tensor | Gram, cut: Tensor) -> Gram:
+    """The statistics of the same feature rows with the directions ``cut`` (orthonormal d x q)
+    removed: rows ``X (I - cut cut^T)``, Gram ``(I - cut cut^T) X^T X (I - cut cut^T)``."""
+    g = as_gram(g)
+    if cut.ndim != 2 or cut.shape[0] != g.dim:
+        raise ValueError(f"cut must be a {g.dim} x q basis; got shape {tuple(cut.shape)}")
+    if cut.shape[1] == 0:
+        return g
+    q = cut.to(torch.float64)
+    m = g.matrix - q @ (q.T @ g.matrix)
+    m = m - (m @ q) @ q.T
+    rows = None if g.rows is None else g.rows - (g.rows @ q) @ q.T
+    return Gram((m + m.T) / 2, g.n, rows)
+
+
+def with_cut(sub: Subspace, cut: Tensor) -> Subspace:
+    """One edit doing ``sub`` after removing the directions ``cut`` (orthonormal d x q): the input map
+    ``(I - dual diag(eta) basis^T)(I - cut cut^T)`` as ``I - dual' diag(eta') basis'^T`` with
+    ``basis' = [cut, (I - cut cut^T) basis]``, ``dual' = [cut, dual]``, ``eta' = [1, eta]``, so a
+    layer ``W`` becomes ``W - W dual' diag(eta') basis'^T`` (a :class:`Subspace` of rank q + k; its
+    basis is not orthonormal). With no cut (q = 0) it is ``sub``."""
+    d = sub.basis.shape[0]
+    if cut.ndim != 2 or cut.shape[0] != d:
+        raise ValueError(f"cut must be a {d} x q basis; got shape {tuple(cut.shape)}")
+    if cut.shape[1] == 0:
+        return sub
+    q = cut.to(torch.float64)
+    b = sub.basis.to(torch.float64)
+    dual = b if sub.dual is None else sub.dual.to(torch.float64)
+    eta = torch.cat([torch.ones(q.shape[1], dtype=torch.float64), sub.eta.to(torch.float64)])
+    return Subspace(
+        basis=torch.cat([q, b - q @ (q.T @ b)], dim=1),
+        eta=eta,
+        dual=torch.cat([q, dual], dim=1),
+        spectrum=sub.spectrum,
+    )

@@ -18,4 +18,5 @@ from . import (  # noqa: F401
     uce,
     unlink,
     unlink_diffusion,
+    unlink_robust,
 )

@@ -193,6 +193,8 @@ def fit_subspace(
                 cfg.k or DEFAULT_RAYLEIGH_K,
                 shared=retain.shared,
                 rounds=getattr(cfg, "balance_rounds", 1),
+                contrast=getattr(cfg, "contrast", 0.0),
+                fragility=getattr(cfg, "fragility", 0.0),
                 ridge=cfg.ridge,
                 clip_k=cfg.k is None,
             )[0]

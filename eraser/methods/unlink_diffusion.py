@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from prompts.bank import CONCEPT_BANK
 from prompts.presets import DEFAULT_TEMPLATES, GENERIC_RETAIN
 
 from ..families.diffusion import (
     TOKEN_MODES,
+    Neighbours,
     balanced_gram,
     bank_features,
     concept_features,
@@ -32,8 +34,10 @@ from ..subspace import Gram
 from .unlink import UnlinkConfig, unlink_from_grams
 
 __all__ = [
+    "ConceptStatistics",
     "ConceptUnlinkConfig",
     "RayleighConceptUnlinkConfig",
+    "concept_statistics",
     "concept_texts",
     "generic_retain_for",
     "pipeline_id",
@@ -63,6 +67,10 @@ class ConceptUnlinkConfig(UnlinkConfig):
         bundled digits model's ten digits, else ``prompts.bank.CONCEPT_BANK``).
     balance: every retain concept weighs the same in the retain statistics (the worst-protected
         neighbour decides, not the average).
+    contrast, fragility: with ``balance``, protect what tells the retain concepts apart (their
+        centred mean features, weighed ``contrast`` times the retain statistics) and weigh each retain
+        concept by its separability from the others to the power ``-fragility`` (see
+        ``eraser.subspace.balanced_rayleigh_subspace``).
     protect_context: with automatically chosen neighbours, the start-of-text token and the
         templates' prefixes, which a causal text encoder computes without seeing the concept, are
         retain features too (a user's retain list is protected exactly as given).
@@ -80,6 +88,8 @@ class ConceptUnlinkConfig(UnlinkConfig):
     bank: tuple[str, ...] | None = None
     balance: bool = True
     balance_rounds: int = 1
+    contrast: float = 0.0
+    fragility: float = 0.0
     protect_context: bool = True
     batch_size: int = 16
 
@@ -90,6 +100,10 @@ class ConceptUnlinkConfig(UnlinkConfig):
         if isinstance(self.templates, str) or not self.templates:
             raise ValueError("templates must be a non-empty list of strings such as ['{}', 'a photo of {}']")
         self.templates = tuple(self.templates)
+        for name in ("contrast", "fragility"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < float("inf"):
+                raise ValueError(f"{name} must be a number >= 0; got {value!r}")
         if self.neighbours is not None and (
             not isinstance(self.neighbours, int) or isinstance(self.neighbours, bool) or self.neighbours < 0
         ):
@@ -171,6 +185,43 @@ def _warn_synonyms(pipe: Any, words: list[str], keep: list[str], cfg: ConceptUnl
         )
 
 
+@dataclass
+class ConceptStatistics:
+    """What Unlink fits on a pipeline: the concepts' (and their synonyms') feature statistics per
+    target layer (``forget``), the retain concepts' (``retain``: None for the svd variant; K/V
+    targets share one Gram, which for automatic neighbours carries each concept's rows in ``parts``
+    and the shared context in ``shared``), and how they were chosen."""
+
+    words: list[str]
+    keep: list[str]
+    retain_source: str
+    found: Neighbours | None
+    forget: dict[str, list[Gram]]
+    retain: dict[str, list[Gram]] | None
+    counts: list[int]
+    kv: list[str]
+    modules: dict[str, nn.Module]
+    variant: str
+    encode_s: float
+
+    def metadata(self, pipe: Any, cfg: ConceptUnlinkConfig) -> dict[str, Any]:
+        """The patch metadata describing these statistics (concepts, retain and how it was chosen)."""
+        found = self.found
+        return {
+            "family": "diffusion",
+            "concepts": self.words,
+            "retain": self.keep,
+            "retain_source": self.retain_source,
+            "synonyms": list(found.synonyms) if found else [],
+            "neighbour_similarity": dict(found.similarity) if found else {},
+            "bank": None
+            if found is None
+            else ("config" if cfg.bank else "pipeline" if getattr(pipe, "concept_bank", None) else "builtin"),
+            "pipeline_class": type(pipe).__name__,
+            "tokens_per_concept": dict(zip(self.words, self.counts)),
+        }
+
+
 @register_method("unlink", config=ConceptUnlinkConfig, training_free=True, family="diffusion")
 def unlink_concepts(
     pipe: Any,
@@ -183,6 +234,33 @@ def unlink_concepts(
 ) -> ErasurePatch:
     """Unlink: project the concepts' text-feature subspace out of cross-attention K/V (training-free)."""
     cfg = config or ConceptUnlinkConfig()
+    stats = concept_statistics(pipe, concepts, retain, config=cfg, device=device, progress=progress)
+    patch = unlink_from_grams(
+        as_module(pipe),
+        stats.forget,
+        stats.retain,
+        config=cfg,
+        names=stats.words,
+        targets=stats.modules,
+        base_model=pipeline_id(pipe),
+    )
+    patch.metadata.update(stats.metadata(pipe, cfg))
+    patch.metadata["timing_s"]["encode"] = stats.encode_s
+    return patch
+
+
+def concept_statistics(
+    pipe: Any,
+    concepts: Any,
+    retain: Any = None,
+    *,
+    config: ConceptUnlinkConfig,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> ConceptStatistics:
+    """The feature statistics Unlink fits for ``concepts`` on ``pipe`` (``retain`` as in
+    :func:`unlink_concepts`); the pipeline is not changed."""
+    cfg = config
     t0 = time.perf_counter()
     towers = text_towers(pipe)
     words, verbatim = concept_texts(concepts, "concepts")
@@ -289,27 +367,19 @@ def unlink_concepts(
                 pipe.__dict__[_RETAIN_CACHE] = (key, r_grams)
         if context is not None and context.n:
             r_grams = _with_context(r_grams, kv, context)
-    encode_s = time.perf_counter() - t0
-    patch = unlink_from_grams(
-        as_module(pipe), f_grams, r_grams, config=cfg, names=words, targets=modules, base_model=pipeline_id(pipe)
+    return ConceptStatistics(
+        words=words,
+        keep=keep,
+        retain_source=retain_source,
+        found=found,
+        forget=f_grams,
+        retain=r_grams,
+        counts=counts,
+        kv=kv,
+        modules=modules,
+        variant=variant,
+        encode_s=time.perf_counter() - t0,
     )
-    patch.metadata.update(
-        {
-            "family": "diffusion",
-            "concepts": words,
-            "retain": keep,
-            "retain_source": retain_source,
-            "synonyms": list(found.synonyms) if found else [],
-            "neighbour_similarity": dict(found.similarity) if found else {},
-            "bank": None
-            if found is None
-            else ("config" if cfg.bank else "pipeline" if getattr(pipe, "concept_bank", None) else "builtin"),
-            "pipeline_class": type(pipe).__name__,
-            "tokens_per_concept": dict(zip(words, counts)),
-        }
-    )
-    patch.metadata["timing_s"]["encode"] = encode_s
-    return patch
 
 
 @register_method(

@@ -83,7 +83,7 @@ def test_run_method_computes_on_a_device_and_hands_the_model_back(toy_model, toy
 
 def test_list_methods_filters_by_wildcard():
     assert eraser.list_methods("unlink*") == ["unlink", "unlink_rayleigh"]
-    assert eraser.list_methods("unlink*", family="diffusion") == ["unlink", "unlink_rayleigh"]
+    assert eraser.list_methods("unlink*", family="diffusion") == ["unlink", "unlink_rayleigh", "unlink_robust"]
     assert set(eraser.list_methods("*", training_free=True)) < set(eraser.list_methods())
     assert eraser.list_methods("no-such-*") == []
 

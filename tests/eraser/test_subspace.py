@@ -189,3 +189,39 @@ def test_balanced_rayleigh_shared_statistics_are_scale_free():
     assert not torch.allclose(one.basis.abs(), none.basis.abs())
     with pytest.raises(ValueError, match="at least one"):
         balanced_rayleigh_subspace(xf, [], 2)
+
+
+def test_balanced_rayleigh_fragility_weighs_the_least_separable_concept_most():
+    from eraser.subspace import balanced_rayleigh_subspace
+
+    g = torch.Generator().manual_seed(2)
+    xf = torch.randn(6, 12, generator=g, dtype=torch.float64)
+    a = torch.randn(4, 12, generator=g, dtype=torch.float64)
+    b = a + 0.05 * torch.randn(4, 12, generator=g, dtype=torch.float64)  # a and b are hard to tell apart
+    c = 5 * torch.eye(12, dtype=torch.float64)[:4]  # c is easy: its own directions
+    _, w, damage_plain = balanced_rayleigh_subspace(xf, [a, b, c], 2)
+    assert torch.equal(w, torch.ones(3, dtype=torch.float64))
+    _, w, damage = balanced_rayleigh_subspace(xf, [a, b, c], 2, fragility=1.0)
+    assert w.mean().item() == pytest.approx(1.0) and w[2] < min(w[0], w[1])
+    # the concepts weighed up lose less of their features than before
+    assert damage[:2].sum() < damage_plain[:2].sum()
+    with pytest.raises(ValueError, match="contrast and fragility"):
+        balanced_rayleigh_subspace(xf, [a, b, c], 2, fragility=-1.0)
+
+
+def test_balanced_rayleigh_contrast_protects_what_tells_concepts_apart():
+    from eraser.subspace import balanced_rayleigh_subspace
+
+    g = torch.Generator().manual_seed(3)
+    shared = torch.randn(12, generator=g, dtype=torch.float64)
+    apart = torch.zeros(12, dtype=torch.float64)
+    apart[0] = 1.0  # the one direction in which the two retain concepts differ
+    a = 10 * shared + apart + 0.01 * torch.randn(4, 12, generator=g, dtype=torch.float64)
+    b = 10 * shared - apart + 0.01 * torch.randn(4, 12, generator=g, dtype=torch.float64)
+    xf = torch.randn(6, 12, generator=g, dtype=torch.float64) + 3 * apart
+    plain = balanced_rayleigh_subspace(xf, [a, b], 1)[0]
+    kept = balanced_rayleigh_subspace(xf, [a, b], 1, contrast=1.0)[0]
+    # the edit's input direction loads less on the contrast direction once it is protected
+    assert abs(float(kept.basis[0, 0]) / float(kept.basis.norm())) < abs(
+        float(plain.basis[0, 0]) / float(plain.basis.norm())
+    )
