@@ -8,13 +8,22 @@ under others re-applies those above it: erase A, erase B, revert A leaves B eras
 Trained methods that change whole parameters store them as dense ``deltas`` (new - old) in the
 same container. A patch applies to an ``nn.Module`` or to a pipeline-like object (diffusers): its
 ``nn.Module`` components are addressed as ``"unet.…"``, ``"text_encoder.…"``.
+
+Patch files are shared, so every file is treated as coming from a stranger: its header and tensors
+are checked for type, shape, dtype and finiteness when read, and against its SHA-256 content
+checksum; before anything is written, every edit is checked against the layer it edits (sizes, and
+a size bound, :data:`MAX_EDIT_RATIO`); the edited weights are checked finite after writing, and any
+failure puts every layer back as it was. Reverting a patch that was not applied in this process
+first checks that the model really holds its result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +52,23 @@ _VIEW_ATTR = "_eraser_module_view"
 # exact_revert="auto" keeps the edited weights' originals only when they are at most this share of
 # the model's parameter memory (SD 1.x K/V: 2%; SDXL's: 10.5%, which would break a 10% budget).
 EXACT_REVERT_BUDGET = 0.05
+CHECKSUM_KEY = "eraser_sha256"  # header key of the content checksum (files before it have none)
+
+MAX_EDIT_RATIO = 10.0
+"""Sanity bound on the size of one edit: ``||update||_F <= MAX_EDIT_RATIO * ||W||_F`` for every
+weight ``W`` a patch edits (and for a file-read undo, relative to the weight it is added back to).
+
+A low-rank update ``A U^T`` (``A = W V diag(eta)``) is measured by ``||A||_F ||U||_2``, an upper
+bound of its Frobenius norm that equals it for an orthonormal basis, and also bounds every entry
+and partial sum of the product, so that a weight that passes cannot overflow while it is written.
+Legitimate edits are far below the limit: Unlink's largest, strength 2 (a reflection), changes a
+weight by at most 2x its norm (oblique duals, by the oblique projection's norm, a few units), and
+trained methods' dense deltas are a fraction of the weights. A weight is measured as at least
+``_RMS_FLOOR`` per entry, so that a zero-initialised bias or shift can still be edited. A patch
+over the limit is refused; ``apply(force=True)`` is the only way past it (with a warning).
+"""
+_RMS_FLOOR = 1e-2
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class PatchError(ValueError):
@@ -199,6 +225,7 @@ class ErasurePatch:
     deltas: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_metadata(self.metadata)
         self.metadata.setdefault("id", uuid.uuid4().hex)
         self.metadata.setdefault("format", FORMAT)
         # Exact pre-edit values of the edited weights, kept in memory (never saved) so that revert
@@ -206,6 +233,7 @@ class ErasurePatch:
         # rounding), "auto" keeps them within EXACT_REVERT_BUDGET of the model's size.
         self._originals: dict[str, Tensor] = {}
         self.exact_revert: bool | str = "auto"
+        self._source: Path | None = None  # the file it was read from: its provenance is unknown
 
     # -- inspection -------------------------------------------------------------------------
     @property
@@ -326,42 +354,104 @@ class ErasurePatch:
         total = sum(p.numel() * p.element_size() for p in model.parameters())
         return edited <= EXACT_REVERT_BUDGET * total
 
-    def _edit_weights(self, model: nn.Module, undo: bool, lines: tuple[dict, dict] | None = None) -> None:
-        """Edit (or restore) every weight in place, one layer at a time so that peak memory is one
-        layer's; if any layer fails, the layers already done are put back and the error propagates.
-        ``lines``: two dicts that receive each layer's fingerprint line before and after its edit
-        (computed while the layer is in cache: cheaper than two fingerprint passes).
+    def _plan(self, model: nn.Module, undo: bool, verify: bool = False, lines: bool = False) -> _Plan:
+        """Check every edit against the weight it edits and compute its factor, writing nothing.
+
+        Raises PatchError for a problem no option may skip (sizes that do not match the layer,
+        NaN or Inf, an undo that does not reproduce the model); size-bound failures
+        (:data:`MAX_EDIT_RATIO`) are returned in ``problems`` for the caller to refuse or force.
+        ``verify``: the undo factors come from a file, so they are checked against the model.
+        ``lines``: also take each layer's fingerprint line (while it is in cache: cheaper than a
+        separate fingerprint pass over all the weights).
+        """
+        mods = self._check_architecture(model)
+        exact = undo and bool(self._originals) and self._holds(model, "applied_fingerprint")
+        params = dict(model.named_parameters()) if self.deltas else {}
+        plan = _Plan(
+            targets=[(name, e._kind().weight(mods[name]), e) for name, e in self.edits.items()]
+            + [(name, params[name], None) for name in self.deltas],
+            exact=exact,
+        )
+        basis_norms: dict[int, float] = {}  # layers fitted on the same features share one basis
+        checked: set[int] = set()
+        for name, weight, e in plan.targets:
+            if exact and name in self._originals:
+                plan.factors[name] = e.undo if e is not None else None  # a rollback re-applies the edit
+                continue
+            w = weight.detach()
+            if lines and e is not None:
+                plan.lines[name] = _layer_line(name, e.kind, w)
+            w_norm = _norm(w)
+            if not math.isfinite(w_norm):
+                raise PatchError(f"the weight of {name!r} contains NaN or Inf; refusing to edit it.")
+            if e is None:
+                update = _norm(_check_delta(name, self.deltas[name]))
+            else:
+                _validate_edit(e, checked)
+                groups = e._kind().groups(mods[name])
+                if e.basis.shape[0] != groups:
+                    raise PatchError(
+                        f"the patch's edit of {name!r} has {e.basis.shape[0]} groups but the layer has {groups}: "
+                        "the patch was made for another architecture."
+                    )
+                if id(e.basis) not in basis_norms:
+                    basis_norms[id(e.basis)] = _spectral_bound(e.basis)
+                if undo:
+                    if e.undo is None:
+                        raise PatchError(f"patch has no undo factor for {name!r}; it was never applied.")
+                    a = e.undo
+                    if verify:
+                        _check_undo(name, w, e)
+                else:
+                    m = w.reshape(e.basis.shape[0], -1, e.basis.shape[1])  # (groups, out/groups, D)
+                    if m.shape[0] == 1:  # one group: plain matrix products are several times faster
+                        a = edit_factor(m[0], e.basis[0], e.eta[0], None if e.dual is None else e.dual[0])
+                        a = a.unsqueeze(0)
+                    else:
+                        a = edit_factor(m, e.basis, e.eta, e.dual)
+                plan.factors[name] = a
+                update = _norm(a) * basis_norms[id(e.basis)]
+            # An undo of our own apply restores what was there; everything else is bounded.
+            if not undo or verify:
+                reference = max(w_norm, _RMS_FLOOR * math.sqrt(w.numel()))
+                if not update <= MAX_EDIT_RATIO * reference:  # `not <=`: a NaN size fails too
+                    plan.problems.append(
+                        f"the edit of {name!r} is {update / reference:.3g} times the size of its weight "
+                        f"(limit {MAX_EDIT_RATIO:g})"
+                    )
+            plan.safe = plan.safe and _stays_finite(w, w_norm, update)
+        return plan
+
+    def _edit_weights(self, model: nn.Module, plan: _Plan, undo: bool, lines: dict | None = None) -> None:
+        """Edit (or restore) every weight in place as ``plan`` (:meth:`_plan`) says, one layer at a
+        time so that peak memory is one layer's; the result of each is checked finite. If any layer
+        fails, every layer already written is put back and the error propagates.
+        ``lines``: receives each layer's fingerprint line after its edit (while it is in cache).
 
         Reverting restores the exact original weights kept in memory (``exact_revert``) when the
         model still holds exactly this patch's result (checked by fingerprint); otherwise it adds
         the undo factors back, which is exact up to rounding and keeps later changes to the weights.
         """
-        mods = self._check_architecture(model)
-        exact = undo and bool(self._originals) and self._holds(model, "applied_fingerprint")
-        params = dict(model.named_parameters()) if self.deltas else {}
-        targets: list[tuple[str, Tensor, LayerEdit | None]] = [
-            (name, e._kind().weight(mods[name]), e) for name, e in self.edits.items()
-        ] + [(name, params[name], None) for name in self.deltas]
-        # Without kept values a rollback re-applies the factors (exact up to rounding).
-        keep = self._keeps_originals(model, [w for _, w, _ in targets]) and not exact
+        exact, factors = plan.exact, plan.factors
+        keep = self._keeps_originals(model, [w for _, w, _ in plan.targets]) and not exact
+        # Each layer's value before its write is copied when kept for exact revert, or when the
+        # plan cannot rule out a non-finite result (sizes forced past the bound, half overflow):
+        # only then can a write fail, and its rollback must then restore the exact bits. Otherwise
+        # a rollback (an interrupt) re-applies the factors, exact up to rounding.
+        snapshot = keep or not plan.safe
         done: list[tuple[str, Tensor, LayerEdit | None, Tensor | None]] = []
-        factors: dict[str, Tensor] = {}
         sign = 1.0 if undo else -1.0
         try:
             with torch.no_grad():
-                for name, weight, e in targets:
-                    previous = weight.detach().clone() if keep else None
-                    if lines is not None and e is not None:
-                        lines[0][name] = _layer_line(name, e.kind, weight)
+                for name, weight, e in plan.targets:
+                    previous = weight.detach().clone() if snapshot else None
+                    done.append((name, weight, e, previous))  # from here on, the layer may be half-written
                     if exact and name in self._originals:
                         weight.copy_(self._originals[name].to(weight.device))
-                        if e is not None:
-                            factors[name] = e.undo  # a rollback re-applies the edit
                     else:
-                        self._write(name, weight, e, sign, factors)
-                    done.append((name, weight, e, previous))
+                        self._write(name, weight, e, sign, factors.get(name))
                     if lines is not None and e is not None:
-                        lines[1][name] = _layer_line(name, e.kind, weight)
+                        lines[name] = _layer_line(name, e.kind, weight)
         except BaseException:
             with torch.no_grad():
                 for name, weight, e, previous in reversed(done):
@@ -379,42 +469,31 @@ class ErasurePatch:
         else:
             for name, e in self.edits.items():
                 e.undo = factors[name].detach().to("cpu")
-            self._originals = {name: previous for name, _, _, previous in done if previous is not None}
+            self._originals = {name: previous for name, _, _, previous in done} if keep else {}
 
-    def _write(self, name: str, weight: Tensor, e: LayerEdit | None, sign: float, factors: dict) -> None:
-        """Edit (sign -1) or undo (sign +1) one layer's weight, or one dense parameter, in place."""
-        nonfinite = PatchError(f"the weight of {name!r} contains NaN or Inf; refusing to edit it.")
+    def _write(self, name: str, weight: Tensor, e: LayerEdit | None, sign: float, a: Tensor | None) -> None:
+        """Edit (sign -1) or undo (sign +1) one layer's weight (factor ``a``), or one dense
+        parameter, in place; then check that the result is finite."""
         if e is None:  # a dense delta
-            if not _all_finite(weight):
-                raise nonfinite
             w = weight.detach()
-            new = (w.to(torch.float32) - sign * self.deltas[name].to(w.device)).to(w.dtype)
-            _check_new(name, new)
-            weight.copy_(new)
-            return
-        if sign > 0:
-            if e.undo is None:
-                raise PatchError(f"patch has no undo factor for {name!r}; it was never applied.")
-            if not _all_finite(weight):
-                raise nonfinite
-            a = e.undo
+            weight.copy_((w.to(torch.float32) - sign * self.deltas[name].to(w.device)).to(w.dtype))
         else:
-            m = weight.detach().reshape(
-                e.basis.shape[0], -1, e.basis.shape[1]
-            )  # (groups, out/groups, D), as LayerKind.as_matrix
-            if m.shape[0] == 1:  # one group: plain matrix products are several times faster than batched ones
-                a = edit_factor(m[0], e.basis[0], e.eta[0], None if e.dual is None else e.dual[0]).unsqueeze(0)
-            else:
-                a = edit_factor(m, e.basis, e.eta, e.dual)
-            if not torch.isfinite(a).all():  # NaN/Inf anywhere in W reaches W V: a cheap check
-                raise nonfinite
-        factors[name] = a
-        _add_low_rank(weight, a, e.basis, sign, check=name)
+            _add_low_rank(weight, a, e.basis, sign)
+        if not _all_finite(weight):
+            raise PatchError(
+                f"editing {name!r} produced NaN or Inf (weight dtype overflow?); every layer was put back as it was."
+            )
 
     def apply(self, model: Any, force: bool = False, *, _fresh: bool = False) -> Any:
-        """Edit ``model`` (an nn.Module or a pipeline) in place and return it. Refuses a model whose
-        weights differ from the patch's base model (``force=True`` applies the same edit anyway)."""
+        """Edit ``model`` (an nn.Module or a pipeline) in place and return it.
+
+        Refuses a model whose weights differ from the patch's base model, a patch read from a file
+        that names no base model (no ``base_fingerprint``), and an edit larger than
+        :data:`MAX_EDIT_RATIO` times its weight; ``force=True`` applies anyway (with a warning for
+        what it skipped). Sizes that do not match the layers, NaN/Inf and a non-finite result are
+        always refused, and leave the model untouched."""
         target, model = model, as_module(model)
+        _check_metadata(self.metadata)
         self._check_architecture(model)
         if self._position(model) is not None:
             raise PatchError("this patch is already applied to this model; revert it first.")
@@ -422,19 +501,48 @@ class ErasurePatch:
         # fingerprints are taken during the edit.
         fresh = _fresh and not self.deltas
         expected = self.metadata.get("base_fingerprint")
-        if expected and not force and not fresh and self.fingerprint_of(model, like=expected) != expected:
-            base = self.metadata.get("base_model")
+        skipped = []
+        if not expected and self._source is not None:
+            if not force:
+                raise PatchError(
+                    f"{self._source} names no base model (its 'base_fingerprint' is missing), so nothing "
+                    "shows it was made for this model; it was edited or made by another tool. Use the "
+                    "original patch file, or pass force=True to apply it anyway."
+                )
+            skipped.append("the patch names no base model (no base fingerprint)")
+        compare = bool(expected) and not force and not fresh
+        # The plan reads every weight anyway: it takes the fingerprint lines in the same pass
+        # (low-rank patches in the ck1 scheme; others take a fingerprint pass of their own).
+        from_plan = not self.deltas and not _is_legacy(expected)
+        plan = self._plan(model, undo=False, lines=fresh or (compare and from_plan))
+        if compare:
+            actual = _combine(plan.lines) if from_plan else self.fingerprint_of(model, like=expected)
+            if actual != expected:
+                base = self.metadata.get("base_model")
+                raise PatchError(
+                    "the model's weights differ from those the patch was made for (fingerprint mismatch): "
+                    f"it may be another checkpoint{f' than {base!r}' if base else ''}, or other edits were "
+                    "applied since. Pass force=True to apply the same edit anyway."
+                )
+        if plan.problems and not force:
             raise PatchError(
-                "the model's weights differ from those the patch was made for (fingerprint mismatch): "
-                f"it may be another checkpoint{f' than {base!r}' if base else ''}, or other edits were "
-                "applied since. Pass force=True to apply the same edit anyway."
+                "this patch would change the model far more than any edit this library makes: "
+                + "; ".join(plan.problems)
+                + ". The file is damaged or hostile; the model was not changed. Pass force=True to apply it anyway."
             )
-        lines: tuple[dict, dict] | None = ({}, {}) if fresh else None
-        self._edit_weights(model, undo=False, lines=lines)
-        if lines is not None:
+        skipped += plan.problems
+        if skipped:
+            warnings.warn(
+                "force=True skipped these checks: " + "; ".join(skipped) + " (the edited weights are still "
+                "checked for NaN/Inf, and put back if any appears).",
+                stacklevel=2,
+            )
+        after: dict | None = {} if fresh else None
+        self._edit_weights(model, plan, undo=False, lines=after)
+        if after is not None:
             self.metadata["base_fingerprint"], self.metadata["applied_fingerprint"] = (
-                _combine(lines[0]),
-                _combine(lines[1]),
+                _combine(plan.lines),
+                _combine(after),
             )
         else:
             self.metadata["applied_fingerprint"] = self.fingerprint_of(model)
@@ -442,25 +550,43 @@ class ErasurePatch:
         return target
 
     def revert(self, model: Any) -> Any:
-        """Undo this patch on ``model``; patches applied after it stay applied."""
+        """Undo this patch on ``model``; patches applied after it stay applied.
+
+        A patch not applied in this process (a model loaded with the edit baked in) is reverted
+        only if the model holds its result: its fingerprint is the patch's ``applied_fingerprint``
+        and not its ``base_fingerprint``, and, for low-rank edits, re-applying the patch to the
+        reverted weights gives back the current ones (checked on the weights, so a forged
+        fingerprint cannot make revert change a model the patch was never applied to). The undo is
+        also held to :data:`MAX_EDIT_RATIO`; there is no ``force``."""
         target, model = model, as_module(model)
+        _check_metadata(self.metadata)
         self._check_architecture(model)
         pos = self._position(model)
         stack = self._stack(model)
         if pos is None:
-            # A model loaded afresh with this patch's edit baked in: revert only if it is exactly
-            # the edited model.
-            if not self._holds(model, "applied_fingerprint"):
+            applied, base = self.metadata.get("applied_fingerprint"), self.metadata.get("base_fingerprint")
+            if not self._holds(model, "applied_fingerprint") or (
+                base != applied and self._holds(model, "base_fingerprint")
+            ):
                 raise PatchError("this patch is not applied to this model, so there is nothing to revert.")
-            self._edit_weights(model, undo=True)
+            plan = self._plan(model, undo=True, verify=True)
+            if plan.problems:
+                raise PatchError(
+                    "refusing to revert: " + "; ".join(plan.problems) + ". The patch file is damaged or hostile; "
+                    "the model was not changed."
+                )
+            self._edit_weights(model, plan, undo=True)
             return target
+        if stack[pos] is not self:  # another copy (e.g. the same file read again): undo what was applied
+            return stack[pos].revert(target)
         above = stack[pos + 1 :]
         for p in reversed(above):
-            p._edit_weights(model, undo=True)
-        self._edit_weights(model, undo=True)
+            p._edit_weights(model, p._plan(model, undo=True), undo=True)
+        self._edit_weights(model, self._plan(model, undo=True), undo=True)
         del stack[pos]
         for p in above:  # re-apply on the restored weights; their undo factors are recomputed
-            p._edit_weights(model, undo=False)
+            # these were accepted when first applied: their size bound is not asked again
+            p._edit_weights(model, p._plan(model, undo=False), undo=False)
             p.metadata["applied_fingerprint"] = p.fingerprint_of(model)
         return target
 
@@ -494,7 +620,8 @@ class ErasurePatch:
             layers[str(i)] = spec
         for j, (name, d) in enumerate(self.deltas.items()):
             tensors[f"delta.{j}"] = d.detach().to("cpu").contiguous()
-        header = {"eraser": json.dumps({"metadata": self.metadata, "layers": layers, "deltas": list(self.deltas)})}
+        text = json.dumps({"metadata": self.metadata, "layers": layers, "deltas": list(self.deltas)})
+        header = {"eraser": text, CHECKSUM_KEY: content_checksum(text, tensors)}
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata=header)
         tmp.replace(path)  # never leave a half-written patch under the final name
@@ -502,7 +629,9 @@ class ErasurePatch:
 
     @classmethod
     def load(cls, path: str | Path) -> ErasurePatch:
-        """Read a patch written by :meth:`save` (never unpickles anything)."""
+        """Read a patch written by :meth:`save` (never unpickles anything). Every part of the file
+        is checked (types, shapes, dtypes, finite values, and the content checksum when the file has
+        one: files written before it have none); a bad file raises :class:`PatchError`."""
         from safetensors import safe_open
 
         path = Path(path)
@@ -514,35 +643,22 @@ class ErasurePatch:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-            info = json.loads(header["eraser"])
-            metadata, layers = info["metadata"], info["layers"]
-            edits = {}
-            for i, spec in sorted(layers.items(), key=lambda kv: int(kv[0])):
-
-                def part(name: str, i: str = i, spec: dict = spec) -> Tensor | None:
-                    return tensors[spec[name]] if name in spec else tensors.get(f"{i}.{name}")
-
-                e = LayerEdit(
-                    name=spec["name"],
-                    kind=kind_by_name(spec["kind"]).name,
-                    shape=tuple(int(s) for s in spec["shape"]),
-                    basis=part("basis"),
-                    eta=part("eta"),
-                    dual=part("dual"),
-                    undo=part("undo"),
-                )
-                _validate_edit(e)
-                edits[e.name] = e
-            deltas = {name: tensors[f"delta.{j}"] for j, name in enumerate(info.get("deltas", []))}
-            if not all(torch.isfinite(d).all() for d in deltas.values()):
-                raise PatchError("dense deltas contain NaN or Inf")
-        except PatchError:
-            raise
+            text = header["eraser"]
+            info = json.loads(text)
         except Exception as err:  # safetensors, JSON and key errors all mean the same thing here
             raise PatchError(f"{path} is not a readable erasure patch (corrupt or truncated?): {err}") from None
-        if metadata.get("format") != FORMAT:
-            raise PatchError(f"{path} has format {metadata.get('format')!r}; this version reads {FORMAT!r}")
-        return cls(edits=edits, metadata=metadata, deltas=deltas)
+        checksum = header.get(CHECKSUM_KEY)
+        if checksum is not None and checksum != content_checksum(text, tensors):
+            raise PatchError(
+                f"{path} was corrupted or edited after it was saved (its content checksum does not match); "
+                "use an intact copy (download it again, or re-create the patch)."
+            )
+        try:
+            patch = cls(**_parse(info, tensors))
+        except PatchError as err:
+            raise PatchError(f"{path}: {err}") from None
+        patch._source = path
+        return patch
 
     # diffusers-style names for the same two operations
     save_pretrained = save
@@ -553,19 +669,50 @@ class ErasurePatch:
         return cls.load(path)
 
 
+@dataclass
+class _Plan:
+    """What :meth:`ErasurePatch._plan` found: the weights to write, each layer's factor, the size
+    bounds that failed, whether every write is sure to stay finite, and fingerprint lines."""
+
+    targets: list[tuple[str, Tensor, LayerEdit | None]]
+    exact: bool
+    factors: dict[str, Tensor | None] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    safe: bool = True
+    lines: dict[str, str] = field(default_factory=dict)  # base fingerprint lines, when asked
+
+
 def _all_finite(w: Tensor) -> bool:
     """No NaN or Inf in ``w`` (one reduction: a NaN or Inf anywhere makes the sum non-finite)."""
     return bool(torch.isfinite(w.detach().sum(dtype=torch.promote_types(w.dtype, torch.float32))))
 
 
-def _check_new(name: str, new: Tensor) -> None:
-    if new.dtype in (torch.float16, torch.bfloat16) and not _all_finite(new):
-        raise PatchError(f"editing {name!r} produced NaN or Inf (weight dtype overflow?).")
+def _norm(t: Tensor) -> float:
+    """Frobenius norm (in at least float32); inf or NaN if ``t`` holds Inf or NaN."""
+    return float(torch.linalg.vector_norm(t.detach(), dtype=torch.promote_types(t.dtype, torch.float32)))
 
 
-def _add_low_rank(weight: Tensor, a: Tensor, basis: Tensor, sign: float, check: str | None = None) -> None:
-    """``weight += sign * A @ U.T`` per group, in place. float32 weights are updated directly; half
-    weights go through float32 and are checked for overflow (``check``: the layer's name) first."""
+def _spectral_bound(u: Tensor) -> float:
+    """An upper bound of the spectral norm of a (G, D, k) basis, the largest over its groups:
+    ``||U||_2^2 <= max abs row sum of U^T U`` (exactly 1 for an orthonormal basis)."""
+    if u.numel() == 0:
+        return 0.0
+    u = u.detach().to(torch.float64)
+    return math.sqrt(float((u.mT @ u).abs().sum(dim=-1).max()))
+
+
+def _stays_finite(w: Tensor, w_norm: float, update: float) -> bool:
+    """Whether adding an update of size (bound) ``update`` to ``w`` cannot overflow, neither in
+    ``w``'s dtype (every entry is below ``w_norm + update``) nor in the finiteness check's sum."""
+    top = w_norm + update
+    return (
+        top < torch.finfo(w.dtype).max / 2 and top * math.sqrt(max(w.numel(), 1)) < torch.finfo(torch.float32).max / 2
+    )
+
+
+def _add_low_rank(weight: Tensor, a: Tensor, basis: Tensor, sign: float) -> None:
+    """``weight += sign * A @ U.T`` per group, in place. float32 weights are updated directly,
+    others through at least float32 (the caller checks the result)."""
     g = basis.shape[0]
     w = weight.detach()
     if w.dtype == torch.float32 and w.is_contiguous():
@@ -578,16 +725,149 @@ def _add_low_rank(weight: Tensor, a: Tensor, basis: Tensor, sign: float, check: 
         return
     m = w.reshape(g, -1, basis.shape[1])
     new = apply_factor(m[0], a[0], basis[0], sign=sign).unsqueeze(0) if g == 1 else apply_factor(m, a, basis, sign=sign)
-    new = new.reshape(w.shape)
-    if check is not None:
-        _check_new(check, new)
-    w.copy_(new)
+    w.copy_(new.reshape(w.shape))
 
 
-def _validate_edit(e: LayerEdit) -> None:
-    g, d, k = e.basis.shape
-    ok = e.eta.shape == (g, k) and (e.dual is None or e.dual.shape == (g, d, k))
-    ok = ok and (e.undo is None or (e.undo.shape[0] == g and e.undo.shape[2] == k))
-    tensors = [t for t in (e.basis, e.eta, e.dual, e.undo) if t is not None]
-    if not ok or not all(torch.isfinite(t).all() for t in tensors):
-        raise PatchError(f"patch entry for layer {e.name!r} is inconsistent (shapes or non-finite values)")
+def _invalid(what: str, problem: str) -> PatchError:
+    return PatchError(
+        f"{what} is invalid: {problem}. The file is damaged or was not made by this library; "
+        "re-create the patch, or use an intact copy."
+    )
+
+
+def _check_tensor(what: str, t: Any, checked: set[int] | None = None) -> Tensor:
+    """``t`` if it is a floating-point tensor with finite values (``checked``: ids of tensors
+    already checked, skipped)."""
+    if checked is not None and id(t) in checked:
+        return t
+    if not isinstance(t, Tensor):
+        raise _invalid(what, f"it is a {type(t).__name__}, not a tensor")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise _invalid(what, f"its dtype is {t.dtype}, not a floating-point one")
+    # one float64 sum: NaN or Inf anywhere makes it non-finite, and float32 values cannot overflow it
+    if not math.isfinite(float(t.detach().sum(dtype=torch.float64))):
+        raise _invalid(what, "it contains NaN or Inf (or values too large to use)")
+    if checked is not None:
+        checked.add(id(t))
+    return t
+
+
+def _check_delta(name: str, d: Any) -> Tensor:
+    return _check_tensor(f"the dense delta of {name!r}", d)
+
+
+def _validate_edit(e: LayerEdit, checked: set[int] | None = None) -> None:
+    """Check one edit's tensors against each other and against the weight shape it records:
+    basis and dual (G, D, k), eta (G, k), undo (G, out/G, k), with ``D`` the weight's input size
+    (elements per output row) and ``G`` dividing its outputs; floating dtypes, finite values
+    (``checked``: ids of tensors already checked, shared between layers)."""
+    what = f"the patch's edit of {e.name!r}"
+    for part in ("basis", "eta"):
+        if getattr(e, part) is None:
+            raise _invalid(what, f"it has no {part}")
+    for part in ("basis", "eta", "dual", "undo"):
+        if getattr(e, part) is not None:
+            _check_tensor(f"{what} ({part})", getattr(e, part), checked)
+    shape = tuple(e.shape)
+    if len(shape) < 2 or min(shape) <= 0:
+        raise _invalid(what, f"weight shape {shape} is not a layer's")
+    if e.basis.ndim != 3 or e.basis.shape[0] == 0 or shape[0] % e.basis.shape[0]:
+        raise _invalid(what, f"its basis has shape {tuple(e.basis.shape)}, not (groups, inputs, rank)")
+    g, _, k = e.basis.shape
+    out, inputs = shape[0], math.prod(shape) // shape[0]
+    expected = {"basis": (g, inputs, k), "eta": (g, k), "dual": (g, inputs, k), "undo": (g, out // g, k)}
+    for part, want in expected.items():
+        t = getattr(e, part)
+        if t is not None and tuple(t.shape) != want:
+            raise _invalid(what, f"its {part} has shape {tuple(t.shape)}, but a weight of shape {shape} needs {want}")
+
+
+def _check_undo(name: str, w: Tensor, e: LayerEdit) -> None:
+    """Refuse an undo factor (read from a file) that does not explain the weight ``w``: reverting
+    gives ``B = w + A U^T``, and applying the patch to ``B`` must give back ``w``, i.e. its
+    factor ``B V diag(eta)`` must equal ``A`` (up to the rounding of ``w``'s dtype)."""
+    g, d, _ = e.basis.shape
+    m = w.reshape(g, -1, d)
+    b = apply_factor(m, e.undo, e.basis, sign=1.0)
+    if not _all_finite(b):
+        raise PatchError(f"reverting {name!r} would give NaN or Inf; the patch file is damaged or hostile.")
+    again = edit_factor(b, e.basis, e.eta, e.dual)
+    eta = float(e.eta.detach().abs().max()) if e.eta.numel() else 0.0
+    reach = _spectral_bound(e.basis if e.dual is None else e.dual) * eta  # bounds ||V diag(eta)||_2
+    tolerance = math.sqrt(torch.finfo(w.dtype).eps) * (_norm(e.undo) + _norm(b) * reach)
+    if not _norm(again - e.undo.to(again.dtype)) <= tolerance:
+        raise PatchError(
+            f"this patch is not applied to this model: re-applying it to the reverted {name!r} would not give "
+            "back the current weights, so there is nothing to revert (or the file's undo factors were edited)."
+        )
+
+
+def _check_metadata(metadata: Any) -> None:
+    """Refuse metadata of types this module cannot read (a hand-edited file): it must be a dict,
+    and the values the patch itself reads must be strings."""
+    if not isinstance(metadata, dict):
+        raise _invalid("the patch's metadata", f"it is a {type(metadata).__name__}, not a JSON object")
+    for key in ("id", "format", "base_fingerprint", "applied_fingerprint"):
+        value = metadata.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _invalid(f"the patch's metadata {key!r}", f"it is a {type(value).__name__}, not a string")
+
+
+def _parse(info: Any, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """The ``ErasurePatch`` fields described by a file's header ``info`` and its tensors, every
+    header value checked for type before use."""
+    if not isinstance(info, dict) or not isinstance(info.get("layers"), dict) or "metadata" not in info:
+        raise _invalid("the patch's header", "it is not an object with 'metadata' and 'layers'")
+    metadata, layers, names = info["metadata"], info["layers"], info.get("deltas", [])
+    _check_metadata(metadata)
+    if metadata.get("format") != FORMAT:
+        raise PatchError(f"it has format {metadata.get('format')!r}; this version reads {FORMAT!r}")
+    used: set[str] = set()
+
+    def tensor(key: Any, what: str) -> Tensor:
+        if not isinstance(key, str) or key not in tensors:
+            raise _invalid(what, f"it refers to tensor {key!r}, which the file does not hold")
+        used.add(key)
+        return tensors[key]
+
+    edits: dict[str, LayerEdit] = {}
+    for i, spec in layers.items():
+        what = f"the patch's layer entry {i!r}"
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("kind"), str):
+            raise _invalid(what, "it is not an object with a string 'name' and 'kind'")
+        shape = spec.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+            raise _invalid(what, f"its shape {shape!r} is not a list of integers")
+        try:
+            kind = kind_by_name(spec["kind"]).name
+        except ValueError as err:
+            raise _invalid(what, str(err)) from None
+        parts = {}
+        for part in ("basis", "eta", "dual", "undo"):
+            key = spec.get(part, f"{i}.{part}")  # shared tensors are named in the entry
+            parts[part] = tensor(key, what) if part in spec or key in tensors else None
+        e = LayerEdit(name=spec["name"], kind=kind, shape=tuple(shape), **parts)
+        if e.name in edits:
+            raise _invalid(what, f"layer {e.name!r} is edited twice")
+        _validate_edit(e)
+        edits[e.name] = e
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) < len(names):
+        raise _invalid("the patch's dense parameter list", "it is not a list of distinct names")
+    deltas = {
+        name: _check_delta(name, tensor(f"delta.{j}", f"the dense delta of {name!r}")) for j, name in enumerate(names)
+    }
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise _invalid("the patch file", f"it holds tensors its header does not describe: {extra[:5]}")
+    return {"edits": edits, "metadata": metadata, "deltas": deltas}
+
+
+def content_checksum(header: str, tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of a patch file's content: its header text, then every tensor's name, shape,
+    dtype and bytes in name order. It names a corrupted or edited file as such; anyone can
+    recompute it, so it proves nothing about who made the file (the fingerprints tie a patch to
+    its model, and every edit is checked on its own)."""
+    h = hashlib.sha256(header.encode())
+    for name in sorted(tensors):
+        _hash_tensor(h, name, tensors[name])
+    return h.hexdigest()
