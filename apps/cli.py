@@ -400,6 +400,7 @@ def _shifts(items: list[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from apps.cli_attack import add_parser as add_attack_parser
     from apps.cli_generation import add_bench_parsers
     from apps.cli_generation import add_parsers as add_generation_parsers
     from apps.demo.app import add_arguments as add_demo_arguments
@@ -520,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--check-seed", type=int, default=1234, help="seed of --check's generations (default 1234)")
     er.set_defaults(func=cmd_erase)
     add_generation_parsers(sub, sorted(DTYPES))
+    add_attack_parser(sub, sorted(DTYPES))
     info = sub.add_parser(
         "patch-info",
         help=cmd_patch_info.__doc__,
