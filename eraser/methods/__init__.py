@@ -10,6 +10,7 @@ from . import (  # noqa: F401
     grad_surgery,
     instance,
     iu,
+    rece,
     relabel,
     salun_sd,
     scrub,

@@ -31,7 +31,7 @@ from ..patch import ErasurePatch
 from ..registry import register_method
 from ..training.diffusion import concept_lists, patch_metadata
 
-__all__ = ["UCEConfig", "uce", "last_token_features", "kv_projections"]
+__all__ = ["UCEConfig", "uce", "uce_weights", "write_kv", "last_token_features", "kv_projections"]
 
 
 @dataclass
@@ -109,9 +109,37 @@ def uce(
     preserve = last_token_features(pipe, keep, cfg.hidden_layer) if keep else None
     t1 = time.perf_counter()
     mods = kv_projections(pipe.unet)
+    new = uce_weights(mods, erase, guide, preserve, cfg, device=device)
+    meta = patch_metadata(
+        pipe,
+        "uce",
+        cfg,
+        words,
+        keep,
+        prompts=prompts,
+        guide=cfg.guide,
+        timing_s={"encode": t1 - t0, "solve": time.perf_counter() - t1},
+    )
+    return write_kv(pipe, mods, new, meta)
+
+
+def uce_weights(
+    mods: dict[str, torch.nn.Module],
+    erase: Tensor,
+    guide: Tensor,
+    preserve: Tensor | None,
+    cfg: UCEConfig,
+    *,
+    device: torch.device | str | None = None,
+    base: dict[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """UCE's closed-form K/V weights (by layer name) mapping the ``erase`` features (P x D) to
+    the ``guide``'s outputs and keeping the ``preserve`` features' (or None), computed on nothing
+    but the arguments. ``base``: the weights whose outputs are the targets and the ridge's anchor
+    (default: each layer's current weight)."""
     new: dict[str, Tensor] = {}
     for name, mod in mods.items():
-        w = mod.weight.detach()
+        w = mod.weight.detach() if base is None else base[name]
         # float64 needs a device that has it (not MPS): compute there, then move back.
         dev = (
             torch.device(device)
@@ -133,18 +161,14 @@ def uce(
             raise ValueError(
                 f"UCE produced NaN or Inf for {name!r} (lamb=0 with too few prompts?); the pipeline was not changed."
             )
-        new[name] = w_new.to(w.device, w.dtype)
+        new[name] = w_new.to(mod.weight.device, mod.weight.dtype)
+    return new
+
+
+def write_kv(pipe: Any, mods: dict[str, torch.nn.Module], new: dict[str, Tensor], meta: dict[str, Any]) -> ErasurePatch:
+    """Write the new K/V weights (all computed beforehand) into the UNet and return the dense patch;
+    on any error every weight is put back."""
     before = {n: m.weight.detach().clone() for n, m in mods.items()}
-    meta = patch_metadata(
-        pipe,
-        "uce",
-        cfg,
-        words,
-        keep,
-        prompts=prompts,
-        guide=cfg.guide,
-        timing_s={"encode": t1 - t0, "solve": time.perf_counter() - t1},
-    )
     try:
         with torch.no_grad():  # every new weight was computed before any is assigned
             for name, mod in mods.items():

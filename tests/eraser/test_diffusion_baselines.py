@@ -318,3 +318,46 @@ def test_trained_baseline_under_accelerate_launch_with_two_processes(tmp_path):
     assert sorted(two.deltas) == sorted(one.deltas)
     # The second process's own noise samples entered the averaged update.
     assert any(not torch.equal(two.deltas[n], one.deltas[n]) for n in one.deltas)
+
+
+def _closest_reply(original, edited, c, ridge=0.01):
+    """How well the best adversarial embedding reproduces the concept's original K/V outputs
+    through the edited layers (relative residual over all layers)."""
+    from eraser.methods.rece import adversarial_embeddings
+
+    adv = adversarial_embeddings(original, edited, c.double(), ridge)
+    num = sum(((adv @ edited[n].double().T) - (c.double() @ w.double().T)).norm() ** 2 for n, w in original.items())
+    den = sum((c.double() @ w.double().T).norm() ** 2 for w in original.values())
+    return float(num / den) ** 0.5
+
+
+def test_rece_closes_the_embedding_uce_leaves_reachable():
+    pipe = build_pipeline("tiny-sd", seed=5)
+    c = last_token_features(pipe, ["a cat"])
+    mods = kv_projections(pipe.unet)
+    original = {n: m.weight.detach().clone() for n, m in mods.items()}
+    before = unet_state(pipe)
+    uce_patch = eraser.erase_concepts(pipe, "a cat", method="uce")
+    after_uce = {n: m.weight.detach().clone() for n, m in mods.items()}
+    uce_patch.revert(pipe)
+    assert same(pipe, before)
+    # rounds=0 is UCE itself
+    p0 = eraser.erase_concepts(pipe, "a cat", method="rece", rounds=0)
+    assert all(torch.equal(m.weight, after_uce[n]) for n, m in mods.items())
+    p0.revert(pipe)
+    patch = eraser.erase_concepts(pipe, "a cat", method="rece", rounds=3)
+    after_rece = {n: m.weight.detach().clone() for n, m in mods.items()}
+    assert len(patch.metadata["adversarial_norm_ratio"]) == 3
+    # after RECE, no embedding brings the original outputs back as closely as one did after UCE
+    assert _closest_reply(original, after_rece, c) > 1.5 * _closest_reply(original, after_uce, c)
+    patch.revert(pipe)
+    assert same(pipe, before)
+
+
+@pytest.mark.parametrize(("options", "message"), [({"rounds": -1}, "rounds"), ({"adv_ridge": 0.0}, "adv_ridge")])
+def test_rece_bad_settings(options, message):
+    pipe = build_pipeline("tiny-sd", seed=6)
+    before = unet_state(pipe)
+    with pytest.raises(ValueError, match=message):
+        eraser.erase_concepts(pipe, "a cat", method="rece", **options)
+    assert same(pipe, before)
