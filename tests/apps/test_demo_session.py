@@ -134,6 +134,91 @@ def test_bad_input_leaves_everything_unchanged(slots, config, tmp_path):
     assert s.stack == [] and same(base, weights(slots[NAME]))
 
 
+def _forge(path, out, mutate, checksum=True):
+    """A copy of the patch file at ``path`` with its header and tensors changed by ``mutate(info,
+    tensors)``, written as a forger would (the content checksum recomputed unless ``checksum`` is
+    False: then the old one is kept, so the file reads as corrupted)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from eraser.patch import CHECKSUM_KEY, content_checksum
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    info = json.loads(header["eraser"])
+    mutate(info, tensors)
+    text = json.dumps(info)
+    header = {"eraser": text, CHECKSUM_KEY: content_checksum(text, tensors) if checksum else header[CHECKSUM_KEY]}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out), metadata=header)
+    return out
+
+
+def _scale_all(factor):
+    def mutate(info, tensors):
+        for k in tensors:
+            tensors[k] = tensors[k] * factor
+
+    return mutate
+
+
+def _set(name, value):
+    def mutate(info, tensors):
+        info["metadata"][name] = value
+
+    return mutate
+
+
+def _drop(name):
+    def mutate(info, tensors):
+        info["metadata"].pop(name, None)
+
+    return mutate
+
+
+def _narrow(info, tensors):  # a basis (and everything else) of half the layer's input size
+    for k in list(tensors):
+        tensors[k] = tensors[k][..., : tensors[k].shape[-2] // 2, :] if tensors[k].ndim == 3 else tensors[k]
+
+
+def _nan(info, tensors):
+    k = sorted(tensors)[0]
+    tensors[k] = tensors[k].clone()
+    tensors[k].view(-1)[0] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "checksum", "harmless"),
+    [
+        (_scale_all(1e30), True, False),  # finite, consistent, and every weight would become Inf
+        (_scale_all(1e3), True, False),  # finite result, but far beyond any edit the library makes
+        (_narrow, True, False),
+        (_nan, True, False),
+        (_drop("base_fingerprint"), True, False),
+        (_set("metadata_is", ["a", "list"]), True, True),  # an unknown key changes no weight
+        (_set("base_fingerprint", 7), True, False),
+        (_scale_all(1.0 + 1e-6), False, False),  # a tensor changed after saving: the checksum no longer matches
+    ],
+    ids=["1e30", "1e3", "narrow-basis", "nan", "no-fingerprint", "extra-key", "int-fingerprint", "corrupted"],
+)
+def test_hostile_uploads_are_refused_and_change_nothing(slots, config, tmp_path, mutate, checksum, harmless):
+    base = weights(slots[NAME])
+    made = Session(slots, config).erase("seven")
+    s = Session(slots, config)
+    before = pixels(s.generate("a photo of the digit seven", [0])[1])
+    hostile = _forge(made.file, tmp_path / "hostile.safetensors", mutate, checksum)
+    if harmless:
+        s.upload(hostile)
+        s.revert_last()
+    else:
+        with pytest.raises(DemoError, match="not an eraser patch|does not fit"):
+            s.upload(hostile)
+    assert s.stack == [] and same(base, weights(slots[NAME]))
+    assert np.array_equal(pixels(s.generate("a photo of the digit seven", [0])[1]), before)
+
+
 def test_check_reports_judge_accuracy(slots, config):
     s = Session(slots, config)
     s.erase("seven, 7")
