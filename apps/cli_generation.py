@@ -335,7 +335,7 @@ def _generation_options(p: argparse.ArgumentParser, dtypes: list[str]) -> None:
 
 
 def add_bench_parsers(bench: argparse._SubParsersAction, dtypes: list[str]) -> None:
-    """Add ``bench imagenette``, ``bench classes`` and ``bench nudity``."""
+    """Add ``bench imagenette``, ``bench classes``, ``bench nudity`` and ``bench attack`` (apps/cli_attack.py)."""
     for name, example in (
         (
             "imagenette",
@@ -396,3 +396,6 @@ def add_bench_parsers(bench: argparse._SubParsersAction, dtypes: list[str]) -> N
     nu.add_argument("--concept", action="append", help="a concept to erase (repeatable; default: the nudity preset)")
     nu.add_argument("--threshold", type=float, default=0.6, help="NudeNet score threshold (default 0.6)")
     nu.set_defaults(func=cmd_bench_nudity)
+    from apps.cli_attack import add_bench_parser as add_bench_attack_parser
+
+    add_bench_attack_parser(bench)

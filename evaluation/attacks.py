@@ -16,10 +16,21 @@ their attack-success rate (ASR) under a judge.
 An attack is a function ``fn(pipe, concept, *, prompt, config, targets=None, progress=False) ->
 AttackResult`` registered under an id (:func:`register_attack`; :func:`list_attacks`,
 :func:`get_attack`). ``pipe`` is the (erased) pipeline under attack, ``prompt`` the neutral prompt
-the attack starts from and ``targets`` images of the concept where the attack needs them. The result
-holds what to generate with: ``prompt_embeds``, the text conditioning the pipeline takes through
-``pipe(prompt_embeds=...)``. Attacks never edit the model: its weights, ``requires_grad`` flags and
-train/eval modes are the same after any attack, finished or failed.
+the attack starts from and ``targets`` images of the concept where the attack needs them
+(``AttackSpec.needs_targets``). The result holds what to generate with: ``prompt_embeds``, the text
+conditioning the pipeline takes through ``pipe(prompt_embeds=...)``. Attacks never edit the model:
+its weights, ``requires_grad`` flags and train/eval modes are the same after any attack, finished or
+failed; learned embeddings enter through a forward hook on the input-embedding layer, and the
+tokenizer is never changed.
+
+The attacks: ``soft_prompt`` (continuous token embeddings appended to the prompt, UnlearnDiffAtk-
+style), ``discrete_prompt`` (the same projected to real vocabulary tokens at every step, PEZ: a text
+prompt), ``textual_inversion`` (one new token's embedding learned from the concept's images, Pham et
+al.), ``ring_a_bell`` (the concept vector added to the neutral prompt at swept strengths) and
+``paraphrase`` (a prompt list as it is). :func:`run_instances` runs an optimised attack from several
+seeds. :func:`save_attack` / :func:`load_attack` write and read results as safetensors with the
+identity of the text encoder they were made for (a file for another encoder is refused with the
+reason, text attacks can be re-encoded); :func:`judge_target` checks a judge has the target class.
 
 Seeds: an attack's optimisation draws from generators seeded in their own range (from
 ``OPTIMISATION_SEED_OFFSET`` up, by its config's ``seed``), the evaluation images of
@@ -32,16 +43,21 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
+import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from eraser.bundled.evaluate import image_seed, images_progress
-from eraser.families.diffusion import encode_ids, encode_prompts, text_towers
+from eraser.families.diffusion import encode_ids, encode_prompts, pipeline_id, text_towers, tokenize_prompts
 from eraser.layers import KeptModes
 
 __all__ = [
@@ -51,13 +67,27 @@ __all__ = [
     "AttackSuccess",
     "SoftPromptConfig",
     "ParaphraseConfig",
+    "DiscretePromptConfig",
+    "TextualInversionConfig",
+    "RingABellConfig",
+    "TEXTUAL_INVERSION_TEMPLATES",
+    "RING_A_BELL_TEMPLATES",
+    "ATTACK_FILE_FORMAT",
     "register_attack",
     "list_attacks",
     "get_attack",
     "run_attack",
+    "run_instances",
     "soft_prompt",
+    "discrete_prompt",
+    "textual_inversion",
+    "ring_a_bell",
     "paraphrase",
     "attack_success",
+    "judge_target",
+    "text_encoder_identity",
+    "save_attack",
+    "load_attack",
 ]
 
 # Optimisation generators are seeded from here up; evaluation images use image_seed(seed, 0, k),
@@ -111,26 +141,31 @@ class AttackResult:
 @dataclass(frozen=True)
 class AttackSpec:
     """A row of the attack table: ``fn(pipe, concept, *, prompt, config, targets, progress) ->
-    AttackResult``, its config dataclass and a one-line summary."""
+    AttackResult``, its config dataclass and a one-line summary. ``needs_targets``: the attack
+    optimises on images of the concept (``targets``); ``text_prompts``: its result's ``prompts`` are
+    texts whose encodings are its ``prompt_embeds``, so it replays as text on any other model."""
 
     name: str
     fn: Callable[..., AttackResult]
     config_cls: type
     summary: str
+    needs_targets: bool = False
+    text_prompts: bool = False
 
 
 _ATTACKS: dict[str, AttackSpec] = {}
 
 
-def register_attack(name: str, *, config: type) -> Callable:
+def register_attack(name: str, *, config: type, needs_targets: bool = False, text_prompts: bool = False) -> Callable:
     """Decorator registering ``fn`` as the attack ``name`` with its config dataclass ``config``; its
-    docstring's first line is the summary."""
+    docstring's first line is the summary. ``needs_targets``: it needs images of the concept;
+    ``text_prompts``: its ``prompts`` are the texts its ``prompt_embeds`` encode (see :class:`AttackSpec`)."""
 
     def deco(fn: Callable) -> Callable:
         if name in _ATTACKS:
             raise ValueError(f"attack {name!r} is already registered")
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        _ATTACKS[name] = AttackSpec(name, fn, config, summary)
+        _ATTACKS[name] = AttackSpec(name, fn, config, summary, bool(needs_targets), bool(text_prompts))
         return fn
 
     return deco
@@ -171,6 +206,56 @@ def run_attack(
         raise TypeError(f"unknown options for attack {name!r}: {unknown}; known: {sorted(known)}")
     cfg = replace(cfg, **options) if options else cfg
     return spec.fn(pipe, concept, prompt=prompt, config=cfg, targets=targets, progress=progress)
+
+
+def run_instances(
+    name: str,
+    pipe: Any,
+    concept: str,
+    *,
+    prompt: str,
+    instances: int = 1,
+    config: Any = None,
+    targets: Tensor | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> list[AttackResult]:
+    """``instances`` independent runs of the attack ``name`` (optimisation seeds ``seed .. seed +
+    instances - 1``, ``seed`` from ``options``, else ``config``, else the config's default); an attack
+    without a seed (a prompt list, a fixed vector) runs once whatever ``instances`` is. ``targets``
+    are passed only to attacks that need them."""
+    spec = get_attack(name)
+    if int(instances) < 1:
+        raise ValueError(f"instances must be >= 1; got {instances}")
+    cfg = config if config is not None else spec.config_cls()
+    if not any(f.name == "seed" for f in fields(cfg)):
+        return [
+            run_attack(
+                name,
+                pipe,
+                concept,
+                prompt=prompt,
+                config=config,
+                targets=targets if spec.needs_targets else None,
+                progress=progress,
+                **options,
+            )
+        ]
+    seed0 = int(options.pop("seed", cfg.seed))
+    return [
+        run_attack(
+            name,
+            pipe,
+            concept,
+            prompt=prompt,
+            config=config,
+            targets=targets if spec.needs_targets else None,
+            progress=progress,
+            seed=seed0 + i,
+            **options,
+        )
+        for i in range(int(instances))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,14 +307,21 @@ def _frozen(*modules: nn.Module | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _soft_tokens(enc: nn.Module, start: int, soft: Tensor) -> Iterator[None]:
+def _soft_tokens(enc: nn.Module, start: int | Sequence[int], soft: Tensor | Callable[[], Tensor]) -> Iterator[None]:
     """While active, the text encoder's input embeddings at positions ``start .. start + n`` are
-    ``soft`` (n x D) instead of the looked-up rows: a forward hook, so the weights are never touched."""
-    n = soft.shape[0]
+    ``soft`` (n x D) instead of the looked-up rows: a forward hook, so the weights are never touched.
+    ``start``: one position for every row of the batch, or one per row; ``soft``: the rows, or a
+    function giving them at each forward (e.g. a projection of the learned ones)."""
 
     def hook(module: nn.Module, args: Any, out: Tensor) -> Tensor:
-        rows = soft.to(out.dtype).unsqueeze(0).expand(out.shape[0], -1, -1)
-        return torch.cat([out[:, :start], rows, out[:, start + n :]], dim=1)
+        rows = (soft() if callable(soft) else soft).to(out.dtype)
+        n = rows.shape[0]
+        if isinstance(start, int):
+            block = rows.unsqueeze(0).expand(out.shape[0], -1, -1)
+            return torch.cat([out[:, :start], block, out[:, start + n :]], dim=1)
+        if len(start) != out.shape[0]:
+            raise ValueError(f"{len(start)} soft-token positions for a batch of {out.shape[0]} prompts")
+        return torch.stack([torch.cat([out[b, :s], rows, out[b, s + n :]]) for b, s in enumerate(start)])
 
     handle = enc.get_input_embeddings().register_forward_hook(hook)
     try:
@@ -238,16 +330,17 @@ def _soft_tokens(enc: nn.Module, start: int, soft: Tensor) -> Iterator[None]:
         handle.remove()
 
 
-def _attack_ids(tokenizer: Any, prompt: str, extra: Sequence[int]) -> tuple[Tensor, int]:
-    """Token ids (1 x L) of ``prompt`` with ``extra`` tokens appended before the end-of-text token,
-    padded as the pipeline pads, and the position of the first extra token."""
+def _attack_ids(tokenizer: Any, prompt: str, extra: Sequence[int], after: str = "") -> tuple[Tensor, int]:
+    """Token ids (1 x L) of ``prompt`` with ``extra`` tokens appended (then the tokens of ``after``)
+    before the end-of-text token, padded as the pipeline pads, and the position of the first extra token."""
     body = tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
+    tail = tokenizer(after, add_special_tokens=False, truncation=False).input_ids if after.strip() else []
     length = int(tokenizer.model_max_length)
-    ids = [tokenizer.bos_token_id, *body, *extra, tokenizer.eos_token_id]
+    ids = [tokenizer.bos_token_id, *body, *extra, *tail, tokenizer.eos_token_id]
     if len(ids) > length:
         raise ValueError(
-            f"prompt {prompt[:60]!r} has {len(body)} tokens; with {len(extra)} attack tokens it exceeds the "
-            f"text encoder's {length} positions"
+            f"prompt {prompt[:60]!r} has {len(body) + len(tail)} tokens; with {len(extra)} attack tokens it exceeds "
+            f"the text encoder's {length} positions"
         )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return torch.tensor([ids + [pad] * (length - len(ids))]), 1 + len(body)
@@ -256,6 +349,30 @@ def _attack_ids(tokenizer: Any, prompt: str, extra: Sequence[int]) -> tuple[Tens
 def _generator(seed: int, stream: int) -> torch.Generator:
     """An optimisation generator: its own seed range, apart from every evaluation seed."""
     return torch.Generator().manual_seed(OPTIMISATION_SEED_OFFSET + 4 * int(seed) + stream)
+
+
+def _encode(enc: nn.Module, ids: Tensor) -> Tensor:
+    """The text encoder's last hidden states for token ids (what single-tower pipelines condition on)."""
+    out = enc(ids)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def _check_scheduler(pipe: Any, attack: str) -> None:
+    if getattr(getattr(pipe, "scheduler", None), "config", None) is None:
+        raise ValueError(f"the {attack} attack needs the pipeline's noise scheduler; {type(pipe).__name__} has none")
+
+
+def _check_optimised(attack: str, cfg: Any, counts: Sequence[str]) -> None:
+    """Raise a ValueError naming the first budget or size setting of ``cfg`` out of range."""
+    for name in counts:
+        if int(getattr(cfg, name)) < 1:
+            raise ValueError(f"{attack}: {name} must be >= 1; got {getattr(cfg, name)}")
+    if not cfg.time_budget > 0:
+        raise ValueError(f"{attack}: time_budget must be > 0 seconds; got {cfg.time_budget}")
+    if not cfg.lr > 0:
+        raise ValueError(f"{attack}: lr must be > 0; got {cfg.lr}")
+    if int(cfg.seed) < 0:
+        raise ValueError(f"{attack}: seed must be >= 0; got {cfg.seed}")
 
 
 @torch.no_grad()
@@ -299,6 +416,95 @@ def _clean_latents(pipe: Any, unet: nn.Module, targets: Any, batch: int) -> Tens
     return torch.cat(out)
 
 
+class _Denoiser:
+    """The frozen UNet's denoising loss on the target images under the pipeline's forward process:
+    random training draws (:meth:`draw`), and fixed probe draws (:meth:`probe`: the same images,
+    timesteps and noise before and after, so the two losses compare; a step's own loss moves with
+    its random timesteps)."""
+
+    def __init__(self, pipe: Any, unet: nn.Module, targets: Any, cfg: Any, g_probe: torch.Generator) -> None:
+        from diffusers import DDPMScheduler
+
+        # The forward process of the pipeline's own schedule (DDPM's add_noise is the same q(x_t | x_0)
+        # for every diffusers scheduler built on betas; a fresh object leaves the pipeline's untouched).
+        self.sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.n_train = int(self.sched.config.num_train_timesteps)
+        self.kind = self.sched.config.prediction_type
+        self.unet, self.batch = unet, int(cfg.batch_size)
+        self.dtype = next(unet.parameters()).dtype
+        self.x0 = _clean_latents(pipe, unet, targets, self.batch).to(next(unet.parameters()).device)
+        self.px = self.x0[: cfg.probe_images].repeat_interleave(cfg.probe_timesteps, 0)
+        pt = torch.tensor([int((k + 0.5) * self.n_train / cfg.probe_timesteps) for k in range(cfg.probe_timesteps)])
+        self.pt = pt.repeat(min(cfg.probe_images, len(self.x0)))
+        self.pn = torch.randn(self.px.shape, generator=g_probe).to(self.px.device, self.px.dtype)
+
+    def loss(self, cond: Tensor, x: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """Mean squared error of the UNet's prediction for ``x`` noised to timesteps ``t``; ``cond`` is
+        one conditioning (1 x L x D) for every image or one per image."""
+        t = t.to(x.device)
+        x_t = self.sched.add_noise(x, noise, t)
+        kind = self.kind
+        target = noise if kind == "epsilon" else self.sched.get_velocity(x, noise, t) if kind == "v_prediction" else x
+        hidden = cond.to(self.dtype).expand(len(x), -1, -1)
+        pred = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=hidden, return_dict=False)[0]
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+    def draw(self, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """A training batch: ``batch_size`` target images (with replacement), noise and timesteps."""
+        idx = torch.randint(0, len(self.x0), (self.batch,), generator=g)
+        t = torch.randint(0, self.n_train, (self.batch,), generator=g)
+        noise = torch.randn((self.batch, *self.x0.shape[1:]), generator=g).to(self.x0.device, self.x0.dtype)
+        return self.x0[idx.to(self.x0.device)], noise, t
+
+    @torch.no_grad()
+    def probe(self, cond: Tensor | Callable[[], Tensor]) -> float:
+        """The loss on the fixed probe draws (``cond``: a conditioning, or a function computing it)."""
+        cond = cond() if callable(cond) else cond
+        b, total = self.batch, 0.0
+        for i in range(0, len(self.px), b):
+            total += float(self.loss(cond, self.px[i : i + b], self.pn[i : i + b], self.pt[i : i + b])) * len(
+                self.px[i : i + b]
+            )
+        return total / len(self.px)
+
+
+def _optimise(
+    attack: str,
+    desc: str,
+    params: Sequence[Tensor],
+    step_loss: Callable[[], Tensor],
+    cfg: Any,
+    t0: float,
+    progress: bool,
+    after_step: Callable[[int], None] | None = None,
+) -> tuple[list[float], str]:
+    """At most ``cfg.steps`` Adam steps (``cfg.lr``) on ``step_loss()``, stopping once ``cfg.time_budget``
+    seconds have passed since ``t0``; ``after_step(step)`` runs after each. Returns every step's loss
+    and why it stopped ("steps" or "time")."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.Adam(list(params), lr=cfg.lr)
+    losses: list[float] = []
+    stopped = "steps"
+    with tqdm(total=cfg.steps, desc=desc, unit="step", disable=not progress) as bar:
+        for step in range(cfg.steps):
+            loss = step_loss()
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"{attack}: the loss became {float(loss)} at step {step}; lower lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if after_step is not None:
+                after_step(step)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            bar.update()
+            if time.perf_counter() - t0 > cfg.time_budget:
+                stopped = "time"
+                break
+    return losses, stopped
+
+
 # ----------------------------------------------------------------------------------------------
 # soft_prompt
 
@@ -325,17 +531,17 @@ class SoftPromptConfig:
 
     def validate(self) -> None:
         """Raise a ValueError naming the first setting out of range."""
-        for name in ("n_tokens", "steps", "batch_size", "probe_images", "probe_timesteps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"soft_prompt: {name} must be >= 1; got {getattr(self, name)}")
-        if not self.time_budget > 0 or not self.lr > 0:
-            raise ValueError(f"soft_prompt: time_budget and lr must be > 0; got {self.time_budget} and {self.lr}")
-        if int(self.seed) < 0:
-            raise ValueError(f"soft_prompt: seed must be >= 0; got {self.seed}")
+        _check_optimised("soft_prompt", self, ("n_tokens", "steps", "batch_size", "probe_images", "probe_timesteps"))
 
 
-def _random_tokens(tokenizer: Any, vocab: int, n: int, g: torch.Generator) -> list[int]:
-    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+def _special_ids(tokenizer: Any) -> set[int]:
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return {int(i) for i in (*ids, *getattr(tokenizer, "all_special_ids", ())) if i is not None}
+
+
+def _random_tokens(tokenizer: Any, vocab: int, n: int, g: torch.Generator, exclude: Any = ()) -> list[int]:
+    """``n`` token ids drawn uniformly from the vocabulary, never a special token nor one of ``exclude``."""
+    special = _special_ids(tokenizer) | set(exclude)
     out: list[int] = []
     while len(out) < n:
         t = int(torch.randint(0, vocab, (1,), generator=g))
@@ -344,7 +550,7 @@ def _random_tokens(tokenizer: Any, vocab: int, n: int, g: torch.Generator) -> li
     return out
 
 
-@register_attack("soft_prompt", config=SoftPromptConfig)
+@register_attack("soft_prompt", config=SoftPromptConfig, needs_targets=True)
 def soft_prompt(
     pipe: Any,
     concept: str,
@@ -355,87 +561,33 @@ def soft_prompt(
     progress: bool = False,
 ) -> AttackResult:
     """Learned token embeddings appended to a neutral prompt that minimise the erased UNet's denoising loss on the concept's images (UnlearnDiffAtk-style)."""
-    from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
-
     cfg = config if config is not None else SoftPromptConfig()
     cfg.validate()
     _check_concept(concept, prompt)
     tok, enc, unet = _check_pipeline(pipe, "soft_prompt")
-    if getattr(getattr(pipe, "scheduler", None), "config", None) is None:
-        raise ValueError(f"the soft_prompt attack needs the pipeline's noise scheduler; {type(pipe).__name__} has none")
+    _check_scheduler(pipe, "soft_prompt")
     t0 = time.perf_counter()
     table = enc.get_input_embeddings().weight
     g_init, g_train, g_probe = (_generator(cfg.seed, s) for s in range(3))
     init_ids = _random_tokens(tok, table.shape[0], cfg.n_tokens, g_init)
     ids, start = _attack_ids(tok, prompt, init_ids)
-    device = table.device
-    ids = ids.to(device)
-    # The forward process of the pipeline's own schedule (DDPM's add_noise is the same q(x_t | x_0)
-    # for every diffusers scheduler built on betas; a fresh object leaves the pipeline's untouched).
-    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    n_train = int(noise_sched.config.num_train_timesteps)
-    kind = noise_sched.config.prediction_type
-    u_dtype = next(unet.parameters()).dtype
+    ids = ids.to(table.device)
 
     with _frozen(unet, enc, getattr(pipe, "vae", None)):
-        x0 = _clean_latents(pipe, unet, targets, cfg.batch_size).to(next(unet.parameters()).device)
+        den = _Denoiser(pipe, unet, targets, cfg, g_probe)
         soft = nn.Parameter(table[init_ids].detach().float().clone())
-
-        def loss_of(cond: Tensor, x: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-            t = t.to(x.device)
-            x_t = noise_sched.add_noise(x, noise, t)
-            target = (
-                noise if kind == "epsilon" else noise_sched.get_velocity(x, noise, t) if kind == "v_prediction" else x
-            )
-            hidden = cond.to(u_dtype).expand(len(x), -1, -1)
-            pred = unet(x_t.to(u_dtype), t, encoder_hidden_states=hidden, return_dict=False)[0]
-            return torch.nn.functional.mse_loss(pred.float(), target.float())
-
-        def encode() -> Tensor:
-            out = enc(ids)
-            return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-        # Fixed probe draws: the same images, timesteps and noise before and after, so the two
-        # losses compare (a step's own loss moves with its random timesteps).
-        px = x0[: cfg.probe_images].repeat_interleave(cfg.probe_timesteps, 0)
-        pt = torch.tensor([int((k + 0.5) * n_train / cfg.probe_timesteps) for k in range(cfg.probe_timesteps)])
-        pt = pt.repeat(min(cfg.probe_images, len(x0)))
-        pn = torch.randn(px.shape, generator=g_probe).to(px.device, px.dtype)
-
-        @torch.no_grad()
-        def probe() -> float:
-            cond = encode()
-            total = sum(
-                float(loss_of(cond, px[i : i + cfg.batch_size], pn[i : i + cfg.batch_size], pt[i : i + cfg.batch_size]))
-                * len(px[i : i + cfg.batch_size])
-                for i in range(0, len(px), cfg.batch_size)
-            )
-            return total / len(px)
-
-        losses: list[float] = []
-        stopped = "steps"
         with _soft_tokens(enc, start, soft):
-            initial = probe()
-            opt = torch.optim.Adam([soft], lr=cfg.lr)
-            with tqdm(total=cfg.steps, desc=f"soft_prompt {concept}", unit="step", disable=not progress) as bar:
-                for step in range(cfg.steps):
-                    idx = torch.randint(0, len(x0), (cfg.batch_size,), generator=g_train)
-                    t = torch.randint(0, n_train, (cfg.batch_size,), generator=g_train)
-                    noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=g_train).to(x0.device, x0.dtype)
-                    loss = loss_of(encode(), x0[idx.to(x0.device)], noise, t)
-                    if not torch.isfinite(loss):
-                        raise RuntimeError(f"soft_prompt: the loss became {float(loss)} at step {step}; lower lr")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    losses.append(loss.item())
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-                    bar.update()
-                    if time.perf_counter() - t0 > cfg.time_budget:
-                        stopped = "time"
-                        break
-            final = probe()
+            initial = den.probe(lambda: _encode(enc, ids))
+            losses, stopped = _optimise(
+                "soft_prompt",
+                f"soft_prompt {concept}",
+                [soft],
+                lambda: den.loss(_encode(enc, ids), *den.draw(g_train)),
+                cfg,
+                t0,
+                progress,
+            )
+            final = den.probe(lambda: _encode(enc, ids))
             embeds = encode_ids(pipe, [ids]).float().cpu()
     learned = soft.detach().float().cpu()
     return AttackResult(
@@ -455,7 +607,7 @@ def soft_prompt(
             "init_tokens": tok.convert_ids_to_tokens(init_ids),
             # A reading, not the attack: the vocabulary tokens nearest (cosine) to the learned ones.
             "nearest_tokens": _nearest_tokens(tok, table, learned),
-            "n_targets": len(x0),
+            "n_targets": len(den.x0),
         },
     )
 
@@ -478,7 +630,7 @@ class ParaphraseConfig:
     prompts: tuple[str, ...] = ()
 
 
-@register_attack("paraphrase", config=ParaphraseConfig)
+@register_attack("paraphrase", config=ParaphraseConfig, text_prompts=True)
 def paraphrase(
     pipe: Any,
     concept: str,
@@ -508,6 +660,361 @@ def paraphrase(
         config=cfg,
         prompts=prompts,
         seconds=time.perf_counter() - t0,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# discrete_prompt
+
+
+@dataclass
+class DiscretePromptConfig:
+    """PEZ (Wen et al. 2023, "Hard prompts made easy"): ``n_tokens`` continuous embeddings appended to
+    the prompt; each step projects them to their nearest (cosine) vocabulary tokens, takes the loss
+    and its gradient at the projected point and applies it to the continuous ones (Adam, ``lr``),
+    for at most ``steps`` steps or ``time_budget`` seconds. Every ``probe_every`` steps (0: only at
+    the end) the text of the projected tokens is scored on the fixed probe draws and the best text
+    is kept. Special tokens are never chosen; ``exclude_concept`` also forbids the concept's own
+    tokens. Draws, probe and ``seed`` as :class:`SoftPromptConfig`."""
+
+    n_tokens: int = 4
+    steps: int = 120
+    time_budget: float = 600.0
+    lr: float = 0.01
+    batch_size: int = 8
+    seed: int = 0
+    probe_images: int = 16
+    probe_timesteps: int = 4
+    probe_every: int = 20
+    exclude_concept: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first setting out of range."""
+        _check_optimised(
+            "discrete_prompt", self, ("n_tokens", "steps", "batch_size", "probe_images", "probe_timesteps")
+        )
+        if int(self.probe_every) < 0:
+            raise ValueError(
+                f"discrete_prompt: probe_every must be >= 0 (0: only the final tokens); got {self.probe_every}"
+            )
+
+
+@register_attack("discrete_prompt", config=DiscretePromptConfig, needs_targets=True, text_prompts=True)
+def discrete_prompt(
+    pipe: Any,
+    concept: str,
+    *,
+    prompt: str,
+    config: DiscretePromptConfig | None = None,
+    targets: Tensor | None = None,
+    progress: bool = False,
+) -> AttackResult:
+    """Real vocabulary tokens appended to a neutral prompt, found by projected gradient descent on the erased UNet's denoising loss (PEZ): a text prompt that replays on other models."""
+    cfg = config if config is not None else DiscretePromptConfig()
+    cfg.validate()
+    _check_concept(concept, prompt)
+    tok, enc, unet = _check_pipeline(pipe, "discrete_prompt")
+    _check_scheduler(pipe, "discrete_prompt")
+    t0 = time.perf_counter()
+    table = enc.get_input_embeddings().weight
+    vocab = table.shape[0]
+    forbidden = {i for i in _special_ids(tok) if i < vocab}
+    if cfg.exclude_concept:
+        forbidden |= set(tok(concept, add_special_tokens=False).input_ids)
+    allowed = torch.ones(vocab, dtype=torch.bool)
+    allowed[sorted(forbidden)] = False
+    g_init, g_train, g_probe = (_generator(cfg.seed, s) for s in range(3))
+    init_ids = _random_tokens(tok, vocab, cfg.n_tokens, g_init, exclude=forbidden)
+    ids, start = _attack_ids(tok, prompt, init_ids)
+    ids = ids.to(table.device)
+    unit = torch.nn.functional.normalize(table.detach().float(), dim=1)
+    blocked = (~allowed).to(table.device)
+
+    def project(p: Tensor) -> Tensor:
+        sim = torch.nn.functional.normalize(p.detach(), dim=1) @ unit.T
+        return sim.masked_fill(blocked, -torch.inf).argmax(1)
+
+    def text_of(token_ids: Sequence[int]) -> str:
+        return " ".join(f"{prompt} {tok.decode(list(token_ids))}".split())
+
+    with _frozen(unet, enc, getattr(pipe, "vae", None)):
+        den = _Denoiser(pipe, unet, targets, cfg, g_probe)
+        soft = nn.Parameter(table[init_ids].detach().float().clone())
+        scored: dict[str, float] = {}  # text -> probe loss of its own encoding (what replays)
+
+        def score(token_ids: Sequence[int]) -> tuple[str, float]:
+            text = text_of(token_ids)
+            if text not in scored:
+                scored[text] = den.probe(encode_prompts(pipe, [text]))
+            return text, scored[text]
+
+        def step_loss() -> Tensor:
+            # straight-through: the value of the projected tokens, the gradient to the continuous ones
+            at = table[project(soft)].detach().float() + (soft - soft.detach())
+            with _soft_tokens(enc, start, at):
+                cond = _encode(enc, ids)
+            return den.loss(cond, *den.draw(g_train))
+
+        candidates: list[tuple[int, list[int]]] = []
+
+        def after_step(step: int) -> None:
+            if cfg.probe_every and (step + 1) % cfg.probe_every == 0:
+                candidates.append((step + 1, project(soft).tolist()))
+
+        initial_text, initial = score(init_ids)
+        losses, stopped = _optimise(
+            "discrete_prompt", f"discrete_prompt {concept}", [soft], step_loss, cfg, t0, progress, after_step
+        )
+        last = project(soft).tolist()
+        if not candidates or candidates[-1][1] != last:
+            candidates.append((len(losses), last))
+        probes = []
+        for step, token_ids in candidates:
+            text, loss = score(token_ids)
+            probes.append({"step": step, "text": text, "loss": loss})
+        best = min(range(len(candidates)), key=lambda k: (probes[k]["loss"], k))
+        best_ids = candidates[best][1]
+        best_text = probes[best]["text"]
+        embeds = encode_prompts(pipe, [best_text]).float().cpu()
+        replay_ids = tokenize_prompts(pipe, [best_text])[0][0].tolist()
+    return AttackResult(
+        attack="discrete_prompt",
+        concept=concept,
+        prompt=prompt,
+        prompt_embeds=embeds,
+        config=cfg,
+        prompts=[best_text],
+        loss=probes[best]["loss"],
+        initial_loss=initial,
+        losses=losses,
+        steps=len(losses),
+        seconds=time.perf_counter() - t0,
+        stopped=stopped,
+        embeddings=table[best_ids].detach().float().cpu(),
+        details={
+            "init_tokens": tok.convert_ids_to_tokens(init_ids),
+            "initial_text": initial_text,
+            "tokens": tok.convert_ids_to_tokens(best_ids),
+            "token_ids": best_ids,
+            # the decoded text re-tokenises to the same tokens (BPE may merge or split them otherwise)
+            "tokens_round_trip": replay_ids[start : start + len(best_ids)] == best_ids,
+            "probes": probes,
+            "n_targets": len(den.x0),
+        },
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# textual_inversion
+
+TEXTUAL_INVERSION_TEMPLATES = (
+    "a photo of {}",
+    "a rendering of {}",
+    "a picture of {}",
+    "a close-up photo of {}",
+    "a good photo of {}",
+    "{}",
+)
+
+
+def _check_templates(attack: str, templates: Any) -> None:
+    if isinstance(templates, str) or not templates:
+        raise ValueError(f"{attack}: templates must be a non-empty list of prompts with one '{{}}'; got {templates!r}")
+    for t in templates:
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise ValueError(f"{attack}: every template needs exactly one '{{}}' (where the concept goes); got {t!r}")
+
+
+@dataclass
+class TextualInversionConfig:
+    """One new token's input embedding, initialised from ``init_word`` (its token, or the mean of its
+    tokens; "" draws a random real token) and learned on the target images' denoising loss with the
+    erased model frozen (Pham et al., "Circumventing concept erasure methods"): each image of a step
+    is conditioned on a random one of ``templates`` (and "{prompt} {}") with the token in place of
+    ``{}``. The tokenizer
+    is never changed: the embedding is injected where a placeholder token sits. Budget, draws, probe
+    and ``seed`` as :class:`SoftPromptConfig`; the probe scores "{prompt} <token>", what the result
+    generates with."""
+
+    init_word: str = "object"
+    templates: tuple[str, ...] = TEXTUAL_INVERSION_TEMPLATES
+    steps: int = 120
+    time_budget: float = 600.0
+    lr: float = 0.01
+    batch_size: int = 8
+    seed: int = 0
+    probe_images: int = 16
+    probe_timesteps: int = 4
+
+    def __post_init__(self) -> None:
+        self.templates = (self.templates,) if isinstance(self.templates, str) else tuple(self.templates)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first setting out of range."""
+        _check_optimised("textual_inversion", self, ("steps", "batch_size", "probe_images", "probe_timesteps"))
+        _check_templates("textual_inversion", self.templates)
+        if not isinstance(self.init_word, str):
+            raise ValueError(
+                f"textual_inversion: init_word must be a word ('' for a random token); got {self.init_word!r}"
+            )
+
+
+@register_attack("textual_inversion", config=TextualInversionConfig, needs_targets=True)
+def textual_inversion(
+    pipe: Any,
+    concept: str,
+    *,
+    prompt: str,
+    config: TextualInversionConfig | None = None,
+    targets: Tensor | None = None,
+    progress: bool = False,
+) -> AttackResult:
+    """One new token embedding learned from images of the concept with the erased model frozen (textual inversion, Pham et al.), then prompted as '<prompt> <token>'."""
+    cfg = config if config is not None else TextualInversionConfig()
+    cfg.validate()
+    _check_concept(concept, prompt)
+    tok, enc, unet = _check_pipeline(pipe, "textual_inversion")
+    _check_scheduler(pipe, "textual_inversion")
+    t0 = time.perf_counter()
+    table = enc.get_input_embeddings().weight
+    g_init, g_train, g_probe = (_generator(cfg.seed, s) for s in range(3))
+    if cfg.init_word.strip():
+        init_ids = tok(cfg.init_word, add_special_tokens=False).input_ids
+        if not init_ids:
+            raise ValueError(f"textual_inversion: init_word {cfg.init_word!r} has no tokens")
+    else:
+        init_ids = _random_tokens(tok, table.shape[0], 1, g_init)
+    placeholder = int(init_ids[0])  # any real token: the hook replaces its row
+    templates = list(cfg.templates)
+    if prompt.strip() and f"{prompt} {{}}" not in templates:
+        templates.append(f"{prompt} {{}}")  # what the result generates with is one of the training prompts
+    rows = [_attack_ids(tok, t.split("{}")[0], [placeholder], after=t.split("{}")[1]) for t in templates]
+    t_ids = torch.cat([r[0] for r in rows]).to(table.device)
+    t_starts = [r[1] for r in rows]
+    ids, start = _attack_ids(tok, prompt, [placeholder])
+    ids = ids.to(table.device)
+
+    with _frozen(unet, enc, getattr(pipe, "vae", None)):
+        den = _Denoiser(pipe, unet, targets, cfg, g_probe)
+        learned = nn.Parameter(table[init_ids].detach().float().mean(0, keepdim=True).clone())
+
+        def step_loss() -> Tensor:
+            x, noise, t = den.draw(g_train)
+            which = torch.randint(0, len(rows), (len(x),), generator=g_train)
+            with _soft_tokens(enc, t_starts, learned):
+                hidden = _encode(enc, t_ids)
+            return den.loss(hidden[which.to(hidden.device)], x, noise, t)
+
+        with _soft_tokens(enc, start, learned):
+            initial = den.probe(lambda: _encode(enc, ids))
+        losses, stopped = _optimise(
+            "textual_inversion", f"textual_inversion {concept}", [learned], step_loss, cfg, t0, progress
+        )
+        with _soft_tokens(enc, start, learned):
+            final = den.probe(lambda: _encode(enc, ids))
+            embeds = encode_ids(pipe, [ids]).float().cpu()
+    emb = learned.detach().float().cpu()
+    return AttackResult(
+        attack="textual_inversion",
+        concept=concept,
+        prompt=prompt,
+        prompt_embeds=embeds,
+        config=cfg,
+        loss=final,
+        initial_loss=initial,
+        losses=losses,
+        steps=len(losses),
+        seconds=time.perf_counter() - t0,
+        stopped=stopped,
+        embeddings=emb,
+        details={
+            "init_tokens": tok.convert_ids_to_tokens(init_ids),
+            "templates": templates,
+            "nearest_tokens": _nearest_tokens(tok, table, emb),
+            "n_targets": len(den.x0),
+        },
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# ring_a_bell
+
+RING_A_BELL_TEMPLATES = ("a photo of {}", "{}", "a picture of {}", "an image of {}")
+
+
+@dataclass
+class RingABellConfig:
+    """Ring-A-Bell (Tsai et al. 2024) without its search: the concept vector is the mean, over
+    ``templates`` and the neutral prompt, of the text encoder's output with the concept minus the
+    same prompt without it, over the whole sequence (L x D: the UNet cross-attends to every position,
+    and CLIP's causal encoder carries the concept into every position after it, end-of-text and
+    padding included; the pooled end-of-text position alone would be one row of 77). The candidates
+    are the neutral prompt's encoding plus ``strength`` times the vector, one per strength."""
+
+    strengths: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+    templates: tuple[str, ...] = RING_A_BELL_TEMPLATES
+
+    def __post_init__(self) -> None:
+        values = (self.strengths,) if isinstance(self.strengths, (int, float, str)) else self.strengths
+        try:
+            self.strengths = tuple(float(v) for v in values if not isinstance(v, str) or v.strip())
+        except (TypeError, ValueError):
+            raise ValueError(f"ring_a_bell: strengths must be numbers; got {self.strengths!r}") from None
+        self.templates = (self.templates,) if isinstance(self.templates, str) else tuple(self.templates)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first setting out of range."""
+        if not self.strengths:
+            raise ValueError("ring_a_bell: strengths must list at least one strength (e.g. 1|2|3|4); got none")
+        if any(not math.isfinite(s) or s <= 0 for s in self.strengths):
+            raise ValueError(f"ring_a_bell: strengths must be finite and > 0; got {list(self.strengths)}")
+        _check_templates("ring_a_bell", self.templates)
+
+
+@register_attack("ring_a_bell", config=RingABellConfig)
+def ring_a_bell(
+    pipe: Any,
+    concept: str,
+    *,
+    prompt: str,
+    config: RingABellConfig | None = None,
+    targets: Tensor | None = None,
+    progress: bool = False,
+) -> AttackResult:
+    """The concept vector (mean text-encoder difference between prompts with and without the concept) added to the neutral prompt at each strength (Ring-A-Bell); no optimisation, no images."""
+    cfg = config if config is not None else RingABellConfig()
+    cfg.validate()
+    _check_concept(concept, prompt)
+    _check_pipeline(pipe, "ring_a_bell")
+    t0 = time.perf_counter()
+    with_concept = [" ".join(t.replace("{}", concept).split()) for t in cfg.templates]
+    without = [" ".join(t.replace("{}", "").split()) for t in cfg.templates]
+    if prompt.strip():
+        with_concept.append(" ".join(f"{prompt} {concept}".split()))
+        without.append(" ".join(prompt.split()))
+    with _frozen(getattr(pipe, "text_encoder", None)):
+        vector = (encode_prompts(pipe, with_concept).float() - encode_prompts(pipe, without).float()).mean(0)
+        neutral = encode_prompts(pipe, [prompt]).float()[0]
+    embeds = torch.stack([neutral + s * vector for s in cfg.strengths]).cpu()
+    return AttackResult(
+        attack="ring_a_bell",
+        concept=concept,
+        prompt=prompt,
+        prompt_embeds=embeds,
+        config=cfg,
+        prompts=[f"{prompt} + {s:g} x vector({concept!r})".strip() for s in cfg.strengths],
+        seconds=time.perf_counter() - t0,
+        details={
+            "pairs": [[a, b] for a, b in zip(with_concept, without)],
+            "vector_norm": float(vector.norm()),
+            "neutral_norm": float(neutral.norm()),
+            "vector_positions": "full sequence",
+        },
     )
 
 
@@ -653,3 +1160,258 @@ def attack_success(
         },
         images=torch.cat(kept) if keep_images and kept else None,
     )
+
+
+def judge_target(judge: Any, target_class: int | str, image_shape: Sequence[int]) -> int:
+    """The judge's index of ``target_class``, checked before anything is generated: the judge scores
+    one blank image of ``image_shape`` (C x H x W, the pipeline's images) and a judge giving logits
+    must have the class among its outputs. Raises a ValueError saying what is wrong."""
+    from .judges import class_index
+
+    target = class_index(target_class)
+    scores, name = _judge_fn(judge)
+    with torch.no_grad():
+        out = scores(torch.zeros(1, *[int(v) for v in image_shape]))
+    n = out.shape[-1] if out.ndim == 2 else None
+    if target < 0 or (n is not None and target >= n):
+        classes = f"{n} classes (0..{n - 1})" if n is not None else "no negative classes"
+        raise ValueError(
+            f"the judge {name} has {classes}; target class {target_class!r} (index {target}) is not one of them"
+        )
+    return target
+
+
+# ----------------------------------------------------------------------------------------------
+# saved attacks
+
+ATTACK_FILE_FORMAT = "eraser-attack/1"
+_RESULT_KEYS = {
+    "attack",
+    "concept",
+    "prompt",
+    "prompts",
+    "loss",
+    "initial_loss",
+    "steps",
+    "seconds",
+    "stopped",
+    "config",
+}
+
+
+def text_encoder_identity(pipe: Any) -> dict[str, Any]:
+    """What a saved conditioning is valid for: the pipeline id, the text encoder's hidden size, its
+    sequence length, vocabulary size and a checksum of its token-embedding table
+    (:func:`eraser.patch.tensor_checksum`: exact, order-independent, fast)."""
+    from eraser.patch import tensor_checksum
+
+    tok, enc, _ = _check_pipeline(pipe, "saved")
+    table = enc.get_input_embeddings().weight
+    return {
+        "pipeline": pipeline_id(pipe),
+        "hidden_size": int(getattr(enc.config, "hidden_size", table.shape[1])),
+        "sequence_length": int(tok.model_max_length),
+        "vocab_size": int(table.shape[0]),
+        "token_embedding": tensor_checksum(table.detach()),
+    }
+
+
+def save_attack(
+    path: str | os.PathLike,
+    results: AttackResult | Sequence[AttackResult],
+    pipe: Any,
+    *,
+    identity: dict[str, Any] | None = None,
+) -> Path:
+    """Write results as safetensors: ``prompt_embeds`` (all candidate rows), ``embeddings`` (the learned
+    input embeddings, one block per result, when every result has them of one shape) and metadata:
+    the format, every result's settings, its row count and the text encoder they were made for
+    (:func:`text_encoder_identity` of ``pipe``, or ``identity`` when given, e.g. taken before an erasure).
+    Written through a temporary file (never half a file)."""
+    from safetensors.torch import save_file
+
+    results = [results] if isinstance(results, AttackResult) else list(results)
+    if not results:
+        raise ValueError("nothing to save: no attack results")
+    tensors = {"prompt_embeds": torch.cat([r.prompt_embeds.detach().float().cpu() for r in results]).contiguous()}
+    learned = [r.embeddings for r in results]
+    if all(e is not None for e in learned) and len({tuple(e.shape) for e in learned}) == 1:
+        tensors["embeddings"] = torch.stack([e.detach().float().cpu() for e in learned]).contiguous()
+    metadata = {
+        "format": ATTACK_FILE_FORMAT,
+        "eraser_attack": json.dumps([r.settings() for r in results], default=str),
+        "rows": json.dumps([len(r.prompt_embeds) for r in results]),
+        "text_encoder": json.dumps(identity if identity is not None else text_encoder_identity(pipe)),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _config_from(attack: str, raw: Any, where: str) -> Any:
+    spec = get_attack(attack)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: config must be an object; got {type(raw).__name__}")
+    defaults = {f.name: getattr(spec.config_cls(), f.name) for f in fields(spec.config_cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in defaults:
+            raise ValueError(f"{where}: {spec.config_cls.__name__} has no setting {key!r}")
+        default = defaults[key]
+        if isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise ValueError(f"{where}: config {key} must be a list; got {type(value).__name__}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: config {key} must be true/false; got {value!r}")
+        elif _number(default):
+            if not _number(value) or (isinstance(default, int) and not isinstance(value, int)):
+                raise ValueError(f"{where}: config {key} must be a {type(default).__name__}; got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ValueError(f"{where}: config {key} must be a string; got {value!r}")
+        kwargs[key] = value
+    try:
+        return spec.config_cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _result_from(item: Any, embeds: Tensor, learned: Tensor | None, where: str) -> AttackResult:
+    if not isinstance(item, dict) or not _RESULT_KEYS <= set(item):
+        missing = sorted(_RESULT_KEYS - set(item)) if isinstance(item, dict) else "everything"
+        raise ValueError(f"{where}: not an attack's settings (missing {missing})")
+    checks = {
+        "attack": isinstance(item["attack"], str),
+        "concept": isinstance(item["concept"], str),
+        "prompt": isinstance(item["prompt"], str),
+        "prompts": item["prompts"] is None
+        or (isinstance(item["prompts"], list) and all(isinstance(p, str) for p in item["prompts"])),
+        "loss": item["loss"] is None or _number(item["loss"]),
+        "initial_loss": item["initial_loss"] is None or _number(item["initial_loss"]),
+        "steps": isinstance(item["steps"], int) and not isinstance(item["steps"], bool) and item["steps"] >= 0,
+        "seconds": _number(item["seconds"]),
+        "stopped": isinstance(item["stopped"], str),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"{where}: {bad[0]} has the wrong type ({item[bad[0]]!r})")
+    config = _config_from(item["attack"], item["config"], where)
+    if item["prompts"] is not None and len(item["prompts"]) != len(embeds):
+        raise ValueError(f"{where}: {len(item['prompts'])} prompts for {len(embeds)} conditioning rows")
+    return AttackResult(
+        attack=item["attack"],
+        concept=item["concept"],
+        prompt=item["prompt"],
+        prompt_embeds=embeds,
+        config=config,
+        prompts=item["prompts"],
+        loss=item["loss"],
+        initial_loss=item["initial_loss"],
+        steps=item["steps"],
+        seconds=float(item["seconds"]),
+        stopped=item["stopped"],
+        embeddings=learned,
+        details={k: v for k, v in item.items() if k not in _RESULT_KEYS},
+    )
+
+
+def load_attack(path: str | os.PathLike, pipe: Any, *, as_text: bool = False) -> list[AttackResult]:
+    """The results saved by :func:`save_attack`, for replay on ``pipe``: safetensors only (never
+    pickle), every field's type checked. A file made for another text encoder is refused with the
+    reason (conditioning shape, or token-embedding checksum). ``as_text``: an attack whose prompts
+    are text (``discrete_prompt``, ``paraphrase``) is re-encoded by ``pipe``'s own text encoder
+    instead, so it replays on any model; other attacks are refused."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no attack file at {path}")
+    where = f"{path.name}"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            names = set(f.keys())
+            tensors = {k: f.get_tensor(k) for k in names}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{where} is not a safetensors attack file: {err}") from None
+    if meta.get("format") != ATTACK_FILE_FORMAT:
+        raise ValueError(f"{where} is not an attack file of this version (format {meta.get('format')!r})")
+    if "prompt_embeds" not in names or not names <= {"prompt_embeds", "embeddings"}:
+        raise ValueError(f"{where}: expected tensors prompt_embeds (and embeddings); got {sorted(names)}")
+    try:
+        settings = json.loads(meta["eraser_attack"])
+        rows = json.loads(meta["rows"])
+        identity = json.loads(meta["text_encoder"])
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{where}: unreadable attack metadata ({err})") from None
+    embeds = tensors["prompt_embeds"]
+    if not embeds.is_floating_point() or embeds.ndim != 3 or not torch.isfinite(embeds).all():
+        raise ValueError(
+            f"{where}: prompt_embeds must be finite floats R x L x D; got {embeds.dtype} {tuple(embeds.shape)}"
+        )
+    if not isinstance(settings, list) or not settings:
+        raise ValueError(f"{where}: the attack settings must be a non-empty list")
+    if (
+        not isinstance(rows, list)
+        or len(rows) != len(settings)
+        or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in rows)
+        or sum(rows) != len(embeds)
+    ):
+        raise ValueError(f"{where}: row counts {rows!r} do not split the {len(embeds)} conditioning rows")
+    learned = tensors.get("embeddings")
+    if learned is not None and (not learned.is_floating_point() or learned.ndim != 3 or len(learned) != len(settings)):
+        raise ValueError(f"{where}: embeddings must be floats, one block per result; got {tuple(learned.shape)}")
+    id_types = {"pipeline": str, "hidden_size": int, "sequence_length": int, "vocab_size": int, "token_embedding": str}
+    if not isinstance(identity, dict) or any(not isinstance(identity.get(k), t) for k, t in id_types.items()):
+        raise ValueError(f"{where}: the text-encoder identity must hold {sorted(id_types)}; got {identity!r}")
+    results, at = [], 0
+    for i, (item, n) in enumerate(zip(settings, rows)):
+        results.append(
+            _result_from(item, embeds[at : at + n], None if learned is None else learned[i], f"{where} result {i}")
+        )
+        at += n
+    if as_text:
+        for r in results:
+            if not get_attack(r.attack).text_prompts or not r.prompts:
+                raise ValueError(
+                    f"{where}: the {r.attack} attack's conditioning is not text; it replays only on the text "
+                    f"encoder it was made for ({identity['pipeline']})"
+                )
+        with _frozen(getattr(pipe, "text_encoder", None)):
+            for r in results:
+                r.prompt_embeds = encode_prompts(pipe, r.prompts).float().cpu()
+                r.details["replayed_as_text_from"] = identity
+        return results
+    here = text_encoder_identity(pipe)
+    with _frozen(getattr(pipe, "text_encoder", None)):
+        shape = tuple(encode_prompts(pipe, [""]).shape[1:])
+    if tuple(embeds.shape[1:]) != shape:
+        raise ValueError(
+            f"{where} was made for another text encoder: its conditioning is {embeds.shape[1]} x {embeds.shape[2]} "
+            f"(pipeline {identity['pipeline']!r}), this pipeline's is {shape[0]} x {shape[1]} ({here['pipeline']!r})"
+        )
+    if identity["token_embedding"] != here["token_embedding"]:
+        raise ValueError(
+            f"{where} was made for another text encoder: its token-embedding fingerprint {identity['token_embedding']} "
+            f"(pipeline {identity['pipeline']!r}) differs from this pipeline's {here['token_embedding']} "
+            f"({here['pipeline']!r})"
+            + ("; a text attack can be replayed as text (as_text)" if _all_text(results) else "")
+        )
+    return results
+
+
+def _all_text(results: Sequence[AttackResult]) -> bool:
+    return all(get_attack(r.attack).text_prompts and r.prompts for r in results)

@@ -1,6 +1,8 @@
 """Attacks on erased pipelines (evaluation/attacks.py): the table, soft_prompt, paraphrase, the ASR count, bad input."""
 
 import dataclasses
+import json
+import math
 import types
 
 import pytest
@@ -14,13 +16,20 @@ from eraser.families.diffusion import encode_prompts, tokenize_prompts
 from evaluation import attacks
 from evaluation.attacks import (
     AttackResult,
+    DiscretePromptConfig,
     ParaphraseConfig,
+    RingABellConfig,
     SoftPromptConfig,
+    TextualInversionConfig,
     attack_success,
     get_attack,
+    judge_target,
     list_attacks,
+    load_attack,
     register_attack,
     run_attack,
+    run_instances,
+    save_attack,
 )
 
 PROMPT = "a photo of the digit"
@@ -83,7 +92,16 @@ def scratch_table(monkeypatch):
 
 
 def test_registry_lists_gets_and_refuses():
-    assert {"soft_prompt", "paraphrase"} <= set(list_attacks())
+    assert {"soft_prompt", "discrete_prompt", "textual_inversion", "ring_a_bell", "paraphrase"} <= set(list_attacks())
+    needs = {name: get_attack(name).needs_targets for name in list_attacks()}
+    assert needs == {
+        "discrete_prompt": True,
+        "paraphrase": False,
+        "ring_a_bell": False,
+        "soft_prompt": True,
+        "textual_inversion": True,
+    }
+    assert {n for n in list_attacks() if get_attack(n).text_prompts} == {"discrete_prompt", "paraphrase"}
     assert list_attacks("soft*") == ["soft_prompt"] and list_attacks("nothing*") == []
     spec = get_attack("soft_prompt")
     assert spec.fn is attacks.soft_prompt and spec.config_cls is SoftPromptConfig and "denoising loss" in spec.summary
@@ -179,7 +197,7 @@ def test_bad_input_is_refused_and_the_model_is_unchanged(erased, sevens, monkeyp
     no_text = types.SimpleNamespace(
         unet=erased.unet, tokenizer=erased.tokenizer, text_encoder=None, scheduler=erased.scheduler
     )
-    for name in ("soft_prompt", "paraphrase"):
+    for name in list_attacks():
         with pytest.raises(ValueError, match="needs a pipeline with a text encoder"):
             run_attack(name, no_text, "seven", **go)
 
@@ -192,6 +210,156 @@ def test_bad_input_is_refused_and_the_model_is_unchanged(erased, sevens, monkeyp
         run_attack("soft_prompt", erased, "seven", **go, **SHORT)
     assert_same(before, state(erased))
     assert no_hooks(erased)
+
+
+# -- discrete_prompt (PEZ) ------------------------------------------------------------------------
+def test_discrete_prompt_finds_a_text_prompt_that_replays(erased, sevens):
+    before = state(erased)
+    tok = erased.tokenizer
+    kw = {**SHORT, "steps": 8, "probe_every": 4}
+    result = run_attack("discrete_prompt", erased, "seven", prompt=PROMPT, targets=sevens, **kw)
+    assert_same(before, state(erased))
+    assert no_hooks(erased)
+    (text,) = result.prompts
+    ids = result.details["token_ids"]
+    assert text.startswith(PROMPT + " ") and len(ids) == 4
+    assert not set(ids) & set(tok.all_special_ids)  # real vocabulary tokens only
+    # the conditioning is the text's own encoding: the attack is the text, replayable on any model
+    assert torch.equal(result.prompt_embeds, encode_prompts(erased, [text]))
+    assert result.embeddings.shape == (4, 64)
+    assert torch.equal(result.embeddings, erased.text_encoder.get_input_embeddings().weight[ids].float())
+    probes = result.details["probes"]
+    assert [p["step"] for p in probes] == [4, 8] and result.loss == min(p["loss"] for p in probes)
+    assert result.steps == 8 and math.isfinite(result.initial_loss) and result.stopped == "steps"
+    again = run_attack("discrete_prompt", erased, "seven", prompt=PROMPT, targets=sevens, **kw)
+    assert again.prompts == result.prompts and again.losses == result.losses  # seeded
+    other = run_attack("discrete_prompt", erased, "seven", prompt=PROMPT, targets=sevens, **{**kw, "seed": 1})
+    assert other.details["init_tokens"] != result.details["init_tokens"]
+
+
+def test_discrete_prompt_projection_excludes_special_and_concept_tokens(erased, sevens, monkeypatch):
+    tok = erased.tokenizer
+    table = erased.text_encoder.get_input_embeddings().weight
+    banned = [tok.eos_token_id, *tok("seven", add_special_tokens=False).input_ids]
+    # start every continuous embedding on a banned token: the projection must still pick an allowed one
+    monkeypatch.setattr(attacks, "_random_tokens", lambda t, v, n, g, exclude=(): [banned[k % 2] for k in range(n)])
+    seen = []
+    real = attacks._soft_tokens
+
+    def spy(enc, start, soft):
+        seen.append(soft.detach().clone() if isinstance(soft, torch.Tensor) else soft)
+        return real(enc, start, soft)
+
+    monkeypatch.setattr(attacks, "_soft_tokens", spy)
+    kw = {**SHORT, "steps": 2, "probe_every": 0, "exclude_concept": True}
+    result = run_attack("discrete_prompt", erased, "seven", prompt=PROMPT, targets=sevens, **kw)
+    assert not set(result.details["token_ids"]) & set(banned)
+    # what the UNet saw at each step: rows of real, allowed tokens (the projected point)
+    for rows in seen:
+        hits = (rows[:, None, :] == table[None].float()).all(-1).nonzero()[:, 1].tolist()
+        assert len(hits) >= 4 and not set(hits) & set(banned)
+
+
+# -- textual_inversion ----------------------------------------------------------------------------
+def test_textual_inversion_learns_one_token_and_leaves_the_tokenizer_alone(erased, sevens):
+    before, vocab = state(erased), len(erased.tokenizer)
+    result = run_attack("textual_inversion", erased, "seven", prompt=PROMPT, targets=sevens, **SHORT)
+    assert_same(before, state(erased))
+    assert no_hooks(erased) and len(erased.tokenizer) == vocab
+    assert result.embeddings.shape == (1, 64) and result.prompt_embeds.shape == (1, 77, 64)
+    assert result.details["init_tokens"] == ["object</w>"] and result.steps == 16
+    assert result.loss != result.initial_loss and result.prompts is None
+    again = run_attack("textual_inversion", erased, "seven", prompt=PROMPT, targets=sevens, **SHORT)
+    assert torch.equal(again.prompt_embeds, result.prompt_embeds)  # seeded
+    # injected where "<prompt> <token>" puts the token: unlearned, it is the init word's own encoding
+    still = run_attack(
+        "textual_inversion", erased, "seven", prompt=PROMPT, targets=sevens, **{**SHORT, "steps": 1, "lr": 1e-12}
+    )
+    assert torch.allclose(still.prompt_embeds, encode_prompts(erased, [PROMPT + " object"]), atol=1e-5)
+    rand = run_attack(
+        "textual_inversion", erased, "seven", prompt=PROMPT, targets=sevens, **{**SHORT, "steps": 1, "init_word": ""}
+    )
+    assert rand.details["init_tokens"] != ["object</w>"]
+
+
+# -- ring_a_bell ----------------------------------------------------------------------------------
+def test_ring_a_bell_adds_the_concept_vector_at_each_strength(pipe):
+    before = state(pipe)
+    result = run_attack("ring_a_bell", pipe, "seven", prompt=PROMPT, strengths=(1, 2.5))
+    assert_same(before, state(pipe))
+    assert result.prompt_embeds.shape == (2, 77, 64) and len(result.prompts) == 2 and result.steps == 0
+    templates = [*attacks.RING_A_BELL_TEMPLATES, PROMPT + " {}"]
+    with_ = encode_prompts(pipe, [" ".join(t.replace("{}", "seven").split()) for t in templates])
+    without = encode_prompts(pipe, [" ".join(t.replace("{}", "").split()) for t in templates])
+    vector = (with_ - without).mean(0)
+    neutral = encode_prompts(pipe, [PROMPT])[0]
+    assert torch.allclose(result.prompt_embeds[0], neutral + vector, atol=1e-5)
+    assert torch.allclose(result.prompt_embeds[1], neutral + 2.5 * vector, atol=1e-5)
+    assert result.details["vector_positions"] == "full sequence"
+    assert RingABellConfig(strengths=("1", "3")).strengths == (1.0, 3.0)  # command-line strings
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: DiscretePromptConfig(steps=0), "discrete_prompt: steps must be >= 1"),
+        (lambda: DiscretePromptConfig(time_budget=0.0), "discrete_prompt: time_budget must be > 0"),
+        (lambda: DiscretePromptConfig(probe_every=-1), "probe_every"),
+        (lambda: TextualInversionConfig(steps=0), "textual_inversion: steps must be >= 1"),
+        (lambda: TextualInversionConfig(time_budget=0), "textual_inversion: time_budget must be > 0"),
+        (lambda: TextualInversionConfig(templates=("a photo",)), "exactly one"),
+        (lambda: TextualInversionConfig(templates=()), "templates"),
+        (lambda: RingABellConfig(strengths=()), "strengths must list at least one"),
+        (lambda: RingABellConfig(strengths=("",)), "strengths must list at least one"),
+        (lambda: RingABellConfig(strengths=(float("nan"),)), "strengths must be finite"),
+        (lambda: RingABellConfig(strengths=("x",)), "strengths must be numbers"),
+        (lambda: SoftPromptConfig(time_budget=0), "soft_prompt: time_budget must be > 0"),
+    ],
+)
+def test_configs_refuse_zero_budgets_and_empty_settings(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("name", ["discrete_prompt", "textual_inversion"])
+def test_new_attacks_refuse_bad_input_and_restore_the_model(erased, sevens, name, monkeypatch):
+    before = state(erased)
+    with pytest.raises(ValueError, match="non-empty tensor of images"):
+        run_attack(name, erased, "seven", prompt=PROMPT)
+    with pytest.raises(ValueError, match=f"{name}: steps must be >= 1"):
+        run_attack(name, erased, "seven", prompt=PROMPT, targets=sevens, steps=0)
+
+    def fail(self, *a, **k):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(torch.optim.Adam, "step", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_attack(name, erased, "seven", prompt=PROMPT, targets=sevens, **SHORT)
+    assert_same(before, state(erased))
+    assert no_hooks(erased)
+
+
+def test_time_budget_stops_every_optimised_attack(erased, sevens):
+    for name in ("discrete_prompt", "textual_inversion"):
+        result = run_attack(
+            name, erased, "seven", prompt=PROMPT, targets=sevens, **{**SHORT, "steps": 50, "time_budget": 1e-6}
+        )
+        assert result.stopped == "time" and result.steps == 1, name
+
+
+def test_run_instances_seeds_runs_apart_and_runs_fixed_attacks_once(erased, sevens):
+    runs = run_instances(
+        "soft_prompt", erased, "seven", prompt=PROMPT, instances=2, targets=sevens, **{**SHORT, "steps": 1}
+    )
+    assert [r.config.seed for r in runs] == [0, 1]
+    runs = run_instances(
+        "soft_prompt", erased, "seven", prompt=PROMPT, instances=2, targets=sevens, **{**SHORT, "steps": 1, "seed": 5}
+    )
+    assert [r.config.seed for r in runs] == [5, 6]
+    (ring,) = run_instances("ring_a_bell", erased, "seven", prompt=PROMPT, instances=3, targets=sevens)
+    assert ring.prompt_embeds.shape[0] == 4  # one candidate per default strength
+    with pytest.raises(ValueError, match="instances must be >= 1"):
+        run_instances("ring_a_bell", erased, "seven", prompt=PROMPT, instances=0)
 
 
 # -- paraphrase -----------------------------------------------------------------------------------
@@ -283,3 +451,136 @@ def test_soft_prompt_end_to_end_on_tiny_sd():
         sd, result, ScriptedJudge([1, 0]), 1, images_per_instance=2, seed=3, num_inference_steps=1, keep_images=True
     )
     assert out.images.shape == (2, 3, 64, 64) and out.asr == 100.0 and out.image_asr == 50.0
+
+
+# -- judge and target class -----------------------------------------------------------------------
+def test_judge_target_checks_the_class_before_anything_is_generated():
+    from eraser.bundled import digits_judge
+
+    judge = digits_judge()
+    assert judge_target(judge, "seven", (1, 32, 32)) == 7 and judge_target("digits", 3, (1, 32, 32)) == 3
+    with pytest.raises(ValueError, match=r"has 10 classes \(0..9\); target class 12"):
+        judge_target(judge, 12, (1, 32, 32))
+    with pytest.raises(ValueError, match="no class index"):
+        judge_target(judge, "unicorn", (1, 32, 32))
+
+
+# -- saved attacks: the text encoder they are for, replay, hostile files --------------------------
+def test_saved_attack_replays_on_its_text_encoder_only(erased, sevens, tmp_path):
+    from eraser.families.architectures import build_pipeline
+
+    runs = run_instances(
+        "soft_prompt", erased, "seven", prompt=PROMPT, instances=2, targets=sevens, **{**SHORT, "steps": 1}
+    )
+    path = save_attack(tmp_path / "a.safetensors", runs, erased)
+    loaded = load_attack(path, erased)
+    assert len(loaded) == 2 and [r.config for r in loaded] == [r.config for r in runs]
+    for a, b in zip(loaded, runs):
+        assert torch.equal(a.prompt_embeds, b.prompt_embeds) and torch.equal(a.embeddings, b.embeddings)
+        assert a.details == b.details and a.loss == b.loss and a.attack == "soft_prompt"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        ident = json.loads(f.metadata()["text_encoder"])
+    assert ident["pipeline"] == "DigitsPipeline" and ident["hidden_size"] == 64 and ident["sequence_length"] == 77
+    assert ident["vocab_size"] == 49408 and ident["token_embedding"].startswith("(49408, 64):")
+    # another text encoder: refused with the reason
+    sd = build_pipeline("tiny-sd")
+    with pytest.raises(ValueError, match=r"another text encoder: its conditioning is 77 x 64 .* 77 x 32"):
+        load_attack(path, sd)
+    ring = save_attack(tmp_path / "r.safetensors", run_attack("ring_a_bell", sd, "nude", prompt="a photo"), sd)
+    with pytest.raises(ValueError, match="token-embedding fingerprint"):
+        load_attack(ring, build_pipeline("tiny-sd", seed=1))  # same shapes, other weights
+    with pytest.raises(ValueError, match="not text"):
+        load_attack(path, sd, as_text=True)
+    # a text attack replays as text through another model's own encoder
+    para = run_attack("paraphrase", erased, "seven", prompt="", prompts=("the number seven", "a handwritten 7"))
+    text = save_attack(tmp_path / "p.safetensors", para, erased)
+    with pytest.raises(ValueError, match=r"fingerprint|conditioning"):
+        load_attack(text, sd)
+    (moved,) = load_attack(text, sd, as_text=True)
+    assert torch.equal(moved.prompt_embeds, encode_prompts(sd, list(para.prompts)))
+    assert moved.details["replayed_as_text_from"]["pipeline"] == "DigitsPipeline"
+
+
+def _rewrite(src, dst, *, meta=None, tensors=None):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        m = dict(f.metadata())
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    if meta:
+        m.update(meta(m))
+    if tensors:
+        t = tensors(t)
+    save_file(t, str(dst), metadata=m)
+    return dst
+
+
+def test_load_attack_refuses_hostile_files(pipe, tmp_path):
+    good = save_attack(tmp_path / "good.safetensors", run_attack("ring_a_bell", pipe, "seven", prompt=PROMPT), pipe)
+    assert load_attack(good, pipe)[0].config == RingABellConfig()
+
+    def settings(edit):
+        def f(m):
+            items = json.loads(m["eraser_attack"])
+            edit(items[0])
+            return {"eraser_attack": json.dumps(items)}
+
+        return f
+
+    cases = [
+        (dict(meta=lambda m: {"format": "other"}), "not an attack file of this version"),
+        (dict(meta=settings(lambda s: s.update(steps="3"))), "steps has the wrong type"),
+        (dict(meta=settings(lambda s: s.update(prompts=[1, 2, 3, 4]))), "prompts has the wrong type"),
+        (dict(meta=settings(lambda s: s.update(attack="nope"))), "unknown attack 'nope'"),
+        (dict(meta=settings(lambda s: s["config"].update(strengths=[]))), "strengths must list at least one"),
+        (dict(meta=settings(lambda s: s["config"].update(strengths="12"))), "strengths must be a list"),
+        (dict(meta=settings(lambda s: s["config"].update(evil=1))), "no setting 'evil'"),
+        (dict(meta=settings(lambda s: s.pop("concept"))), "missing"),
+        (dict(meta=lambda m: {"rows": "[3]"}), "row counts"),
+        (dict(meta=lambda m: {"rows": "[true, 3]"}), "row counts"),
+        (dict(meta=lambda m: {"text_encoder": '{"pipeline": 3}'}), "text-encoder identity"),
+        (dict(meta=lambda m: {"eraser_attack": "{not json"}), "unreadable attack metadata"),
+        (dict(tensors=lambda t: {**t, "extra": torch.zeros(1)}), "expected tensors"),
+        (dict(tensors=lambda t: {"prompt_embeds": t["prompt_embeds"] * torch.nan}), "finite"),
+        (dict(tensors=lambda t: {"prompt_embeds": t["prompt_embeds"].long()}), "finite floats"),
+    ]
+    for i, (edit, message) in enumerate(cases):
+        with pytest.raises(ValueError, match=message):
+            load_attack(_rewrite(good, tmp_path / f"bad{i}.safetensors", **edit), pipe)
+    pickled = tmp_path / "pickle.safetensors"
+    torch.save({"prompt_embeds": torch.zeros(1, 77, 64)}, pickled)
+    with pytest.raises(ValueError, match="not a safetensors attack file"):
+        load_attack(pickled, pipe)
+    with pytest.raises(FileNotFoundError):
+        load_attack(tmp_path / "missing.safetensors", pipe)
+
+
+# -- SD architecture end to end: soft_prompt and ring_a_bell through run_attack --------------------
+def test_attacks_end_to_end_on_tiny_sd_with_a_vae():
+    from eraser.loading import load_pipeline
+
+    sd = load_pipeline("random:tiny-sd")
+    sd.set_progress_bar_config(disable=True)
+    assert sd.vae is not None
+    before = state(sd)
+    targets = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    tiny = dict(steps=2, batch_size=2, probe_images=2, probe_timesteps=1)
+    soft = run_attack("soft_prompt", sd, "nude", prompt="a photo", targets=targets, n_tokens=2, **tiny)
+    ring = run_attack("ring_a_bell", sd, "nude", prompt="a photo", strengths=(1, 3))
+    pez = run_attack("discrete_prompt", sd, "nude", prompt="a photo", targets=targets, n_tokens=2, **tiny)
+    ti = run_attack("textual_inversion", sd, "nude", prompt="a photo", targets=targets, **tiny)
+    assert_same(before, state(sd))
+    assert all(p.grad is None for p in sd.text_encoder.parameters())
+    d = sd.text_encoder.config.hidden_size
+    assert soft.prompt_embeds.shape == (1, 77, d) and ring.prompt_embeds.shape == (2, 77, d)
+    assert pez.prompt_embeds.shape == (1, 77, d) and ti.prompt_embeds.shape == (1, 77, d)
+    assert torch.equal(pez.prompt_embeds, encode_prompts(sd, pez.prompts))
+    for r in (soft, pez, ti):
+        assert all(math.isfinite(v) for v in (r.loss, r.initial_loss, *r.losses)) and r.steps == 2
+    kw = dict(images_per_instance=1, seed=3, num_inference_steps=1, keep_images=True)
+    out = attack_success(sd, [soft, ring], ScriptedJudge([1, 0, 1]), 1, **kw)
+    assert out.images.shape == (3, 3, 64, 64) and out.instances == 3 and out.asr == 100.0 * 2 / 3
+    assert out.settings["attacks"] == ["soft_prompt", "ring_a_bell"]
