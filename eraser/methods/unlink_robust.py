@@ -24,7 +24,7 @@ Unlink's reflection is then fitted on what the removal leaves of the concept's f
 directions already removed would weaken the reflection of the rest). The edit of each K/V layer is
 ``W -> W (I - dual diag(eta) basis^T)(I - C C^T)`` (C: the removed directions), stored as one
 low-rank :class:`eraser.patch.LayerEdit` (see :func:`eraser.subspace.with_cut`): reversible
-bit-exact, saved and loaded like any Unlink patch. ``benchmarks/attack_digits.py`` measures it
+bit-exact, saved and loaded like any Unlink patch. ``eraser bench attack`` (``evaluation.attack_bench``) measures it
 against the soft-prompt attack, with what it costs the kept digits.
 """
 
