@@ -309,6 +309,27 @@ def cmd_patch_info(args: argparse.Namespace) -> None:
     print(json.dumps({"metadata": patch.metadata, "layers": layers}, indent=2))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write a saved patch as a LoRA file (peft: diffusers' load_lora_weights; kohya: Automatic1111, ComfyUI)."""
+    import eraser
+
+    try:
+        patch = eraser.ErasurePatch.load(args.path)
+        pipe = None
+        if args.model:
+            from apps.common import load_pipeline_by_name
+
+            pipe = load_pipeline_by_name(args.model, None, "cpu")
+        info = patch.to_lora(args.out, format=args.format, pipe=pipe, rank=args.rank)
+    except (eraser.PatchError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"eraser export: {err}") from None
+    worst = max(info["relative_error"].values(), default=None)
+    print(
+        f"{info['path']}: {args.format} LoRA, {len(info['layers'])} layers, {info['bytes'] / 1e3:.1f} KB"
+        + ("" if worst is None else f"; dense updates truncated to rank {args.rank}, worst relative error {worst:.2e}")
+    )
+
+
 def _bench_config(args: argparse.Namespace, **fields):
     """The benchmark configuration from the options that name data, model and original."""
     from eraser.options import parse_options
@@ -529,6 +550,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("path", help="a patch file (.safetensors)")
     info.set_defaults(func=cmd_patch_info)
+    ex = sub.add_parser(
+        "export",
+        help=cmd_export.__doc__,
+        description=f"{cmd_export.__doc__}\n\nExamples:\n"
+        "  eraser export runs/demo/seven.safetensors --format peft --out seven_lora.safetensors\n"
+        "  eraser export esd.safetensors --format kohya --rank 16 --out esd_lora.safetensors   # dense: truncated SVD\n\n"
+        "Load with diffusers: pipe.load_lora_weights('seven_lora.safetensors', adapter_name='erase_seven');\n"
+        "pipe.set_adapters(['erase_seven'], adapter_weights=[s]) scales the erasure; pipe.unload_lora_weights() removes it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("path", help="a patch file (.safetensors)")
+    ex.add_argument("--format", choices=["peft", "kohya"], default="peft", help="key layout (default peft)")
+    ex.add_argument("--out", required=True, help="the LoRA file to write")
+    ex.add_argument("--rank", type=int, default=32, help="rank of dense updates (ESD, SalUn) after SVD (default 32)")
+    ex.add_argument(
+        "--model", default=None, help="the base model, only for patches that hold no undo factors (compact patches)"
+    )
+    ex.set_defaults(func=cmd_export)
     bench = sub.add_parser("bench", help="run a benchmark").add_subparsers(dest="bench", required=True)
     add_bench_parsers(bench, sorted(DTYPES))
     bc = bench.add_parser(

@@ -591,6 +591,141 @@ class ErasurePatch:
         return target
 
     # -- files --------------------------------------------------------------------------------
+    def to_lora(self, path: str | Path, format: str = "peft", *, pipe: Any = None, rank: int = 32) -> dict[str, Any]:
+        """Write this patch as a LoRA file (``format``: ``"peft"``, loadable with diffusers'
+        ``pipe.load_lora_weights``, or ``"kohya"``, the layout Automatic1111 and ComfyUI read) and
+        return what was written (``path``, ``layers``, ``bytes``, ``relative_error`` per dense layer).
+
+        A low-rank edit of a Linear layer is exactly a LoRA of its rank. Its up factor comes from
+        the base weights: the patch's own undo factors when it was applied (or saved after applying),
+        else ``pipe`` (which must hold the patch's base weights). Dense updates (ESD, SalUn) are
+        truncated to ``rank`` by SVD, with the relative error reported. The patch's metadata travels
+        in the file's header (``ErasurePatch.from_lora`` reads it back).
+        """
+        from safetensors.torch import save_file
+
+        from .lora import LORA_FORMATS, lora_state_dict, truncated_factors
+
+        if format not in LORA_FORMATS:
+            raise PatchError(f"format must be one of {LORA_FORMATS}; got {format!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise PatchError(f"rank must be a positive integer; got {rank!r}")
+        module = as_module(pipe) if pipe is not None else None
+        if module is not None:
+            self._check_architecture(module)
+            if not (self._holds(module, "base_fingerprint") or self._holds(module, "applied_fingerprint")):
+                raise PatchError(
+                    "the pipeline given is not the patch's base model (its weights match neither the patch's base "
+                    "nor its result); pass the pipeline the patch was made for."
+                )
+        layers: dict[str, tuple[Tensor, Tensor]] = {}
+        errors: dict[str, float] = {}
+        for name, e in self.edits.items():
+            if e.kind != "linear" or e.basis.shape[0] != 1:
+                raise PatchError(
+                    f"the edit of {name!r} ({e.kind}, {e.basis.shape[0]} groups) has no LoRA form; only Linear layers do"
+                )
+            if e.undo is not None:
+                a = e.undo[0]
+            elif module is not None and self._holds(module, "base_fingerprint"):
+                w = _modules(module)[name].weight.detach()
+                a = edit_factor(w.to(torch.float64), e.basis[0], e.eta[0], None if e.dual is None else e.dual[0])
+            else:
+                raise PatchError(
+                    f"the edit of {name!r} needs the base weights for its LoRA factor: pass pipe= (the model the "
+                    "patch was made for, not edited)"
+                )
+            layers[name] = (-a.to(torch.float32), e.basis[0].T.to(torch.float32))
+        for name, d in self.deltas.items():
+            if not name.endswith(".weight") or d.ndim != 2:
+                raise PatchError(
+                    f"the patch changes {name!r} (shape {tuple(d.shape)}), which has no LoRA form: only 2-D Linear "
+                    "weights do (keep the patch file for this one)"
+                )
+            up, down, err = truncated_factors(d, rank)
+            layers[name[: -len(".weight")]] = (up, down)
+            errors[name[: -len(".weight")]] = err
+        two = any(n.startswith("text_encoder_2.") for n in layers) or (
+            module is not None and any(n.startswith("text_encoder_2.") for n, _ in module.named_children())
+        )
+        tensors = lora_state_dict(layers, format, two_towers=two)
+        header = {
+            "eraser_lora": json.dumps(
+                {"format": format, "metadata": self.metadata, "relative_error": errors, "rank": rank}
+            )
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=header)
+        tmp.replace(path)
+        return {"path": path, "layers": list(layers), "bytes": path.stat().st_size, "relative_error": errors}
+
+    @classmethod
+    def from_lora(cls, path: str | Path, pipe: Any, *, force: bool = False) -> ErasurePatch:
+        """A dense patch of the LoRA file at ``path`` (either layout; any tool's) for ``pipe``, which is
+        left unchanged. A file written by :meth:`to_lora` carries its base model's fingerprint: a
+        pipeline with other weights is refused unless ``force=True``. Keys or shapes that do not fit
+        the pipeline are refused, naming the first."""
+        from safetensors import safe_open
+
+        from .lora import parse_lora_state_dict
+
+        path = Path(path)
+        if not path.is_file():
+            raise PatchError(f"no LoRA file at {path}")
+        module = as_module(pipe)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # not a safetensors file: say so, never unpickle
+            raise PatchError(f"{path} is not a readable safetensors LoRA file ({str(err)[:200]})") from None
+        info: dict[str, Any] = {}
+        if "eraser_lora" in header:
+            try:
+                info = json.loads(header["eraser_lora"])
+            except json.JSONDecodeError:
+                raise PatchError(f"{path}: its eraser_lora header is not JSON; the file was edited") from None
+            if not isinstance(info, dict) or not isinstance(info.get("metadata", {}), dict):
+                raise PatchError(f"{path}: its eraser_lora header is not an object with a metadata object")
+        mods = _modules(module)
+        names = [n for n, m in mods.items() if isinstance(getattr(m, "weight", None), Tensor) and m.weight.ndim == 2]
+        try:
+            layers = parse_lora_state_dict(tensors, names)
+        except ValueError as err:
+            raise PatchError(f"{path}: {err}; the pipeline was not changed.") from None
+        if not layers:
+            raise PatchError(f"{path} holds no LoRA layers")
+        source = info.get("metadata", {})
+        expected = source.get("base_fingerprint")
+        edited = source.get("layers") if isinstance(source.get("layers"), list) else None
+        if isinstance(expected, str) and edited and not force:
+            if any(n not in mods for n in edited) or fingerprint(module, edited, like=expected) != expected:
+                raise PatchError(
+                    f"{path} was exported from a patch for other weights (base fingerprint mismatch); pass the "
+                    "pipeline it was made for, or force=True"
+                )
+        deltas: dict[str, Tensor] = {}
+        for name, (up, down, scale) in layers.items():
+            w = mods[name].weight
+            if not torch.isfinite(up).all() or not torch.isfinite(down).all() or not math.isfinite(scale):
+                raise PatchError(f"{path}: the LoRA factors of {name!r} hold NaN or Inf")
+            if (up.shape[0], down.shape[1]) != tuple(w.shape):
+                raise PatchError(
+                    f"{path}: the LoRA of {name!r} is {up.shape[0]} x {down.shape[1]} but the layer's weight is "
+                    f"{tuple(w.shape)}; the file was made for another model"
+                )
+            deltas[f"{name}.weight"] = (scale * up.to(torch.float64) @ down.to(torch.float64)).to(torch.float32)
+        params = dict(module.named_parameters())
+        meta = {k: v for k, v in source.items() if k not in ("id", "base_fingerprint", "applied_fingerprint")}
+        meta.update({"method": source.get("method", "lora"), "from_lora": path.name})
+        patch = cls(edits={}, metadata=meta, deltas=deltas)
+        patch.metadata["base_fingerprint"] = parameters_fingerprint(
+            {n: params[n].detach() for n in deltas}, fingerprint(module, [])
+        )
+        return patch
+
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file (tensors + JSON metadata); a directory gets ``erasure_patch.safetensors``."""
         from safetensors.torch import save_file

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "eraser.projection",
             "eraser.capture",
             "eraser.targets",
+            "eraser.lora",
             "eraser.patch",
             "eraser.vectors",
         ),
