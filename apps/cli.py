@@ -173,7 +173,10 @@ def cmd_erase(args: argparse.Namespace) -> None:
     if not state.is_main_process:  # every process holds the same result: one writes it
         state.wait_for_everyone()
         return
-    path = patch.save(out)
+    try:
+        path = patch.save(out, compact=args.compact)
+    except eraser.PatchError as err:
+        raise SystemExit(f"eraser erase: {err}") from None
     ranks = sorted({e.rank for e in patch.edits.values()})
     print(
         f"erased {patch.metadata.get('concepts')} from {patch.metadata.get('base_model')} with {args.method} "
@@ -511,6 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     er.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: where the pipeline loads)")
     er.add_argument("--out", required=True, help="patch file to write (.safetensors)")
+    er.add_argument(
+        "--compact",
+        action="store_true",
+        help="write only the basis (no undo factors): a small file for sharing, recomputed from the base weights "
+        "on apply; it cannot revert a model saved with the edit baked in",
+    )
     er.add_argument("--save-pipeline", default=None, help="also write the whole erased pipeline here (save_pretrained)")
     er.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out file / non-empty --save-pipeline folder"

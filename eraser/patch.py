@@ -398,7 +398,11 @@ class ErasurePatch:
                     basis_norms[id(e.basis)] = _spectral_bound(e.basis)
                 if undo:
                     if e.undo is None:
-                        raise PatchError(f"patch has no undo factor for {name!r}; it was never applied.")
+                        raise PatchError(
+                            f"the patch holds no undo factor for {name!r}: it was never applied, or saved compact "
+                            "(a compact file reverts only the edits it applied itself; use the full patch file to "
+                            "revert a model saved with the edit)"
+                        )
                     a = e.undo
                     if verify:
                         _check_undo(name, w, e)
@@ -726,8 +730,15 @@ class ErasurePatch:
         )
         return patch
 
-    def save(self, path: str | Path) -> Path:
-        """Write one safetensors file (tensors + JSON metadata); a directory gets ``erasure_patch.safetensors``."""
+    def save(self, path: str | Path, compact: bool = False) -> Path:
+        """Write one safetensors file (tensors + JSON metadata); a directory gets ``erasure_patch.safetensors``.
+
+        ``compact=True`` leaves out the undo factors (each layer's output-side factor, most of the
+        file): the edit is recomputed from the base weights on apply (the base fingerprint checks
+        they are the same), and the file can revert the edits it applies, but not a model saved with
+        the edit baked in. Dense patches have no compact form."""
+        if compact and self.deltas:
+            raise PatchError("a dense patch (trained methods) has no compact form; save it without compact=True")
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -742,7 +753,7 @@ class ErasurePatch:
             spec: dict[str, Any] = {"name": name, "kind": e.kind, "shape": list(e.shape)}
             for part in ("basis", "eta", "dual", "undo"):
                 t = getattr(e, part)
-                if t is None:
+                if t is None or (compact and part == "undo"):
                     continue
                 if part != "undo" and id(t) in shared:
                     spec[part] = shared[id(t)]

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import eraser
 from apps.cli import main
@@ -318,3 +319,18 @@ def test_exit_codes_mean_something(tmp_path):
     assert usage.returncode == 2 and unusable.returncode == 1
     assert "image folder not found" in unusable.stderr and "Traceback" not in unusable.stderr
     assert "Exit codes" in code("--help").stdout
+
+
+def test_erase_compact_writes_the_basis_only(tmp_path, capsys):
+    from eraser.bundled import digits_pipeline
+
+    full, small = tmp_path / "full.safetensors", tmp_path / "small.safetensors"
+    main(["erase", "--model", "bundled:digits", "--concept", "seven", "--out", str(full)])
+    main(["erase", "--model", "bundled:digits", "--concept", "seven", "--out", str(small), "--compact"])
+    assert small.stat().st_size < 0.6 * full.stat().st_size
+    compact = eraser.ErasurePatch.load(small)
+    assert all(e.undo is None for e in compact.edits.values())
+    pipe, other = digits_pipeline(), digits_pipeline()
+    compact.apply(pipe)
+    eraser.ErasurePatch.load(full).apply(other)
+    assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(), other.unet.state_dict().values()))

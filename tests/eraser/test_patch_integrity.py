@@ -465,3 +465,34 @@ def test_random_mutations_are_refused_or_apply_and_revert_exactly(tmp_path):
                 assert bool(torch.isfinite(v).all()), (i, k)
                 assert (v - held[k]).norm() <= MAX_EDIT_RATIO * held[k].norm(), (i, k)
     assert outcomes["refused"] > 100 and outcomes["applied"] > 5 and outcomes["reverted"] > 5, outcomes
+
+
+def test_compact_patch_files_hold_no_undo_and_apply_the_same_edit(tmp_path):
+    model = small_model()
+    before = bits(model)
+    patch = low_rank_patch(model)
+    patch.exact_revert = True  # the edited layers are the whole model: keep their originals anyway
+    patch.apply(model)
+    edited = bits(model)
+    full, compact = patch.save(tmp_path / "full.safetensors"), patch.save(tmp_path / "c.safetensors", compact=True)
+    assert compact.stat().st_size < full.stat().st_size
+    patch.revert(model)
+    assert_bits(model, before)
+    small = ErasurePatch.load(compact)
+    small.exact_revert = True
+    assert all(e.undo is None for e in small.edits.values())
+    small.apply(model)  # the edit is recomputed from the base weights: the same bits
+    assert_bits(model, edited)
+    small.revert(model)
+    assert_bits(model, before)
+    # a model saved with the edit baked in: only the full file can revert it
+    baked = small_model()
+    baked.load_state_dict(edited)
+    with pytest.raises(PatchError, match="saved compact"):
+        ErasurePatch.load(compact).revert(baked)
+    assert_bits(baked, edited)
+    ErasurePatch.load(full).revert(baked)
+    torch.testing.assert_close(baked.state_dict(), before, rtol=0, atol=1e-6)
+    dense = ErasurePatch({}, {"method": "ft"}, deltas={"0.bias": torch.zeros(64)})
+    with pytest.raises(PatchError, match="no compact form"):
+        dense.save(tmp_path / "d.safetensors", compact=True)
