@@ -17,6 +17,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from ._version import __version__
 from .data import is_labeled_pair, num_samples
+from .families.base import pipeline_family
 from .layers import KeptModes
 from .patch import ErasurePatch, as_module
 from .registry import get_method, make_config
@@ -64,6 +65,7 @@ def run_method(
     spec = get_method(method, family)
     cfg = make_config(spec.config_cls, config, overrides, method=method)
     if family == "diffusion":  # the pipeline methods check their own inputs and leave no trace on error
+        _check_pipeline_family(model, method)
         return Erasure(
             model, spec.fn(model, forget, retain, config=cfg, device=device, progress=progress), method, family
         )
@@ -121,6 +123,20 @@ def run_method(
     finally:
         if device is not None:
             model.to(home)
+
+
+def _check_pipeline_family(pipe: Any, method: str) -> None:
+    """Refuse a method that does not support the pipeline's family (an MMDiT pipeline has no UNet)."""
+    fam = pipeline_family(pipe)
+    supported = getattr(fam.conditioning, "methods", None)
+    if supported is not None and method not in supported:
+        raise ValueError(
+            f"method {method!r} is not supported on {type(pipe).__name__} ({fam.name} family: an MMDiT "
+            f"transformer, no UNet); supported there: {list(supported)}. The UNet methods edit or train "
+            "cross-attention (attn2), which this model does not have; trained baselines (ESD-x) need a "
+            "parameter selection over the joint blocks' context projections and a flow-matching loss, "
+            "not implemented yet. The pipeline was not changed."
+        )
 
 
 def _source(data: Any) -> Any:

@@ -1,10 +1,10 @@
 """Stable Diffusion pipelines with random weights: the published architectures, and tiny ones.
 
 No Stable Diffusion checkpoint is available offline, so this module rebuilds the models from their
-published ``config.json`` files (``ARCHITECTURES``: SD v1.4, SD v2.1, SDXL base 1.0) with random
+published ``config.json`` files (``ARCHITECTURES``: SD v1.4, SD v2.1, SDXL base 1.0, SD3 medium) with random
 weights. Those pipelines have the real layer shapes and parameter counts, so they are good for timing
 and memory benchmarks (never for judging image quality). ``TINY`` holds the same classes at tiny
-sizes (``tiny-sd``, ``tiny-sdxl``) for fast functional tests. Every pipeline uses the real CLIP
+sizes (``tiny-sd``, ``tiny-sdxl``, ``tiny-sd3``) for fast functional tests. Every pipeline uses the real CLIP
 tokenizer (built offline by :mod:`eraser.families.clip_tokenizer`), so prompts tokenize as in SD.
 
     pipe = build_pipeline("tiny-sd")                                   # < 1 s
@@ -15,6 +15,7 @@ tokenizer (built offline by :mod:`eraser.families.clip_tokenizer`), so prompts t
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,71 @@ import torch
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-__all__ = ["ARCHITECTURES", "TINY", "MODEL_COMPONENTS", "architecture", "build_pipeline", "default_dtype", "names"]
+__all__ = [
+    "ARCHITECTURES",
+    "TINY",
+    "MODEL_COMPONENTS",
+    "architecture",
+    "build_pipeline",
+    "default_dtype",
+    "names",
+    "t5_tokenizer",
+]
+
+# The offline T5 tokenizer's vocabulary size (and the tiny T5's embedding rows): T5's own
+# sentencepiece vocabulary (32,128 pieces) is on the hub only.
+T5_TINY_VOCAB = 1024
+
+
+@functools.lru_cache(maxsize=4)
+def _t5_tokenizer_object(vocab_size: int) -> Any:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    from prompts import CONCEPT_BANK, DEFAULT_TEMPLATES, GENERIC_RETAIN
+
+    # The corpus: every phrase this project puts in prompts (concepts, retain subjects, templates),
+    # and the printable ASCII characters, so that any English text tokenizes (unknown words into
+    # pieces, as sentencepiece does), never to <unk>.
+    corpus = [t.replace("{}", c) for t in DEFAULT_TEMPLATES for c in (*CONCEPT_BANK, *GENERIC_RETAIN)]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    alphabet = [chr(c) for c in range(33, 127)]
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus + alphabet, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return tok
+
+
+def t5_tokenizer(max_length: int = 256, vocab_size: int = T5_TINY_VOCAB) -> Any:
+    """A small T5-style tokenizer (``T5TokenizerFast``: sentencepiece-like unigram pieces, ``<pad>``
+    0, ``</s>`` 1, ``<unk>`` 2, ``</s>`` appended) trained offline on this project's prompt phrases.
+
+    T5's real vocabulary cannot be downloaded here; random-weight pipelines only need token ids that
+    fit the encoder's table and tokenize like T5 (words into pieces, an end token, padding with
+    ``<pad>``). Users' real pipelines keep their own tokenizer. Deterministic (same pieces every call).
+    """
+    from transformers import T5TokenizerFast
+
+    obj = _t5_tokenizer_object(vocab_size)
+    return T5TokenizerFast(
+        tokenizer_object=copy.deepcopy(obj),
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_ids=0,
+        model_max_length=max_length,
+    )
+
 
 _CROSS3 = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
 _UP3 = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
@@ -255,6 +320,76 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
+# SD3's VAE: the SD layout with 16 latent channels, a latent shift, and no (post-)quant convs.
+_SD3_VAE: dict[str, Any] = {
+    **_SD_VAE,
+    "force_upcast": True,
+    "latent_channels": 16,
+    "sample_size": 1024,
+    "scaling_factor": 1.5305,
+    "shift_factor": 0.0609,
+    "use_post_quant_conv": False,
+    "use_quant_conv": False,
+}
+# SD3's rectified-flow sampler (scheduler/scheduler_config.json).
+_SD3_SCHEDULER: dict[str, Any] = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+}
+
+# Mirrors the hub repo stabilityai/stable-diffusion-3-medium-diffusers (an MMDiT of 24 joint blocks;
+# the hub is unreachable here: the transformer config was checked against public copies of its
+# config.json in other projects, the T5 v1.1 XXL sizes are the published ones, not read from the files;
+# text towers CLIP ViT-L/14 and OpenCLIP ViT-bigG/14, both with projection, plus T5 v1.1 XXL).
+# The text features enter through ``transformer.context_embedder`` (4096 -> 1536) on the joint
+# sequence [CLIP-L | CLIP-bigG | zeros] (77 x 4096) followed by T5 (256 x 4096), and through the
+# pooled CLIP projections (768 + 1280 = 2048). The T5 tokenizer built here is the small offline one
+# of :func:`t5_tokenizer` (its ids fit T5's 32,128-entry table): good for timing, not for meaning.
+ARCHITECTURES["sd3-medium"] = {
+    "hub_id": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "pipeline": "StableDiffusion3Pipeline",
+    "transformer": {
+        "_class_name": "SD3Transformer2DModel",
+        "attention_head_dim": 64,
+        "caption_projection_dim": 1536,
+        "in_channels": 16,
+        "joint_attention_dim": 4096,
+        "num_attention_heads": 24,
+        "num_layers": 24,
+        "out_channels": 16,
+        "patch_size": 2,
+        "pooled_projection_dim": 2048,
+        "pos_embed_max_size": 192,
+        "sample_size": 128,
+    },
+    "text_encoder": {**_CLIP_VIT_L, "_class_name": "CLIPTextModelWithProjection"},
+    "text_encoder_2": dict(ARCHITECTURES["sdxl-base-1.0"]["text_encoder_2"]),
+    "text_encoder_3": {
+        "_class_name": "T5EncoderModel",
+        "d_ff": 10240,
+        "d_kv": 64,
+        "d_model": 4096,
+        "decoder_start_token_id": 0,
+        "eos_token_id": 1,
+        "feed_forward_proj": "gated-gelu",
+        "layer_norm_epsilon": 1e-06,
+        "num_heads": 64,
+        "num_layers": 24,
+        "pad_token_id": 0,
+        "relative_attention_max_distance": 128,
+        "relative_attention_num_buckets": 32,
+        "tie_word_embeddings": False,
+        "vocab_size": 32128,
+    },
+    "tokenizer": {"pad_token": "<|endoftext|>", "model_max_length": 77},
+    "tokenizer_2": {"pad_token": "!", "model_max_length": 77},
+    "tokenizer_3": {"kind": "t5", "model_max_length": 256},
+    "vae": dict(_SD3_VAE),
+    "scheduler": dict(_SD3_SCHEDULER),
+}
+
+
 def _tiny_clip(cls: str, hidden_act: str) -> dict[str, Any]:
     # As diffusers' own pipeline tests (get_dummy_components), but with the real vocabulary and
     # 77 positions so that the real tokenizer's ids fit.
@@ -339,12 +474,64 @@ TINY: dict[str, dict[str, Any]] = {
         "scheduler": ARCHITECTURES["sdxl-base-1.0"]["scheduler"],
         "pipeline_kwargs": {"force_zeros_for_empty_prompt": True},
     },
+    # SD3 layout (MMDiT), tiny: two CLIP towers with projection (32 + 32 = 64 features, padded to the
+    # joint width 96, and 64 pooled), a 2-layer T5 encoder of width 96 (the joint attention width, as
+    # in SD3 where T5's 4096 is the joint width) with the offline tokenizer, two joint blocks of
+    # width 32, a 16-channel VAE. 32 px images are 16 x 16 latents, 8 x 8 = 64 image tokens.
+    "tiny-sd3": {
+        "hub_id": None,
+        "pipeline": "StableDiffusion3Pipeline",
+        "transformer": {
+            "_class_name": "SD3Transformer2DModel",
+            "attention_head_dim": 8,
+            "caption_projection_dim": 32,
+            "in_channels": 16,
+            "joint_attention_dim": 96,
+            "num_attention_heads": 4,
+            "num_layers": 2,
+            "out_channels": 16,
+            "patch_size": 2,
+            "pooled_projection_dim": 64,
+            "pos_embed_max_size": 32,
+            "sample_size": 16,
+        },
+        "text_encoder": _tiny_clip("CLIPTextModelWithProjection", "quick_gelu"),
+        "text_encoder_2": _tiny_clip("CLIPTextModelWithProjection", "gelu"),
+        "text_encoder_3": {
+            "_class_name": "T5EncoderModel",
+            "d_ff": 37,
+            "d_kv": 8,
+            "d_model": 96,
+            "decoder_start_token_id": 0,
+            "eos_token_id": 1,
+            "feed_forward_proj": "gated-gelu",
+            "layer_norm_epsilon": 1e-06,
+            "num_heads": 4,
+            "num_layers": 2,
+            "pad_token_id": 0,
+            "relative_attention_max_distance": 32,
+            "relative_attention_num_buckets": 8,
+            "tie_word_embeddings": False,
+            "vocab_size": T5_TINY_VOCAB,
+        },
+        "tokenizer": {"pad_token": "<|endoftext|>", "model_max_length": 77},
+        "tokenizer_2": {"pad_token": "!", "model_max_length": 77},
+        "tokenizer_3": {"kind": "t5", "model_max_length": 256},
+        "vae": {
+            **_TINY_VAE,
+            **{k: _SD3_VAE[k] for k in ("latent_channels", "scaling_factor", "shift_factor", "use_quant_conv")},
+            "use_post_quant_conv": False,
+            "sample_size": 32,
+        },
+        "scheduler": dict(_SD3_SCHEDULER),
+    },
 }
 
 #: The model components (``nn.Module``) a pipeline of each layout holds, in build order.
 MODEL_COMPONENTS: dict[str, tuple[str, ...]] = {
     "StableDiffusionPipeline": ("text_encoder", "unet", "vae"),
     "StableDiffusionXLPipeline": ("text_encoder", "text_encoder_2", "unet", "vae"),
+    "StableDiffusion3Pipeline": ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"),
 }
 
 _ALL = {**ARCHITECTURES, **TINY}
@@ -380,6 +567,10 @@ def _build_model(config: dict[str, Any]) -> torch.nn.Module:
         import transformers
 
         return getattr(transformers, cls_name)(transformers.CLIPTextConfig(**config)).eval()
+    if cls_name == "T5EncoderModel":
+        import transformers
+
+        return transformers.T5EncoderModel(transformers.T5Config(**config)).eval()
     import diffusers
 
     return getattr(diffusers, cls_name)(**config).eval()
@@ -388,6 +579,8 @@ def _build_model(config: dict[str, Any]) -> torch.nn.Module:
 def _tokenizer(tokenizer_dir: str | Path | None, **kwargs: Any):
     from eraser.families.clip_tokenizer import clip_tokenizer
 
+    if kwargs.get("kind") == "t5":
+        return t5_tokenizer(max_length=kwargs["model_max_length"])
     return clip_tokenizer(tokenizer_dir, pad_token=kwargs["pad_token"], max_length=kwargs["model_max_length"])
 
 
@@ -434,12 +627,12 @@ def build_pipeline(
                 kwargs[name] = None
     sched = dict(spec["scheduler"])
     kwargs["scheduler"] = getattr(diffusers, sched.pop("_class_name")).from_config(sched)
-    for name in ("tokenizer", "tokenizer_2"):
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         if name in spec:
             kwargs[name] = _tokenizer(tokenizer_dir, **spec[name])
     if spec["pipeline"] == "StableDiffusionPipeline":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    else:
+    elif spec["pipeline"] == "StableDiffusionXLPipeline":
         kwargs.update(add_watermarker=False)
     kwargs.update(spec.get("pipeline_kwargs", {}))
     pipe = pipeline_cls(**kwargs)

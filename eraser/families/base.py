@@ -18,13 +18,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from ..patch import register_components
 from ..targets import Preset, register_preset
 
-__all__ = ["FamilyAdapter", "FAMILY_ADAPTERS", "register_family", "get_family"]
+__all__ = ["FamilyAdapter", "FAMILY_ADAPTERS", "register_family", "get_family", "pipeline_family"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ class FamilyAdapter:
         input is the text features (cross-attention K/V; MMDiT context projections).
     train_selections: name -> function (model component -> parameter names) a trainer may train
         (ESD's ``train_method``).
+    matches: pipeline -> whether it belongs to this family (for :func:`pipeline_family`; families
+        without it are chosen by name only).
+    conditioning: how the family turns prompts into the text features its ``text_reading`` layers
+        read, when that is not the UNet families' (the towers' hidden states side by side): an
+        object with ``tokenize(pipe, prompts, shortest)``, ``encode(pipe, ids, hidden_layer,
+        device)``, ``mask(pipe, ids, cp, sl, mode)``, ``default_targets`` and ``methods`` (the
+        method ids that support the family), as :mod:`eraser.families.mmdit` defines.
     """
 
     name: str
@@ -49,6 +57,8 @@ class FamilyAdapter:
     text_towers: tuple[tuple[str, str], ...] = ()
     text_reading: str | None = None
     train_selections: Mapping[str, Callable[[nn.Module], list[str]]] = field(default_factory=dict)
+    matches: Callable[[Any], bool] | None = None
+    conditioning: Any = None
 
     def __post_init__(self) -> None:
         if self.text_reading is not None:
@@ -79,3 +89,11 @@ def get_family(name: str) -> FamilyAdapter:
         return FAMILY_ADAPTERS[name]
     except KeyError:
         raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILY_ADAPTERS)}") from None
+
+
+def pipeline_family(pipe: Any, default: str = "diffusion") -> FamilyAdapter:
+    """The family whose ``matches`` accepts ``pipe`` (first registered first), else ``default``."""
+    for adapter in FAMILY_ADAPTERS.values():
+        if adapter.matches is not None and adapter.matches(pipe):
+            return adapter
+    return get_family(default)

@@ -28,7 +28,7 @@ from ..layers import KeptModes
 from ..patch import as_module
 from ..subspace import Gram
 from ..targets import resolve_targets
-from .base import FamilyAdapter, register_family
+from .base import FamilyAdapter, pipeline_family, register_family
 
 __all__ = [
     "DIFFUSION",
@@ -115,7 +115,7 @@ _TEXT_READING = re.compile(DIFFUSION.text_reading)
 def text_towers(pipe: Any) -> list[tuple[str, Any, nn.Module]]:
     """``(component name, tokenizer, text encoder)`` for each text tower of ``pipe``, in order."""
     towers = []
-    for tok_name, enc_name in DIFFUSION.text_towers:
+    for tok_name, enc_name in pipeline_family(pipe).text_towers:
         tok, enc = getattr(pipe, tok_name, None), getattr(pipe, enc_name, None)
         if tok is not None and isinstance(enc, nn.Module):
             towers.append((enc_name, tok, enc))
@@ -126,6 +126,11 @@ def text_towers(pipe: Any) -> list[tuple[str, Any, nn.Module]]:
             "for cross-attention targets)."
         )
     return towers
+
+
+def _conditioning(pipe: Any) -> Any:
+    """The family's own text conditioning (an MMDiT's joint sequence), or None for UNet pipelines."""
+    return pipeline_family(pipe).conditioning
 
 
 @dataclass
@@ -210,8 +215,14 @@ class ConceptTargets(NamedTuple):
 
 
 def resolve_concept_targets(pipe: Any, targets: str | Sequence[str]) -> ConceptTargets:
-    """Resolve the targets once and split them into layers fed by text features and text-encoder layers."""
+    """Resolve the targets once and split them into layers fed by text features and text-encoder layers.
+
+    On a family with its own conditioning (MMDiT: see :mod:`eraser.families.mmdit`) the default
+    ``"cross_attn_kv"`` means that family's text-reading default (SD3: ``"context_embedder"``)."""
     view = as_module(pipe)
+    family = pipeline_family(pipe)
+    if family.conditioning is not None:
+        return _resolve_family_targets(pipe, family, view, targets)
     if targets in ("cross_attn_kv", "cross_attn_k", "cross_attn_v") and getattr(pipe, "unet", None) is None:
         raise ValueError(
             f"{type(pipe).__name__} has no UNet, so there is no cross-attention to edit; erase from its "
@@ -227,6 +238,29 @@ def resolve_concept_targets(pipe: Any, targets: str | Sequence[str]) -> ConceptT
             f"UNet's cross-attention key/value projections or text-encoder layers (presets: {sorted(TARGET_PRESETS)})."
         )
     return ConceptTargets(kv, text, resolved)
+
+
+def _resolve_family_targets(pipe: Any, family: FamilyAdapter, view: nn.Module, targets: Any) -> ConceptTargets:
+    if targets == "cross_attn_kv":
+        targets = family.conditioning.default_targets
+    elif isinstance(targets, str) and targets in DIFFUSION.presets and targets.startswith("cross_attn"):
+        raise ValueError(
+            f"{targets!r} is a UNet preset, and {type(pipe).__name__} has a transformer ({family.name} family); "
+            f"its presets: {sorted(family.presets)} (concept erasure edits {family.conditioning.default_targets!r})."
+        )
+    resolved = resolve_targets(view, targets)
+    reading = re.compile(family.text_reading)
+    kv = [n for n in resolved if reading.fullmatch(n)]
+    other = [n for n in resolved if n not in kv]
+    if other:
+        raise ValueError(
+            f"targets {other[:4]} do not read the prompt's sequence features directly: on the {family.name} "
+            f"family concept erasure edits the layers matching {family.text_reading!r} (preset "
+            f"{family.conditioning.default_targets!r}); per-block context projections read context tokens "
+            "that depend on the timestep and the image, the pooled embedder reads one pooled vector, and "
+            "text-encoder targets are not supported on this family yet."
+        )
+    return ConceptTargets(kv, {}, resolved)
 
 
 def _hidden(out: Any, hidden_layer: str) -> Tensor:
@@ -258,6 +292,9 @@ def tokenize_prompts(pipe: Any, prompts: Sequence[str], *, shortest: bool = Fals
     text model: positions up to the end-of-text token are then the same as with full padding, at a
     fraction of the cost (concept prompts are a few tokens out of 77).
     """
+    cond = _conditioning(pipe)
+    if cond is not None:
+        return cond.tokenize(pipe, prompts, shortest=shortest)
     towers = text_towers(pipe)
     short = shortest and all(type(enc).__name__.startswith("CLIPText") for _, _, enc in towers)
     return [
@@ -276,7 +313,11 @@ def tokenize_prompts(pipe: Any, prompts: Sequence[str], *, shortest: bool = Fals
 def encode_ids(
     pipe: Any, ids: list[Tensor], *, hidden_layer: str = "auto", device: torch.device | str | None = None
 ) -> Tensor:
-    """The UNet's text conditioning (B, L, D: the towers' hidden states side by side) for token ids."""
+    """The UNet's text conditioning (B, L, D: the towers' hidden states side by side) for token ids
+    (an MMDiT's: the context embedder's input)."""
+    cond = _conditioning(pipe)
+    if cond is not None:
+        return cond.encode(pipe, ids, hidden_layer=hidden_layer, device=device)
     layer = _hidden_layer(pipe, hidden_layer)
     hidden = []
     for (_, _, enc), tower_ids in zip(text_towers(pipe), ids):
@@ -294,6 +335,9 @@ def encode_prompts(
 
 
 def _mask(pipe: Any, ids: list[Tensor], cp: ConceptPrompts, sl: slice, mode: str) -> Tensor:
+    cond = _conditioning(pipe)
+    if cond is not None:
+        return cond.mask(pipe, ids, cp, sl, mode)
     masks = []
     for (_, tok, _), tower_ids in zip(text_towers(pipe), ids):
         masks.append(concept_token_mask(tower_ids, tok.eos_token_id, cp.starts[sl], cp.lengths[sl], mode))

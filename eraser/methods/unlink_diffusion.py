@@ -13,6 +13,7 @@ from torch import nn
 from prompts.bank import CONCEPT_BANK
 from prompts.presets import DEFAULT_TEMPLATES, GENERIC_RETAIN
 
+from ..families.base import pipeline_family
 from ..families.diffusion import (
     TOKEN_MODES,
     Neighbours,
@@ -208,7 +209,7 @@ class ConceptStatistics:
         """The patch metadata describing these statistics (concepts, retain and how it was chosen)."""
         found = self.found
         return {
-            "family": "diffusion",
+            "family": pipeline_family(pipe).name,
             "concepts": self.words,
             "retain": self.keep,
             "retain_source": self.retain_source,

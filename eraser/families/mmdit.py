@@ -1,0 +1,155 @@
+"""MMDiT text-to-image pipelines (diffusers ``StableDiffusion3Pipeline``): where text enters.
+
+An SD3 transformer reads text in three places:
+
+- ``transformer.context_embedder``: a Linear on the joint text sequence the pipeline's
+  ``encode_prompt`` returns as ``prompt_embeds``: 77 CLIP positions (CLIP-L's and CLIP-bigG's
+  penultimate hidden states side by side, zero-padded to the joint width) followed by the T5
+  encoder's 256 positions (zeros when the pipeline has no T5). Its input is a fixed function of
+  the prompt, exactly like a UNet's cross-attention K/V input, so Unlink fits it the same way.
+- ``transformer.time_text_embed.text_embedder``: an MLP on the pooled CLIP projections (one vector
+  per prompt), added to the timestep embedding that modulates every block.
+- each joint block's ``attn.add_k_proj``/``add_v_proj`` (and ``add_q_proj``): they read the
+  context tokens after the block's adaptive norm, whose scale and shift come from the timestep and
+  pooled text, and, from the second block on, after the earlier blocks' joint attention with the
+  image tokens. Their input for a prompt is not fixed: it changes with the timestep and the image.
+
+Unlink edits the context embedder (preset ``context_embedder``, the default on this family): the
+one layer whose input is the text features and nothing else, and through which every sequence
+feature of the prompt reaches every block. ``context_kv`` and ``pooled_text_embedder`` are presets
+for inspection and for trained methods; concept erasure refuses them (their inputs are not the
+prompt's sequence features). ``tests/eraser/test_mmdit.py`` measures how much the per-block context
+projections' inputs move with the timestep and the image latents for one fixed prompt.
+
+Which positions are a concept's features: on the CLIP part the UNet families' token modes (CLIP is
+causal: the concept's tokens and those after it, up to the end-of-text token); on the T5 part every
+token of the prompt up to and including ``</s>`` (T5 attends both ways, so a template's prefix sees
+the concept too), and with the ``*_padding`` modes the padding as well (the pipeline runs T5
+without an attention mask, so its padding also attends to the prompt). T5 is always run at the
+pipeline's default ``max_sequence_length`` (256), as its padding changes the prompt's features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .base import FamilyAdapter, register_family
+from .diffusion import PADDING_MODES, ConceptPrompts, concept_token_mask, text_towers
+
+__all__ = ["SD3", "SD3_MAX_SEQUENCE_LENGTH", "SD3Conditioning", "is_sd3"]
+
+SD3_MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length for T5
+_CLIP_TOWERS = ("text_encoder", "text_encoder_2")
+
+
+def is_sd3(pipe: Any) -> bool:
+    """A pipeline with an SD3 transformer (joint attention with a caption projection)."""
+    transformer = getattr(pipe, "transformer", None)
+    config = getattr(transformer, "config", None)
+    return (
+        isinstance(transformer, nn.Module)
+        and hasattr(transformer, "context_embedder")
+        and getattr(config, "caption_projection_dim", None) is not None
+    )
+
+
+class SD3Conditioning:
+    """SD3's text features: the ``prompt_embeds`` of ``StableDiffusion3Pipeline.encode_prompt``."""
+
+    default_targets = "context_embedder"
+    methods = ("unlink", "unlink_rayleigh")
+
+    @staticmethod
+    def _towers(pipe: Any) -> list[tuple[str, Any, nn.Module]]:
+        towers = text_towers(pipe)
+        names = [name for name, _, _ in towers]
+        if names[:2] != list(_CLIP_TOWERS):
+            raise ValueError(
+                f"{type(pipe).__name__} needs both CLIP text towers (tokenizer/text_encoder and "
+                f"tokenizer_2/text_encoder_2); it has {names}. Only the T5 tower (text_encoder_3) may be None."
+            )
+        return towers
+
+    def tokenize(self, pipe: Any, prompts: Sequence[str], *, shortest: bool = False) -> list[Tensor]:
+        """Token ids per tower: CLIP padded to 77 (or, with ``shortest``, to the batch's longest
+        prompt: CLIP is causal, so the positions up to end-of-text do not change), T5 always
+        padded to ``SD3_MAX_SEQUENCE_LENGTH`` as the pipeline does."""
+        ids = []
+        for name, tok, _ in self._towers(pipe):
+            if name in _CLIP_TOWERS:
+                kw = dict(padding="longest" if shortest else "max_length", max_length=tok.model_max_length)
+            else:
+                kw = dict(padding="max_length", max_length=SD3_MAX_SEQUENCE_LENGTH, add_special_tokens=True)
+            ids.append(tok(list(prompts), truncation=True, return_tensors="pt", **kw).input_ids)
+        return ids
+
+    @torch.no_grad()
+    def encode(
+        self, pipe: Any, ids: list[Tensor], *, hidden_layer: str = "auto", device: torch.device | str | None = None
+    ) -> Tensor:
+        """The context embedder's input (B, L_clip + 256, joint width) for token ids."""
+        if hidden_layer not in ("auto", "penultimate"):
+            raise ValueError(
+                f"SD3 reads CLIP's penultimate layer and T5's last; hidden_layer must be 'auto' (got {hidden_layer!r})"
+            )
+        towers = self._towers(pipe)
+        dtype = next(towers[0][2].parameters()).dtype
+        clip = []
+        for (_, _, enc), tower_ids in zip(towers[:2], ids[:2]):
+            dev = torch.device(device) if device is not None else next(enc.parameters()).device
+            clip.append(enc(tower_ids.to(dev), output_hidden_states=True).hidden_states[-2].to(dtype))
+        hidden = torch.cat(clip, dim=-1)
+        width = pipe.transformer.config.joint_attention_dim
+        hidden = F.pad(hidden, (0, width - hidden.shape[-1]))
+        if len(towers) > 2:
+            enc = towers[2][2]
+            t5 = enc(ids[2].to(next(enc.parameters()).device))[0].to(dtype=dtype, device=hidden.device)
+        else:  # no T5: the pipeline feeds zeros in its place
+            t5 = hidden.new_zeros(hidden.shape[0], SD3_MAX_SEQUENCE_LENGTH, width)
+        return torch.cat([hidden, t5], dim=-2)
+
+    def mask(self, pipe: Any, ids: list[Tensor], cp: ConceptPrompts, sl: slice, mode: str) -> Tensor:
+        """Boolean (B, L_clip + 256) mask of the positions that carry each prompt's concept (see the
+        module docstring); the zeros standing in for a missing T5 are never features."""
+        towers = self._towers(pipe)
+        mask = None
+        for (_, tok, _), tower_ids in zip(towers[:2], ids[:2]):
+            m = concept_token_mask(tower_ids, tok.eos_token_id, cp.starts[sl], cp.lengths[sl], mode)
+            mask = m if mask is None else mask & m  # the CLIP towers share one BPE: their spans agree
+        if len(towers) > 2:
+            t5_ids, eos = ids[2], towers[2][1].eos_token_id
+            b, length = t5_ids.shape
+            pos = torch.arange(length).expand(b, length)
+            is_eos = t5_ids == eos
+            end = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((b,), length - 1)).unsqueeze(1)
+            t5 = torch.ones_like(pos, dtype=torch.bool) if mode in PADDING_MODES else pos <= end
+        else:
+            t5 = torch.zeros(mask.shape[0], SD3_MAX_SEQUENCE_LENGTH, dtype=torch.bool)
+        return torch.cat([mask, t5], dim=1)
+
+
+SD3 = register_family(
+    FamilyAdapter(
+        name="sd3",
+        summary="MMDiT text-to-image pipelines (diffusers SD3): text features enter through the transformer's context embedder",
+        presets={
+            "context_embedder": r"transformer\.context_embedder",
+            "pooled_text_embedder": r"transformer\.time_text_embed\.text_embedder\.linear_1",
+            "context_kv": r"transformer\.transformer_blocks\.\d+\.attn\.add_[kv]_proj",
+        },
+        components=("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"),
+        text_towers=(
+            ("tokenizer", "text_encoder"),
+            ("tokenizer_2", "text_encoder_2"),
+            ("tokenizer_3", "text_encoder_3"),
+        ),
+        text_reading=r"transformer\.context_embedder",
+        matches=is_sd3,
+        conditioning=SD3Conditioning(),
+    )
+)
