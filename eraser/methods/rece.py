@@ -22,11 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..families.diffusion import expand_concepts, text_towers
 from ..patch import ErasurePatch
 from ..registry import register_method
-from ..training.diffusion import concept_lists, patch_metadata
-from .uce import UCEConfig, kv_projections, last_token_features, uce_weights, write_kv
+from ..training.diffusion import patch_metadata
+from .uce import UCEConfig, kv_projections, uce_features, uce_weights, write_kv
 
 __all__ = ["RECEConfig", "rece", "adversarial_embeddings"]
 
@@ -77,12 +76,8 @@ def rece(
     """RECE: UCE plus rounds of closed-form adversarial embeddings erased in turn (Gong et al. 2024)."""
     cfg = config or RECEConfig()
     t0 = time.perf_counter()
-    words, verbatim, keep = concept_lists(concepts, retain)
-    tokenizer = text_towers(pipe)[0][1]
-    prompts = expand_concepts(tokenizer, words, cfg.templates, verbatim).prompts
-    concept = last_token_features(pipe, prompts, cfg.hidden_layer).to("cpu", torch.float64)
-    guide = last_token_features(pipe, [cfg.guide], cfg.hidden_layer)
-    preserve = last_token_features(pipe, keep, cfg.hidden_layer) if keep else None
+    words, keep, prompts, concept, guide, preserve = uce_features(pipe, concepts, retain, cfg)
+    concept = concept.to("cpu", torch.float64)
     t1 = time.perf_counter()
     mods = kv_projections(pipe.unet)
     original = {n: m.weight.detach() for n, m in mods.items()}

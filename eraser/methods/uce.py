@@ -31,7 +31,7 @@ from ..patch import ErasurePatch
 from ..registry import register_method
 from ..training.diffusion import concept_lists, patch_metadata
 
-__all__ = ["UCEConfig", "uce", "uce_weights", "write_kv", "last_token_features", "kv_projections"]
+__all__ = ["UCEConfig", "uce", "uce_features", "uce_weights", "write_kv", "last_token_features", "kv_projections"]
 
 
 @dataclass
@@ -101,12 +101,7 @@ def uce(
     """UCE: closed-form edit of cross-attention K/V mapping concepts to a guide concept (Gandikota et al. 2024)."""
     cfg = config or UCEConfig()
     t0 = time.perf_counter()
-    words, verbatim, keep = concept_lists(concepts, retain)
-    tokenizer = text_towers(pipe)[0][1]
-    prompts = expand_concepts(tokenizer, words, cfg.templates, verbatim).prompts
-    erase = last_token_features(pipe, prompts, cfg.hidden_layer)
-    guide = last_token_features(pipe, [cfg.guide], cfg.hidden_layer)
-    preserve = last_token_features(pipe, keep, cfg.hidden_layer) if keep else None
+    words, keep, prompts, erase, guide, preserve = uce_features(pipe, concepts, retain, cfg)
     t1 = time.perf_counter()
     mods = kv_projections(pipe.unet)
     new = uce_weights(mods, erase, guide, preserve, cfg, device=device)
@@ -121,6 +116,20 @@ def uce(
         timing_s={"encode": t1 - t0, "solve": time.perf_counter() - t1},
     )
     return write_kv(pipe, mods, new, meta)
+
+
+def uce_features(
+    pipe: Any, concepts: Any, retain: Any, cfg: UCEConfig
+) -> tuple[list[str], list[str], list[str], Tensor, Tensor, Tensor | None]:
+    """UCE's inputs: the concept words, the retain prompts, the erased prompts and the features of
+    the erased prompts, of the guide and of the retain prompts (None without retain prompts)."""
+    words, verbatim, keep = concept_lists(concepts, retain)
+    tokenizer = text_towers(pipe)[0][1]
+    prompts = expand_concepts(tokenizer, words, cfg.templates, verbatim).prompts
+    erase = last_token_features(pipe, prompts, cfg.hidden_layer)
+    guide = last_token_features(pipe, [cfg.guide], cfg.hidden_layer)
+    preserve = last_token_features(pipe, keep, cfg.hidden_layer) if keep else None
+    return words, keep, prompts, erase, guide, preserve
 
 
 def uce_weights(
