@@ -354,7 +354,9 @@ class ErasurePatch:
         total = sum(p.numel() * p.element_size() for p in model.parameters())
         return edited <= EXACT_REVERT_BUDGET * total
 
-    def _plan(self, model: nn.Module, undo: bool, verify: bool = False, lines: bool = False) -> _Plan:
+    def _plan(
+        self, model: nn.Module, undo: bool, verify: bool = False, lines: bool = False, mods: dict | None = None
+    ) -> _Plan:
         """Check every edit against the weight it edits and compute its factor, writing nothing.
 
         Raises PatchError for a problem no option may skip (sizes that do not match the layer,
@@ -364,7 +366,7 @@ class ErasurePatch:
         ``lines``: also take each layer's fingerprint line (while it is in cache: cheaper than a
         separate fingerprint pass over all the weights).
         """
-        mods = self._check_architecture(model)
+        mods = self._check_architecture(model) if mods is None else mods  # the caller's check, when it made one
         exact = undo and bool(self._originals) and self._holds(model, "applied_fingerprint")
         params = dict(model.named_parameters()) if self.deltas else {}
         plan = _Plan(
@@ -498,7 +500,7 @@ class ErasurePatch:
         always refused, and leave the model untouched."""
         target, model = model, as_module(model)
         _check_metadata(self.metadata)
-        self._check_architecture(model)
+        mods = self._check_architecture(model)
         if self._position(model) is not None:
             raise PatchError("this patch is already applied to this model; revert it first.")
         # _fresh: the patch was just fitted on this model, which is its base by definition; its
@@ -518,7 +520,7 @@ class ErasurePatch:
         # The plan reads every weight anyway: it takes the fingerprint lines in the same pass
         # (low-rank patches in the ck1 scheme; others take a fingerprint pass of their own).
         from_plan = not self.deltas and not _is_legacy(expected)
-        plan = self._plan(model, undo=False, lines=fresh or (compare and from_plan))
+        plan = self._plan(model, undo=False, lines=fresh or (compare and from_plan), mods=mods)
         if compare:
             actual = _combine(plan.lines) if from_plan else self.fingerprint_of(model, like=expected)
             if actual != expected:
@@ -564,7 +566,7 @@ class ErasurePatch:
         also held to :data:`MAX_EDIT_RATIO`; there is no ``force``."""
         target, model = model, as_module(model)
         _check_metadata(self.metadata)
-        self._check_architecture(model)
+        mods = self._check_architecture(model)
         pos = self._position(model)
         stack = self._stack(model)
         if pos is None:
@@ -573,7 +575,7 @@ class ErasurePatch:
                 base != applied and self._holds(model, "base_fingerprint")
             ):
                 raise PatchError("this patch is not applied to this model, so there is nothing to revert.")
-            plan = self._plan(model, undo=True, verify=True)
+            plan = self._plan(model, undo=True, verify=True, mods=mods)
             if plan.problems:
                 raise PatchError(
                     "refusing to revert: " + "; ".join(plan.problems) + ". The patch file is damaged or hostile; "
@@ -586,7 +588,7 @@ class ErasurePatch:
         above = stack[pos + 1 :]
         for p in reversed(above):
             p._edit_weights(model, p._plan(model, undo=True), undo=True)
-        self._edit_weights(model, self._plan(model, undo=True), undo=True)
+        self._edit_weights(model, self._plan(model, undo=True, mods=mods), undo=True)
         del stack[pos]
         for p in above:  # re-apply on the restored weights; their undo factors are recomputed
             # these were accepted when first applied: their size bound is not asked again
