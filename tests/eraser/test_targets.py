@@ -185,6 +185,9 @@ def test_presets_are_the_families_ones() -> None:
         "cross_attn_v",
         "text_encoder_mlp",
         "text_encoder_attn",
+        "context_embedder",  # SD3 (MMDiT)
+        "pooled_text_embedder",
+        "context_kv",
     }
     assert set(PRESETS) == {p for f in FAMILY_ADAPTERS.values() for p in f.presets}
 
