@@ -550,6 +550,18 @@ def _random_tokens(tokenizer: Any, vocab: int, n: int, g: torch.Generator, exclu
     return out
 
 
+def _start_optimised(
+    name: str, pipe: Any, concept: Any, prompt: Any, cfg: Any
+) -> tuple[Any, nn.Module, nn.Module, Tensor, float]:
+    """The checks every optimised attack starts with (config, concept, pipeline, scheduler), then
+    (tokenizer, text encoder, UNet, the encoder's input-embedding table, the start time)."""
+    cfg.validate()
+    _check_concept(concept, prompt)
+    tok, enc, unet = _check_pipeline(pipe, name)
+    _check_scheduler(pipe, name)
+    return tok, enc, unet, enc.get_input_embeddings().weight, time.perf_counter()
+
+
 @register_attack("soft_prompt", config=SoftPromptConfig, needs_targets=True)
 def soft_prompt(
     pipe: Any,
@@ -562,12 +574,7 @@ def soft_prompt(
 ) -> AttackResult:
     """Learned token embeddings appended to a neutral prompt that minimise the erased UNet's denoising loss on the concept's images (UnlearnDiffAtk-style)."""
     cfg = config if config is not None else SoftPromptConfig()
-    cfg.validate()
-    _check_concept(concept, prompt)
-    tok, enc, unet = _check_pipeline(pipe, "soft_prompt")
-    _check_scheduler(pipe, "soft_prompt")
-    t0 = time.perf_counter()
-    table = enc.get_input_embeddings().weight
+    tok, enc, unet, table, t0 = _start_optimised("soft_prompt", pipe, concept, prompt, cfg)
     g_init, g_train, g_probe = (_generator(cfg.seed, s) for s in range(3))
     init_ids = _random_tokens(tok, table.shape[0], cfg.n_tokens, g_init)
     ids, start = _attack_ids(tok, prompt, init_ids)
@@ -714,12 +721,7 @@ def discrete_prompt(
 ) -> AttackResult:
     """Real vocabulary tokens appended to a neutral prompt, found by projected gradient descent on the erased UNet's denoising loss (PEZ): a text prompt that replays on other models."""
     cfg = config if config is not None else DiscretePromptConfig()
-    cfg.validate()
-    _check_concept(concept, prompt)
-    tok, enc, unet = _check_pipeline(pipe, "discrete_prompt")
-    _check_scheduler(pipe, "discrete_prompt")
-    t0 = time.perf_counter()
-    table = enc.get_input_embeddings().weight
+    tok, enc, unet, table, t0 = _start_optimised("discrete_prompt", pipe, concept, prompt, cfg)
     vocab = table.shape[0]
     forbidden = {i for i in _special_ids(tok) if i < vocab}
     if cfg.exclude_concept:
@@ -875,12 +877,7 @@ def textual_inversion(
 ) -> AttackResult:
     """One new token embedding learned from images of the concept with the erased model frozen (textual inversion, Pham et al.), then prompted as '<prompt> <token>'."""
     cfg = config if config is not None else TextualInversionConfig()
-    cfg.validate()
-    _check_concept(concept, prompt)
-    tok, enc, unet = _check_pipeline(pipe, "textual_inversion")
-    _check_scheduler(pipe, "textual_inversion")
-    t0 = time.perf_counter()
-    table = enc.get_input_embeddings().weight
+    tok, enc, unet, table, t0 = _start_optimised("textual_inversion", pipe, concept, prompt, cfg)
     g_init, g_train, g_probe = (_generator(cfg.seed, s) for s in range(3))
     if cfg.init_word.strip():
         init_ids = tok(cfg.init_word, add_special_tokens=False).input_ids
