@@ -34,15 +34,18 @@ def cache_key(**fields) -> str:
 
 def cached_model(
     build: Callable[[], nn.Module],
-    train: Callable[[nn.Module], None],
+    train: Callable[[nn.Module, Path | None], None],
     key: str,
     cache_dir: str | Path | None,
     metadata: dict | None = None,
 ) -> tuple[nn.Module, dict]:
-    """``build()`` then ``train(model)``, or load the result from ``cache_dir/<key>.safetensors``.
+    """``build()`` then ``train(model, checkpoint)``, or load the result from
+    ``cache_dir/<key>.safetensors``.
 
-    Returns the model and its record (key, sha256 of the weights file, training seconds, metadata).
-    Without ``cache_dir`` nothing is stored.
+    ``checkpoint`` is where ``train`` may keep its in-progress state (``cache_dir/<key>.partial.safetensors``,
+    None without a cache), so that an interrupted training resumes. Returns the model and its
+    record (key, sha256 of the weights file, training seconds, metadata). Without ``cache_dir``
+    nothing is stored.
     """
     from safetensors.torch import load_file, save_file
 
@@ -57,7 +60,7 @@ def cached_model(
                 model.load_state_dict(load_file(str(path)))
                 return model, record
     t0 = time.perf_counter()
-    train(model)
+    train(model, None if cache_dir is None else Path(cache_dir) / f"{key}.partial.safetensors")
     record = {"key": key, "train_s": time.perf_counter() - t0, **(metadata or {})}
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,12 @@ learning-rate schedules, frozen-weight masks, progress bars and early stopping.
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +24,10 @@ from .masks import masked_step, trained_parameters
 
 __all__ = ["TrainConfig", "Objective", "StepInfo", "fit", "SCHEDULES", "OPTIMIZERS", "AUGMENTATIONS"]
 
-SCHEDULES = ("constant", "cosine", "linear", "exponential")
+SCHEDULES = ("constant", "cosine", "linear", "exponential", "onecycle")
+# one-cycle: the rate climbs linearly from lr / ONECYCLE_DIV over the first ONECYCLE_WARMUP of the
+# steps, then falls to 0 on a cosine (Smith & Topin 2019; torch's OneCycleLR with pct_start 0.25)
+ONECYCLE_WARMUP, ONECYCLE_DIV = 0.25, 25.0
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTATIONS = ("none", "crop_flip")
 
@@ -33,9 +39,12 @@ class TrainConfig:
     epochs: passes over the objective's driving stream (the first of its streams).
     max_steps: stop after this many optimiser steps in total (None: no limit).
     schedule: learning-rate schedule over all steps: constant, cosine or linear decay to 0, or
-        exponential (the rate is multiplied by ``lr_decay`` after every step).
+        exponential (the rate is multiplied by ``lr_decay`` after every step), or onecycle (a
+        linear warm-up to ``lr`` over the first quarter of the steps, then cosine to 0).
     augment: ``"crop_flip"`` pads images by 4 pixels, crops them back at a random offset and
         flips half of them (the standard CIFAR recipe), on every training batch.
+    channels_last: train convolutional models in channels-last memory format (about 1.4x faster
+        on CPU for CIFAR ResNets; the results are the same up to rounding).
     """
 
     epochs: int = 10
@@ -49,6 +58,7 @@ class TrainConfig:
     max_steps: int | None = None
     grad_clip: float | None = None
     augment: str = "none"
+    channels_last: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -130,6 +140,10 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "linear":
         return 1.0 - progress
+    if schedule == "onecycle":
+        if progress < ONECYCLE_WARMUP:
+            return 1.0 / ONECYCLE_DIV + (1.0 - 1.0 / ONECYCLE_DIV) * progress / ONECYCLE_WARMUP
+        return 0.5 * (1.0 + math.cos(math.pi * (progress - ONECYCLE_WARMUP) / (1.0 - ONECYCLE_WARMUP)))
     return 1.0
 
 
@@ -143,8 +157,15 @@ def fit(
     device: torch.device | str | None = None,
     progress: bool = False,
     desc: str = "train",
+    checkpoint: str | Path | None = None,
 ) -> list[dict]:
     """Optimise ``objective`` on ``data`` (stream name -> labelled data); returns per-epoch logs.
+
+    ``checkpoint``: a file the loop writes its state to after every epoch (weights, optimiser,
+    step, the data-order and augmentation random states) and resumes from when it holds a
+    state of the same config, so an interrupted run continues where its last epoch ended; the
+    file is removed when training ends. The resumed run equals an uninterrupted one for
+    objectives whose phases read one data stream (the other streams' positions restart).
 
     ``trainable`` maps parameter names to boolean masks (True = may change); masked-out entries
     get no gradient (nor a share of ``grad_clip``'s norm) and are restored after every step, so
@@ -164,6 +185,8 @@ def fit(
     param = next(model.parameters())
     device = torch.device(device) if device is not None else param.device
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     masks = {n: m.to(device=device, dtype=torch.bool) for n, m in (trainable or {}).items() if n in named}
     frozen = {n: named[n].detach().clone() for n in masks}
@@ -179,18 +202,26 @@ def fit(
         total = min(total, cfg.max_steps)
     cycles = {name: _cycle(b) for name, b in loaders.items()}
     aug_gen = torch.Generator().manual_seed(cfg.seed + 7)
-    prep = (
-        (lambda b: _crop_flip(_to(b, param, device), aug_gen))
-        if cfg.augment == "crop_flip"
-        else (lambda b: _to(b, param, device))
-    )
+
+    def prep(batch) -> Batch:
+        batch = _to(batch, param, device)
+        if cfg.augment == "crop_flip":
+            batch = _crop_flip(batch, aug_gen)
+        return _channels_last(batch) if cfg.channels_last else batch
+
+    generators = {"aug": aug_gen, **{f"stream.{n}": b.generator for n, b in loaders.items() if _has_generator(b)}}
     logs: list[dict] = []
-    step = 0
+    step = start = 0
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        state = _load_state(checkpoint, cfg, model, opt, generators)
+        if state is not None:
+            start, step, logs = state["epoch"], state["step"], state["logs"]
     modes = KeptModes(model)
     _train_keeping_frozen(model, modes.modes)
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False)
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(start, cfg.epochs):
             losses = []
             for streams in objective.phases(epoch):
                 driver, others = streams[0], streams[1:]
@@ -220,10 +251,86 @@ def fit(
             logs.append({"epoch": epoch, "steps": step, "loss": sum(losses) / max(1, len(losses))})
             if step >= total or objective.finished(model):
                 break
+            if checkpoint is not None:
+                _save_state(checkpoint, cfg, model, opt, generators, {"epoch": epoch + 1, "step": step, "logs": logs})
     finally:
         bar.close()
         modes.restore()
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return logs
+
+
+_STATE_KEY = "eraser_fit_state"
+
+
+def _has_generator(batches) -> bool:
+    return isinstance(getattr(batches, "generator", None), torch.Generator)
+
+
+def _config_json(cfg: TrainConfig) -> str:
+    return json.dumps(asdict(cfg), sort_keys=True, default=str)
+
+
+def _save_state(
+    path: Path, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, generators: dict, meta: dict
+) -> None:
+    """Everything the loop needs to continue after this epoch, as one safetensors file (no pickle)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for idx, st in opt.state_dict()["state"].items():
+        for name, value in st.items():
+            if value is not None:
+                tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors.update({f"gen.{name}": g.get_state() for name, g in generators.items()})
+    header = {_STATE_KEY: json.dumps({**meta, "config": _config_json(cfg)})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=header)
+    tmp.replace(path)
+
+
+def _load_state(
+    path: Path, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, generators: dict
+) -> dict | None:
+    """Restore a state :func:`_save_state` wrote for this config; None (train from the start) when
+    there is none, or it is unreadable or from another config (said in a warning)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})[_STATE_KEY])
+        tensors = load_file(str(path))
+        if meta["config"] != _config_json(cfg):
+            warnings.warn(f"{path} was written for another training config; training from the start", stacklevel=3)
+            return None
+        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        own = model.state_dict()
+        if {k: tuple(v.shape) for k, v in weights.items()} != {k: tuple(v.shape) for k, v in own.items()}:
+            raise ValueError("its weights do not fit the model")
+        params = [p for g in opt.param_groups for p in g["params"]]
+        state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, idx, name = key.split(".", 2)
+                if int(idx) >= len(params) or (value.dim() and value.shape != params[int(idx)].shape):
+                    raise ValueError(f"its optimiser state {key} does not fit the parameters")
+                state.setdefault(int(idx), {})[name] = value
+        gens = {name: tensors[f"gen.{name}"] for name in generators}
+        resumed = {"epoch": int(meta["epoch"]), "step": int(meta["step"]), "logs": list(meta["logs"])}
+    except Exception as err:  # a damaged or foreign file: never trusted, never fatal
+        warnings.warn(f"cannot resume from {path} ({err}); training from the start", stacklevel=3)
+        return None
+    # everything was checked: only now is the model touched
+    model.load_state_dict(weights)
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    for name, g in generators.items():
+        g.set_state(gens[name])
+    return resumed
 
 
 def _check_masks(model: nn.Module, trainable: dict[str, Tensor]) -> None:
@@ -255,6 +362,11 @@ def _train_keeping_frozen(model: nn.Module, modes: dict[nn.Module, bool]) -> Non
 def _to(batch, param: Tensor, device: torch.device) -> Batch:
     x, y = batch[0], batch[1]
     return to_model(x, param, device), torch.as_tensor(y).to(device).long()
+
+
+def _channels_last(batch: Batch) -> Batch:
+    x, y = batch
+    return (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x), y
 
 
 def _crop_flip(batch: Batch, generator: torch.Generator, pad: int = 4) -> Batch:

@@ -222,11 +222,18 @@ def test_finished_stops_after_the_epoch() -> None:
         ("linear", lambda s, t: 1 - s / t),
         ("cosine", lambda s, t: 0.5 * (1 + math.cos(math.pi * s / t))),
         ("exponential", lambda s, t: 0.5**s),
+        # warm-up from 1/25 over the first quarter (here steps 0-2 of 12), then a cosine to 0
+        (
+            "onecycle",
+            lambda s, t: (
+                0.04 + 0.96 * s / (t / 4) if s < t / 4 else 0.5 * (1 + math.cos(math.pi * (s - t / 4) / (0.75 * t)))
+            ),
+        ),
     ],
 )
 def test_schedules_set_the_learning_rate_of_every_step(schedule: str, factor) -> None:
     cfg = TrainConfig(epochs=2, batch_size=1, lr=0.1, momentum=0.0, weight_decay=0.0, schedule=schedule, lr_decay=0.5)
-    assert lr_steps(cfg, 3) == pytest.approx([0.1 * factor(s, 6) for s in range(6)], abs=1e-7)
+    assert lr_steps(cfg, 6) == pytest.approx([0.1 * factor(s, 12) for s in range(12)], abs=1e-7)
 
 
 def test_grad_clip_bounds_the_step() -> None:
@@ -263,13 +270,77 @@ def test_parameters_without_grad_are_left_alone() -> None:
     assert not torch.equal(after["0.bias"], before["0.bias"])
 
 
-def run(seed: int, augment: str = "none") -> dict[str, Tensor]:
+def conv_net() -> nn.Module:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+
+
+def images() -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(5)
-    x, y = torch.randn(30, 1, 8, 8, generator=g), torch.arange(30) % 3
-    fit(model, CE(), {"retain": (x, y)}, TrainConfig(epochs=2, lr=0.05, batch_size=8, seed=seed, augment=augment))
+    return torch.randn(30, 1, 8, 8, generator=g), torch.arange(30) % 3
+
+
+def run(seed: int, augment: str = "none", **kw) -> dict[str, Tensor]:
+    model = conv_net()
+    fit(
+        model,
+        CE(),
+        {"retain": images()},
+        TrainConfig(epochs=2, lr=0.05, batch_size=8, seed=seed, augment=augment, **kw),
+    )
     return params_of(model)
+
+
+def test_channels_last_trains_the_same_model_up_to_rounding() -> None:
+    a, b = run(0, "crop_flip"), run(0, "crop_flip", channels_last=True)
+    assert all(torch.allclose(a[n], b[n], atol=1e-5) for n in a)
+
+
+class Interrupt(CE):
+    """Cross-entropy that stops the process (as a kill would) at a given step."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def backward(self, model: nn.Module, batches: dict, info: StepInfo) -> float:
+        if info.step == self.at:
+            raise KeyboardInterrupt
+        return super().backward(model, batches, info)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one(tmp_path, optimizer: str) -> None:
+    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=8, optimizer=optimizer, augment="crop_flip", schedule="onecycle")
+    whole = conv_net()
+    logs = fit(whole, CE(), {"retain": images()}, cfg)
+    ckpt = tmp_path / "state.safetensors"
+    model = conv_net()
+    with pytest.raises(KeyboardInterrupt):  # killed in the second epoch (4 steps per epoch)
+        fit(model, Interrupt(at=6), {"retain": images()}, cfg, checkpoint=ckpt)
+    assert ckpt.is_file()
+    resumed = fit(conv_net(), CE(), {"retain": images()}, cfg, checkpoint=ckpt)
+    # the third call starts from a fresh model: everything it ends with came from the file
+    assert not ckpt.exists() and resumed == logs
+    restarted = conv_net()
+    fit(restarted, CE(), {"retain": images()}, cfg, checkpoint=ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), restarted.state_dict().values()))
+
+
+def test_a_checkpoint_of_another_config_or_a_damaged_one_is_not_resumed(tmp_path) -> None:
+    cfg = TrainConfig(epochs=2, lr=0.05, batch_size=8)
+    ckpt = tmp_path / "state.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        fit(conv_net(), Interrupt(at=5), {"retain": images()}, cfg, checkpoint=ckpt)
+    expected = run(0)
+    other = conv_net()
+    with pytest.warns(UserWarning, match="another training config"):
+        fit(other, CE(), {"retain": images()}, TrainConfig(epochs=2, lr=0.1, batch_size=8), checkpoint=ckpt)
+    # ``run`` trains the same config from scratch, so a refused checkpoint must leave no trace
+    ckpt.write_bytes(b"not a checkpoint")
+    damaged = conv_net()
+    with pytest.warns(UserWarning, match="cannot resume"):
+        fit(damaged, CE(), {"retain": images()}, cfg, checkpoint=ckpt)
+    assert all(torch.equal(expected[n], p) for n, p in params_of(damaged).items())
 
 
 @pytest.mark.parametrize("augment", ["none", "crop_flip"])
