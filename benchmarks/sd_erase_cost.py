@@ -16,6 +16,15 @@ Measures, in one run on one pipeline (model building excluded):
 - the patch file size against the UNet's;
 - the UNet step at generation (batch 2, classifier-free guidance) before and after erasure
   (interleaved), whose ratio shows whether erasure adds inference cost.
+
+With ``--many 1,10,100,1000`` it measures instead many concepts erased in one call (default
+settings, neighbour search and retain statistics included): for each count, cold (a fresh
+pipeline state and an empty disk cache, so the concept bank is encoded too) and with the bank's
+features already on disk (what every later process on the same text encoder sees), with the peak
+extra memory. The concepts are whole-word entries of the pipeline's tokenizer vocabulary, in a
+seeded order.
+
+    python benchmarks/sd_erase_cost.py --arch sd-v1-4 --many 1,10,100,1000 --out docs/results/sd_erase/many.json
 """
 
 from __future__ import annotations
@@ -118,6 +127,7 @@ def main() -> None:
     ap.add_argument(
         "--resolution", type=int, default=None, help="UNet forward at this many pixels (default: the architecture's)"
     )
+    ap.add_argument("--many", default=None, help="concept counts erased in one call, e.g. 1,10,100,1000")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -142,6 +152,11 @@ def main() -> None:
     }
 
     note(f"built {args.arch} in {build_s:.0f} s")
+    if args.many:
+        res["many"] = many_concepts(pipe, [int(n) for n in args.many.split(",")])
+        print(many_table(res))
+        finish(res, args.out, show=False)
+        return
     # -- erase time ---------------------------------------------------------------------------
     # "previous": the default before neighbour-aware retain (generic subjects, pooled statistics, no
     # context rows), the same code path as then; timed in the same run as today's default.
@@ -214,8 +229,71 @@ def main() -> None:
     finish(res, args.out)
 
 
-def finish(res: dict, out: str | None) -> None:
-    print(table(res))
+def vocabulary_concepts(pipe, n: int, seed: int = 0) -> list[str]:
+    """``n`` whole-word entries (letters only, at least 5) of the pipeline's tokenizer, seeded order."""
+    import random
+
+    words = sorted(
+        w[:-4] for w in pipe.tokenizer.get_vocab() if w.endswith("</w>") and w[:-4].isalpha() and len(w) >= 9
+    )
+    random.Random(seed).shuffle(words)
+    if n > len(words):
+        raise SystemExit(f"the vocabulary has {len(words)} such words; asked for {n}")
+    return words[:n]
+
+
+def _forget_pipeline_caches(pipe) -> None:
+    """Drop what earlier erasures cached on the pipeline (bank and retain features)."""
+    for key in [k for k in pipe.__dict__ if k.startswith("_eraser")]:
+        del pipe.__dict__[key]
+
+
+def many_concepts(pipe, counts: list[int]) -> list[dict]:
+    """Erase time and peak extra memory of N concepts in one call, cold and with the bank cached on disk."""
+    from eraser.hashing import CACHE_ENV
+
+    rows = []
+    for n in counts:
+        concepts = vocabulary_concepts(pipe, n)
+        row = {"concepts": n}
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ[CACHE_ENV] = cache  # empty: the bank is encoded (cold), then read back (cached)
+            for phase in ("cold", "bank_cached"):
+                _forget_pipeline_caches(pipe)
+                with PeakRSS() as mem:
+                    t0 = time.perf_counter()
+                    patch = eraser.erase_concepts(pipe, concepts)
+                    row[f"{phase}_s"] = time.perf_counter() - t0
+                row[f"{phase}_peak_extra_bytes"] = mem.peak - mem.base
+                row[f"{phase}_parts_s"] = patch.metadata["timing_s"]
+                row["rank"] = patch.edits[patch.layers[0]].rank
+                patch.revert(pipe)
+                note(f"{n} concepts, {phase}: {row[f'{phase}_s']:.2f} s")
+        os.environ.pop(CACHE_ENV, None)
+        rows.append(row)
+    return rows
+
+
+def many_table(r: dict) -> str:
+    lines = [
+        f"{r['arch']} ({r['dtype']}, random weights), default settings; machine {r['machine']}, "
+        f"torch threads {r['torch_threads']}, {r['date']}",
+        "",
+        "| concepts | cold (bank encoded) | bank features cached on disk | per concept (cached) | rank | peak extra memory (cold) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["many"]:
+        lines.append(
+            f"| {row['concepts']:,} | {row['cold_s']:.2f} s | {row['bank_cached_s']:.2f} s | "
+            f"{1000 * row['bank_cached_s'] / row['concepts']:.0f} ms | {row['rank']} | "
+            f"{row['cold_peak_extra_bytes'] / 2**20:,.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def finish(res: dict, out: str | None, show: bool = True) -> None:
+    if show:
+        print(table(res))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=2))

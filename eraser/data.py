@@ -175,7 +175,7 @@ def mixed_batches(sets: list[LabeledData], batch_size: int, seed: int) -> DataLo
     return DataLoader(union, batch_size=batch_size, shuffle=True, generator=g, collate_fn=_collate)
 
 
-def subsample(data: LabeledData, n: int, seed: int) -> LabeledData:
+def subsample(data: LabeledData | Tensor, n: int, seed: int) -> LabeledData | Tensor:
     """``n`` samples of ``data`` drawn without replacement (seeded); all of it if it is smaller."""
     total = num_samples(data)
     if n >= total:
@@ -183,4 +183,6 @@ def subsample(data: LabeledData, n: int, seed: int) -> LabeledData:
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
     if is_labeled_pair(data):
         return data[0][idx], torch.as_tensor(data[1])[idx]
+    if isinstance(data, Tensor):  # unlabelled samples (what Unlink captures features of)
+        return data[idx]
     return Subset(as_dataset(data), idx.tolist())

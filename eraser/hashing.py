@@ -1,11 +1,21 @@
-"""The one file hash (a leaf module: weights, caches and reports all identify files with it)."""
+"""The one file hash (a leaf module: weights, caches and reports all identify files with it), and
+where the library keeps its caches."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
-__all__ = ["file_sha256"]
+__all__ = ["file_sha256", "CACHE_ENV", "cache_dir"]
+
+CACHE_ENV = "ERASER_CACHE"
+
+
+def cache_dir(kind: str) -> Path:
+    """The folder for one kind of cached result: ``$ERASER_CACHE/<kind>`` (default
+    ``~/.cache/eraser/<kind>``); not created here."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "eraser")) / kind
 
 
 def file_sha256(path: str | Path) -> str:

@@ -54,6 +54,14 @@ class Gram:
         """Uncentred second moment ``X^T X / n``."""
         return self.matrix / max(self.n, 1)
 
+    def __add__(self, other: Gram) -> Gram:
+        """The statistics of both sets of rows (rows kept while still fewer than dims)."""
+        if not isinstance(other, Gram) or other.dim != self.dim:
+            return NotImplemented
+        n = self.n + other.n
+        both = self.rows is not None and other.rows is not None and n < self.dim
+        return Gram(self.matrix + other.matrix, n, torch.cat([self.rows, other.rows]) if both else None)
+
 
 @dataclass
 class Subspace:

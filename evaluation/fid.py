@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eraser.hashing import file_sha256
+from eraser.hashing import cache_dir, file_sha256
 
 from .registry import EvaluatorResult, register_evaluator
 
@@ -138,11 +138,10 @@ PYTORCH_FID_PREPROCESSING = (
     "the pytorch-fid way only"
 )
 MIN_IMAGES = 2  # the covariance needs two samples; meaningful FIDs need far more (state N)
-CACHE_ENV = "ERASER_CACHE"
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "eraser")) / "fid"
+    return cache_dir("fid")
 
 
 def _feature_net(features: Any, device: str | torch.device, batch_size: int) -> tuple[Any, str]:

@@ -46,6 +46,23 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """The library's disk caches (FID statistics, concept-bank features) in a folder of this test
+    session, never the user's ~/.cache."""
+    import os
+
+    from eraser.hashing import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("eraser-cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The read-only real data beside the project (see ../shared/data/README.md)."""

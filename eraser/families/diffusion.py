@@ -13,10 +13,14 @@ tokens.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -24,11 +28,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..capture import GramAccumulator, capture_features
+from ..hashing import cache_dir
 from ..layers import KeptModes
-from ..patch import as_module
+from ..patch import as_module, parameters_fingerprint
 from ..subspace import Gram
 from ..targets import resolve_targets
 from .base import FamilyAdapter, pipeline_family, register_family
+from .clip_text import encode_with_shared_prefixes, is_causal_clip
 
 __all__ = [
     "DIFFUSION",
@@ -141,6 +147,7 @@ class ConceptPrompts:
     starts: list[int]  # tokens before the concept (a template's prefix), excluding start-of-text
     lengths: list[int]  # the concept's own tokens
     owners: list[int]  # index of the concept each prompt comes from
+    templates: list[str] = field(default_factory=list)  # each prompt's template ("{}" for a whole prompt)
 
 
 def _n_tokens(tokenizer: Any, text: str) -> int:
@@ -151,19 +158,27 @@ def expand_concepts(
     tokenizer: Any, concepts: Sequence[str], templates: Sequence[str], verbatim: Collection[int] = ()
 ) -> ConceptPrompts:
     """Each concept inserted into each template (``"a photo of {}"``), with the token span it
-    occupies; the concepts at the indices in ``verbatim`` (whole prompts) are used as they are."""
+    occupies; the concepts at the indices in ``verbatim`` (whole prompts) are used as they are.
+
+    Prompts come template by template, so that a batch of them mostly shares one prefix (which
+    :func:`encode_ids` then computes once)."""
+    for template in templates:
+        if template.count("{}") != 1:
+            raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
     out = ConceptPrompts([], [], [], [])
     limit = int(getattr(tokenizer, "model_max_length", 77)) - 2
-    for i, concept in enumerate(concepts):
-        n = _n_tokens(tokenizer, concept)
-        if n == 0:
+    sizes = []
+    for concept in concepts:
+        sizes.append(_n_tokens(tokenizer, concept))
+        if sizes[-1] == 0:
             raise ValueError(f"concept {concept!r} tokenises to nothing; give a word or a prompt.")
-        for template in ("{}",) if i in verbatim else templates:
-            if template.count("{}") != 1:
-                raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
-            prefix = template.split("{}")[0]
-            prompt = template.replace("{}", concept)
-            start = _n_tokens(tokenizer, prefix) if prefix.strip() else 0
+    for t, template in enumerate(templates):
+        prefix = template.split("{}")[0]
+        start = _n_tokens(tokenizer, prefix) if prefix.strip() else 0
+        for i, (concept, n) in enumerate(zip(concepts, sizes)):
+            if i in verbatim and t > 0:
+                continue  # a whole prompt is used once, as it is
+            prompt = concept if i in verbatim else template.replace("{}", concept)
             total = _n_tokens(tokenizer, prompt)
             if total > limit:
                 warnings.warn(
@@ -172,9 +187,10 @@ def expand_concepts(
                     stacklevel=3,
                 )
             out.prompts.append(prompt)
-            out.starts.append(start)
+            out.starts.append(0 if i in verbatim else start)
             out.lengths.append(n)
             out.owners.append(i)
+            out.templates.append("{}" if i in verbatim else template)
     return out
 
 
@@ -311,10 +327,21 @@ def tokenize_prompts(pipe: Any, prompts: Sequence[str], *, shortest: bool = Fals
 
 @torch.no_grad()
 def encode_ids(
-    pipe: Any, ids: list[Tensor], *, hidden_layer: str = "auto", device: torch.device | str | None = None
+    pipe: Any,
+    ids: list[Tensor],
+    *,
+    hidden_layer: str = "auto",
+    device: torch.device | str | None = None,
+    prefix_lengths: Sequence[int] | None = None,
 ) -> Tensor:
     """The UNet's text conditioning (B, L, D: the towers' hidden states side by side) for token ids
-    (an MMDiT's: the context embedder's input)."""
+    (an MMDiT's: the context embedder's input).
+
+    ``prefix_lengths``: how many leading tokens of each row other rows share (the start-of-text
+    token and a template's prefix); causal CLIP towers then compute each distinct prefix once
+    (:func:`eraser.families.clip_text.encode_with_shared_prefixes`, same result up to rounding).
+    Only for callers that read no hooks inside the text encoder: its layers see the suffixes alone.
+    """
     cond = _conditioning(pipe)
     if cond is not None:
         return cond.encode(pipe, ids, hidden_layer=hidden_layer, device=device)
@@ -322,6 +349,11 @@ def encode_ids(
     hidden = []
     for (_, _, enc), tower_ids in zip(text_towers(pipe), ids):
         dev = torch.device(device) if device is not None else next(enc.parameters()).device
+        if prefix_lengths is not None and is_causal_clip(enc):
+            hidden.append(
+                encode_with_shared_prefixes(enc, tower_ids.to(dev), prefix_lengths, penultimate=layer == "penultimate")
+            )
+            continue
         out = enc(tower_ids.to(dev), output_hidden_states=layer == "penultimate")
         hidden.append(_hidden(out, layer))
     return torch.cat(hidden, dim=-1)
@@ -361,6 +393,7 @@ def concept_grams(
     what: str = "concept prompts",
     progress: bool = False,
     context: Gram | None = None,
+    pooled: dict[int, Tensor] | None = None,
 ) -> tuple[dict[str, list[Gram]], list[int]]:
     """Gram matrices of the concept tokens' features for every target (the K/V targets share one),
     and the number of feature rows (tokens) each concept contributed.
@@ -368,6 +401,9 @@ def concept_grams(
     ``context``, when given (an empty ``Gram`` to fill: ``n`` 0), also receives the K/V features of
     the positions before each concept (start-of-text and a template's prefix): in a causal text
     encoder they do not depend on the concept, so they are context every prompt shares.
+    ``pooled``, when given (an empty dict to fill), receives per concept the mean K/V feature of
+    its prompts in ``BANK_TEMPLATES`` (float64): what :func:`concept_features` pools, so that a
+    neighbour search need not encode the concepts again.
     """
     state: dict[str, Tensor] = {}
     kv_acc = GramAccumulator()
@@ -381,6 +417,8 @@ def concept_grams(
     for (sl, _), mask in zip(batches, masks):
         for owner, n in zip(cp.owners[sl], mask.sum(1).tolist()):
             counts[owner] += int(n)
+    pool_sums: dict[int, Tensor] = {}
+    pool_counts: dict[int, int] = {}
     modes = [KeptModes(enc) for _, _, enc in towers]
     for _, _, enc in towers:
         enc.eval()
@@ -390,9 +428,17 @@ def concept_grams(
                 list(zip(batches, masks)), desc=f"encode {what}", disable=not progress, leave=False
             ):
                 state["mask"] = mask  # read by the text-encoder hooks
-                hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device)
+                # the hooks inside the text encoder need whole prompts; K/V features do not
+                prefixes = None if text_targets else [s + 1 for s in cp.starts[sl]]
+                hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device, prefix_lengths=prefixes)
                 mask = mask.to(hidden.device)
                 kv_acc.update(hidden[mask].unsqueeze(0))
+                if pooled is not None:
+                    for owner, template, h, m in zip(cp.owners[sl], cp.templates[sl], hidden, mask):
+                        if template in BANK_TEMPLATES:
+                            rows = h[m].to(torch.float64).cpu()
+                            pool_sums[owner] = pool_sums.get(owner, 0) + rows.sum(0)
+                            pool_counts[owner] = pool_counts.get(owner, 0) + rows.shape[0]
                 if context is not None:
                     pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
                     first = 1 + torch.as_tensor(cp.starts[sl], device=mask.device).unsqueeze(1)
@@ -404,6 +450,8 @@ def concept_grams(
     finally:
         for kept in modes:
             kept.restore()
+    if pooled is not None:
+        pooled.update({owner: pool_sums[owner] / pool_counts[owner] for owner in pool_sums})
     grams: dict[str, list[Gram]] = {}
     if kv_targets:
         if kv_acc.nonfinite:
@@ -433,18 +481,28 @@ def concept_texts(items: Any, what: str) -> tuple[list[str], set[int]]:
         items = [items]
     if isinstance(items, (bytes, Mapping)) or not isinstance(items, Iterable):
         raise TypeError(f"{what} must be {usage}; got {type(items).__name__}")
-    texts, verbatim = [], set()
+    texts, verbatim, seen, repeated = [], set(), set(), []
     for i, item in enumerate(items):
         text = item if isinstance(item, str) else getattr(item, "prompt", None)
         if not isinstance(text, str):
             raise TypeError(f"{what} must be {usage}; got {type(item).__name__} (item {i})")
         if not text.strip():
             raise ValueError(f"{what} contain an empty string (item {i}); give a word or a prompt.")
+        text = " ".join(text.split())
+        if text.casefold() in seen:  # counted twice, it would weigh twice in the statistics
+            repeated.append(text)
+            continue
+        seen.add(text.casefold())
         if not isinstance(item, str):
-            verbatim.add(i)
-        texts.append(" ".join(text.split()))
+            verbatim.add(len(texts))
+        texts.append(text)
     if not texts:
         raise ValueError(f"{what} are empty: pass at least one concept word or prompt.")
+    if repeated:
+        shown = ", ".join(repr(t) for t in repeated[:5]) + (
+            f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        )
+        warnings.warn(f"{what} repeat {shown} (ignoring case and spacing); each is used once.", stacklevel=3)
     return texts, verbatim
 
 
@@ -506,7 +564,8 @@ def concept_features(
     for sl in _batches(cp.prompts, batch_size):
         ids = tokenize_prompts(pipe, cp.prompts[sl], shortest=True)
         mask = _mask(pipe, ids, cp, sl, "concept_eot")
-        hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device).float().cpu()
+        prefixes = [s + 1 for s in cp.starts[sl]]
+        hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device, prefix_lengths=prefixes).float().cpu()
         for owner, h, m in zip(cp.owners[sl], hidden, mask):
             rows[owner].append(h[m])
     per_text = [torch.cat(r) for r in rows]
@@ -515,18 +574,68 @@ def concept_features(
 
 def bank_features(pipe: Any, bank: Sequence[str], *, hidden_layer: str = "auto", device: Any = None) -> TextFeatures:
     """``concept_features`` of a concept bank, computed once per pipeline, bank and text-encoder
-    state (cached on the pipeline)."""
-    key = (
-        tuple(bank),
-        _hidden_layer(pipe, hidden_layer),
-        tuple((p.data_ptr(), p._version) for _, _, enc in text_towers(pipe) for p in enc.parameters()),
-    )
+    state (cached on the pipeline), and kept on disk (``eraser.hashing.cache_dir("bank_features")``)
+    under a fingerprint of the bank, the templates, the layer and the text encoders' weights, so
+    that another process with the same text encoders reads them back instead of encoding the bank."""
+    layer = _hidden_layer(pipe, hidden_layer)
+    towers = text_towers(pipe)
+    key = (tuple(bank), layer, tuple((p.data_ptr(), p._version) for _, _, enc in towers for p in enc.parameters()))
     cached = pipe.__dict__.get(_BANK_CACHE)
     if cached is not None and cached[0] == key:
         return cached[1]
-    feats = concept_features(pipe, bank, hidden_layer=hidden_layer, device=device)
+    blob = json.dumps(
+        {
+            "format": 1,
+            "bank": list(bank),
+            "templates": list(BANK_TEMPLATES),
+            "layer": layer,
+            "towers": [[name, parameters_fingerprint(dict(enc.named_parameters()))] for name, _, enc in towers],
+        }
+    )
+    path = cache_dir("bank_features") / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.safetensors"
+    feats = _read_bank_file(path, len(bank))
+    if feats is None:
+        feats = concept_features(pipe, bank, hidden_layer=hidden_layer, device=device)
+        _write_bank_file(path, feats)
     pipe.__dict__[_BANK_CACHE] = (key, feats)
     return feats
+
+
+def _read_bank_file(path: Path, n: int) -> TextFeatures | None:
+    """A bank's features from the disk cache; None when absent or not what was written (a damaged
+    or replaced file is recomputed, never trusted)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        t = load_file(str(path))
+        rows, counts, pooled = t["rows"], t["counts"], t["pooled"]
+        ok = counts.dtype == torch.int64 and counts.shape == (n,) and bool((counts > 0).all())
+        ok = ok and rows.dim() == 2 and int(counts.sum()) == rows.shape[0] and pooled.shape == (n, rows.shape[1])
+        ok = ok and bool(torch.isfinite(rows).all()) and bool(torch.isfinite(pooled).all())
+    except Exception:
+        return None
+    if not ok:
+        return None
+    return TextFeatures(list(rows.split(counts.tolist())), pooled)
+
+
+def _write_bank_file(path: Path, feats: TextFeatures) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {
+        "rows": torch.cat(feats.rows).contiguous(),
+        "counts": torch.tensor([r.shape[0] for r in feats.rows], dtype=torch.int64),
+        "pooled": feats.pooled.contiguous(),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only or full disk costs the next process an encoding, nothing more
+        warnings.warn(f"could not cache the concept bank's features in {path.parent} ({err})", stacklevel=3)
 
 
 def balanced_gram(rows: Sequence[Tensor]) -> Gram:
@@ -544,15 +653,22 @@ def text_similarity(
     bank: Sequence[str],
     hidden_layer: str = "auto",
     device: torch.device | str | None = None,
+    others_features: Tensor | None = None,
 ) -> Tensor:
     """Similarity (len(texts), len(others)) of ``concept_features`` centred on the bank's mean: the
     cosine, except that a text whose centred feature is shorter than half the other's counts as
     half the other's length. A text the model barely tells from the average prompt (an unknown
-    word, in a model trained on a small vocabulary) is then not "close" to everything."""
+    word, in a model trained on a small vocabulary) is then not "close" to everything.
+    ``others_features``: the pooled features of ``others`` when the caller has them (used when
+    ``texts`` is the bank)."""
     bank_feats = bank_features(pipe, bank, hidden_layer=hidden_layer, device=device).pooled
     if tuple(texts) == tuple(bank):  # the bank itself: its features are cached
         a = bank_feats
-        b = concept_features(pipe, list(others), hidden_layer=hidden_layer, device=device).pooled
+        b = (
+            others_features
+            if others_features is not None
+            else concept_features(pipe, list(others), hidden_layer=hidden_layer, device=device).pooled
+        )
     else:
         feats = concept_features(pipe, list(texts) + list(others), hidden_layer=hidden_layer, device=device).pooled
         a, b = feats[: len(texts)], feats[len(texts) :]
@@ -574,6 +690,7 @@ def concept_neighbours(
     synonym_similarity: float = 0.9,
     hidden_layer: str = "auto",
     device: torch.device | str | None = None,
+    features: Tensor | None = None,
 ) -> Neighbours:
     """The ``n`` entries of ``bank`` nearest to ``concepts`` in the pipeline's own text features.
 
@@ -581,10 +698,17 @@ def concept_neighbours(
     prompt shares would otherwise make everything look alike). Entries that contain a concept's
     words (``"a dog"`` when erasing ``"dog"``) are the concept itself and are skipped; entries at
     least ``synonym_similarity`` close are returned as synonyms. The bank's features are computed
-    once per pipeline and text-encoder state, and cached on the pipeline.
+    once per pipeline and text-encoder state, and cached on the pipeline; ``features``: the
+    concepts' pooled features (from :func:`concept_grams`), when already computed.
     """
     words = [_content_words(c) for c in concepts]
-    sim = text_similarity(pipe, bank, concepts, bank=bank, hidden_layer=hidden_layer, device=device).max(1).values
+    sim = (
+        text_similarity(
+            pipe, bank, concepts, bank=bank, hidden_layer=hidden_layer, device=device, others_features=features
+        )
+        .max(1)
+        .values
+    )
     order = sim.argsort(descending=True).tolist()
     taken = {e.casefold() for e in concepts}
     neighbours, synonyms, similarity = [], [], {}

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .._version import __version__
 from ..capture import collect_grams
-from ..data import DataLike
+from ..data import DataLike, subsample
 from ..families.clip import ImageEncoder, ZeroShotClassifier
 from ..layers import layer_kind
 from ..patch import ErasurePatch, LayerEdit
@@ -64,6 +64,10 @@ class UnlinkConfig:
         subspace; 2 reflects it (the concept's features point the other way, which steers
         generations away from the concept, like a negative guidance; still a low-rank,
         reversible edit); values in (0, 1) only weaken it.
+    retain_samples: classifiers: capture the retain statistics on at most this many retain samples
+        (drawn with ``seed``); None: all of them. Second moments of a few hundred samples already
+        pin down a layer's retain subspace, and capturing a whole training set costs minutes.
+    seed: the draw of ``retain_samples``.
     exact_revert: keep the edited layers' original weights in memory so that ``revert`` is
         bit-exact (costs their size in memory; without it revert is exact up to rounding).
         ``"auto"`` keeps them when they are at most 5% of the model's parameter memory
@@ -81,6 +85,8 @@ class UnlinkConfig:
     batch_size: int = 64
     exact_revert: bool | str = "auto"
     classes: list[int] | None = None
+    retain_samples: int | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -99,6 +105,10 @@ class UnlinkConfig:
             raise ValueError(f"k must be a positive integer; got {self.k!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive; got {self.batch_size}")
+        if self.retain_samples is not None and (
+            not isinstance(self.retain_samples, int) or isinstance(self.retain_samples, bool) or self.retain_samples < 1
+        ):
+            raise ValueError(f"retain_samples must be a positive integer or None (all); got {self.retain_samples!r}")
         if not 0.0 < float(self.strength) <= 2.0:
             raise ValueError(
                 f"strength must be in (0, 2] (1 removes the subspace, 2 reflects it); got {self.strength!r}"
@@ -255,6 +265,8 @@ def unlink(
     # The forget classes are what the model predicts for the forget data, counted in the same pass.
     with _prediction_counts(targets[head] if head is not None and cfg.classes is None else None) as counts:
         f_grams = collect_grams(model, targets, forget, what="forget data", **kw)
+    if retain is not None and cfg.retain_samples is not None:
+        retain = subsample(retain, cfg.retain_samples, cfg.seed)
     r_grams = collect_grams(model, targets, retain, what="retain data", **kw) if retain is not None else None
     capture_s = time.perf_counter() - t0
     classes = forget_classes_from_counts(counts) if counts is not None else None

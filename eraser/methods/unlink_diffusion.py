@@ -15,6 +15,7 @@ from prompts.presets import DEFAULT_TEMPLATES, GENERIC_RETAIN
 
 from ..families.base import pipeline_family
 from ..families.diffusion import (
+    BANK_TEMPLATES,
     TOKEN_MODES,
     Neighbours,
     balanced_gram,
@@ -92,7 +93,7 @@ class ConceptUnlinkConfig(UnlinkConfig):
     contrast: float = 0.0
     fragility: float = 0.0
     protect_context: bool = True
-    batch_size: int = 16
+    batch_size: int = 64  # prompts encoded at once (concept prompts are short: small batches waste the CPU)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -277,7 +278,7 @@ def concept_statistics(
         )
     kv, text, modules = resolve_concept_targets(pipe, cfg.layers)
     tokenizer = towers[0][1]
-    found = None
+    found, search = None, False
     if keep:
         retain_source = "user"
         _warn_synonyms(pipe, words, keep, cfg, device)
@@ -286,6 +287,20 @@ def concept_statistics(
     elif mode == "generic" or cfg.neighbours == 0:
         keep, retain_source = generic_retain_for(words), "generic"
     else:
+        search, retain_source = True, "neighbours"
+    kw = dict(
+        tokens=cfg.tokens, hidden_layer=cfg.hidden_layer, batch_size=cfg.batch_size, device=device, progress=progress
+    )
+    # Context rows join automatically chosen neighbours; a user's retain list is protected as given.
+    context = Gram(torch.zeros(0, 0, dtype=torch.float64), 0) if search and cfg.protect_context and kv else None
+    # The neighbour search pools the concepts' features under BANK_TEMPLATES: when those templates
+    # are among the erasure's own, the forget pass computes them too (no second encoding).
+    pooled = {} if search and cfg.tokens == "concept_eot" and set(BANK_TEMPLATES) <= set(cfg.templates) else None
+    forget = expand_concepts(tokenizer, words, cfg.templates, verbatim)
+    f_grams, counts = concept_grams(
+        pipe, forget, kv, text, what="concept prompts", context=context, pooled=pooled, **kw
+    )
+    if search:
         bank = _bank(pipe, cfg)
         n = cfg.neighbours
         if n is None:  # a bank the pipeline declares is its whole vocabulary: protect all of it
@@ -298,20 +313,16 @@ def concept_statistics(
             synonym_similarity=cfg.synonym_similarity,
             hidden_layer=cfg.hidden_layer,
             device=device,
+            features=None if pooled is None else torch.stack([pooled[i] for i in range(len(words))]),
         )
-        keep, retain_source = list(found.neighbours), "neighbours"
-        if cfg.erase_synonyms and found.synonyms:
-            words = words + [w for w in found.synonyms if w.casefold() not in {x.casefold() for x in words}]
+        keep = list(found.neighbours)
+        extra = [w for w in found.synonyms if w.casefold() not in {x.casefold() for x in words}]
+        if cfg.erase_synonyms and extra:
+            more, extra_counts = concept_grams(
+                pipe, expand_concepts(tokenizer, extra, cfg.templates), kv, text, what="synonyms", context=context, **kw
+            )
+            f_grams, counts, words = _add_grams(f_grams, more), counts + extra_counts, words + extra
     variant = cfg.resolved_variant(bool(keep))
-    kw = dict(
-        tokens=cfg.tokens, hidden_layer=cfg.hidden_layer, batch_size=cfg.batch_size, device=device, progress=progress
-    )
-    forget = expand_concepts(tokenizer, words, cfg.templates, verbatim)
-    # Context rows join automatically chosen neighbours; a user's retain list is protected as given.
-    context = (
-        Gram(torch.zeros(0, 0, dtype=torch.float64), 0) if found is not None and cfg.protect_context and kv else None
-    )
-    f_grams, counts = concept_grams(pipe, forget, kv, text, what="concept prompts", context=context, **kw)
     empty = [w for w, n in zip(words, counts) if n == 0]
     if empty:
         raise ValueError(f"concepts {empty} have no tokens left to erase (cut off by truncation?); shorten them.")
@@ -381,6 +392,21 @@ def concept_statistics(
         variant=variant,
         encode_s=time.perf_counter() - t0,
     )
+
+
+def _add_grams(a: dict[str, list[Gram]], b: dict[str, list[Gram]]) -> dict[str, list[Gram]]:
+    """Per target, the statistics of both sets of rows; a Gram object shared by several targets
+    (the K/V layers') stays one object, so the fit still runs once."""
+    done: dict[tuple[int, int], Gram] = {}
+    out = {}
+    for name in a:
+        out[name] = []
+        for x, y in zip(a[name], b[name]):
+            key = (id(x), id(y))
+            if key not in done:
+                done[key] = x + y
+            out[name].append(done[key])
+    return out
 
 
 @register_method(

@@ -72,6 +72,23 @@ def test_retain_data_selects_the_rayleigh_variant(tiny, images):
         eraser.erase_classes(tiny, images, variant="rayleigh")
 
 
+@pytest.mark.parametrize("labelled", [False, True])
+def test_retain_samples_caps_the_retain_capture_at_a_seeded_draw(tiny, images, labelled):
+    from eraser.data import subsample
+
+    retain = torch.randn(40, 3, 8, 8)
+    data = (retain, torch.zeros(40, dtype=torch.long)) if labelled else retain
+    capped = eraser.erase_classes(tiny, images, retain_data=data, k=1, retain_samples=10, seed=3)
+    capped.revert(tiny)
+    drawn = subsample(data, 10, 3)
+    direct = eraser.erase_classes(tiny, images, retain_data=drawn, k=1)
+    direct.revert(tiny)
+    whole = eraser.erase_classes(tiny, images, retain_data=data, k=1)
+    torch.testing.assert_close(capped.edits["head"].dual, direct.edits["head"].dual)
+    assert not torch.allclose(capped.edits["head"].dual, whole.edits["head"].dual)
+    assert capped.metadata["config"]["retain_samples"] == 10
+
+
 def test_layer_patterns_conv_and_regex(tiny, images):
     patch = eraser.erase_classes(tiny, images, layers=["conv", "body"], k=2)
     assert set(patch.layers) == {"conv", "body"}
@@ -144,6 +161,7 @@ def test_timm_style_head_preset():
         ({"energy": 0.9, "k": 2}, ValueError, "only one"),
         ({"strength": 0.0}, ValueError, "strength must be"),
         ({"strength": 2.5}, ValueError, "strength must be"),
+        ({"retain_samples": 0}, ValueError, "retain_samples must be"),
     ],
 )
 def test_bad_input_changes_nothing(tiny, images, kwargs, error, message):

@@ -284,6 +284,17 @@ def test_bad_input_is_refused_and_leaves_the_pipeline_unchanged(sd, concepts, kw
     assert all(torch.equal(kv_weights(sd)[n], w) for n, w in before.items())
 
 
+def test_a_repeated_concept_is_erased_once_with_a_warning(sd):
+    once = eraser.erase_concepts(sd, ["nude", "naked"], variant="svd", k=2)
+    once.revert(sd)
+    with pytest.warns(UserWarning, match=r"concepts repeat 'Nude', 'naked'.*each is used once"):
+        twice = eraser.erase_concepts(sd, ["nude", "naked", "Nude", " naked  "], variant="svd", k=2)
+    twice.revert(sd)
+    assert twice.metadata["names"] == ["nude", "naked"]
+    for name, edit in once.edits.items():
+        torch.testing.assert_close(twice.edits[name].basis, edit.basis)
+
+
 def test_long_prompts_are_truncated_with_a_warning(sd):
     long = "nude " + " ".join(["very"] * 100)
     with pytest.warns(UserWarning, match="truncated"):
