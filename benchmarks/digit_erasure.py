@@ -3,14 +3,18 @@ UA, accuracy on the other digits, FID of the other digits' generations, and eras
 
     python benchmarks/digit_erasure.py                                   # all digits, default methods
     python benchmarks/digit_erasure.py --digits 0,7 --method unlink --method "esd_x_strict:steps=50"
+    python benchmarks/digit_erasure.py --digits 0+2+4+7+9,1+3+5+6+8 --method unlink   # five in one call
 
 Shaped as the Imagenette table of the Unlink paper. For digit d, every method erases the concepts
 ``[word, numeral]`` (e.g. ``["seven", "7"]``, so that prompts with numerals are covered too); a
 ``+retain`` suffix (``unlink+retain``) also passes the other nine digits' words and numerals as
-retain concepts. Then, with the same seeds for every method and for the original model:
+retain concepts. A ``+``-joined item of ``--digits`` (``0+2+4``) erases those digits together, in
+one call, and its row reports the worst of them. Then, with the same seeds for every method and
+for the original model:
 
-- UA: 100 - judge accuracy on ``--forget-images`` generations of the erased digit, split evenly
-  over four wordings (``FORGET_WORDINGS``);
+- UA: 100 - judge accuracy on ``--forget-images`` generations of the erased digit (of each erased
+  digit, for a group; the row's UA is the lowest of them), split evenly over four wordings
+  (``FORGET_WORDINGS``);
 - retained accuracy: judge accuracy on ``--retain-images`` generations per other digit from its
   canonical prompt ``digit_prompt(o)``;
 - FID (pooled per method over all erased digits): the other digits' generations against real
@@ -70,9 +74,16 @@ NO_DIGIT = "no digit in prompt"
 FORMS = ("pair", "word")
 
 
-def concepts_of(d: int, form: str = "pair") -> list[str]:
-    """What is erased for digit d: ``pair`` = [word, numeral] (``["seven", "7"]``), ``word`` = [word]."""
+def concepts_of(d: int | tuple[int, ...], form: str = "pair") -> list[str]:
+    """What is erased for digit d (or each digit of a group): ``pair`` = [word, numeral]
+    (``["seven", "7"]``), ``word`` = [word]."""
+    if isinstance(d, tuple):
+        return [c for x in d for c in concepts_of(x, form)]
     return [DIGIT_WORDS[d]] if form == "word" else [DIGIT_WORDS[d], str(d)]
+
+
+def label_of(group: tuple[int, ...]) -> str:
+    return "+".join(str(d) for d in group)
 
 
 def template_sets() -> dict[str, tuple[str, ...]]:
@@ -187,9 +198,16 @@ def main() -> None:
     ap.add_argument("--out", default="runs/digit_erasure", help="report folder")
     args = ap.parse_args()
 
-    digits = [int(v) for v in args.digits.split(",") if v.strip()]
-    if not digits or any(not 0 <= d <= 9 for d in digits):
-        raise SystemExit(f"--digits must list digits in 0..9; got {args.digits!r}")
+    try:
+        groups = [tuple(int(x) for x in v.split("+")) for v in args.digits.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"--digits must list digits in 0..9 (or +-joined groups); got {args.digits!r}") from None
+    if not groups or any(not 0 <= d <= 9 for g in groups for d in g) or any(len(set(g)) != len(g) for g in groups):
+        raise SystemExit(
+            f"--digits must list digits in 0..9 (or +-joined groups of distinct digits); got {args.digits!r}"
+        )
+    if args.no_digit_row and any(len(g) > 1 for g in groups):
+        raise SystemExit("--no-digit-row takes single digits, not groups")
     specs = [parse_spec(m) for m in (args.method or DEFAULT_METHODS)]
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     if not forms or any(f not in FORMS for f in forms):
@@ -211,22 +229,26 @@ def main() -> None:
 
     ua_wordings = (CANONICAL_TEMPLATE,) if args.ua_prompts == "canonical" else FORGET_WORDINGS
 
-    def evaluate(d: int) -> tuple[float, float | None, dict[int, float], torch.Tensor, torch.Tensor]:
-        """UA, UA on the paraphrases (or None), accuracy per other digit, and the images."""
-        xf = generate(pipe, forget_jobs(d, args.forget_images, wordings=ua_wordings), **gen)
-        others = [o for o in range(10) if o != d]
+    def evaluate(group: tuple[int, ...]) -> tuple[float, float | None, dict[int, float], torch.Tensor, torch.Tensor]:
+        """UA (the lowest over the group's digits), UA on the paraphrases (or None), accuracy per
+        other digit, and the images."""
+        uas, ua_ps, xfs = [], [], []
+        for d in group:
+            xf = generate(pipe, forget_jobs(d, args.forget_images, wordings=ua_wordings), **gen)
+            with torch.no_grad():
+                uas.append(100 * float((judge(xf).argmax(-1) != d).float().mean()))
+                if args.paraphrases:
+                    xp = generate(pipe, forget_jobs(d, args.forget_images, wordings=PARAPHRASES), **gen)
+                    ua_ps.append(100 * float((judge(xp).argmax(-1) != d).float().mean()))
+            xfs.append(xf)
+        others = [o for o in range(10) if o not in group]
         xr = generate(pipe, [(digit_prompt(o), args.retain_images) for o in others], **gen)
         with torch.no_grad():
-            ua = 100 * float((judge(xf).argmax(-1) != d).float().mean())
             pred = judge(xr).argmax(-1).view(len(others), args.retain_images)
             per = {o: 100 * float((pred[i] == o).float().mean()) for i, o in enumerate(others)}
-            ua_p = None
-            if args.paraphrases:
-                xp = generate(pipe, forget_jobs(d, args.forget_images, wordings=PARAPHRASES), **gen)
-                ua_p = 100 * float((judge(xp).argmax(-1) != d).float().mean())
-        return ua, ua_p, per, xf, xr
+        return min(uas), (min(ua_ps) if ua_ps else None), per, torch.cat(xfs), xr
 
-    def save_grid(d: int, label: str, xf: torch.Tensor, xr: torch.Tensor) -> None:
+    def save_grid(d: str, label: str, xf: torch.Tensor, xr: torch.Tensor) -> None:
         picks = xf[torch.linspace(0, len(xf) - 1, 9).round().long()]  # spread over the wordings
         firsts = xr[:: args.retain_images]  # the first generation of each other digit
         slug = "".join(c if c.isalnum() or c in "=._" else "-" for c in label)
@@ -239,7 +261,7 @@ def main() -> None:
         )
 
     def row(
-        d: int,
+        d: tuple[int, ...],
         form: str,
         label: str,
         ua: float,
@@ -250,7 +272,7 @@ def main() -> None:
     ) -> dict:
         drops = {o: base[o] - per[o] for o in per}
         worst = max(drops, key=drops.get)
-        out = {"digit": d, "erased": "+".join(concepts_of(d, form)), "method": label, "UA": ua}
+        out = {"digit": label_of(d), "erased": "+".join(concepts_of(d, form)), "method": label, "UA": ua}
         if args.paraphrases:
             out["UA paraphrases"] = ua_p
         out.update(
@@ -265,26 +287,29 @@ def main() -> None:
         return out
 
     rows, pooled = [], {}
+    by_label = {label_of(g): g for g in groups}
     t_start = time.perf_counter()
-    for d in digits:
+    for d in groups:
         ua, ua_p, base, xf, xr = evaluate(d)
         if args.grids:
-            save_grid(d, "original", xf, xr)
+            save_grid(label_of(d), "original", xf, xr)
         for form in forms:
             rows.append(row(d, form, "original", ua, ua_p, base, base, 0.0))
         pooled.setdefault("original", []).append(xr)
-        print(f"digit {d} original: UA {ua:.1f}, retained acc {statistics.fmean(base.values()):.1f}", flush=True)
+        print(
+            f"digit {label_of(d)} original: UA {ua:.1f}, retained acc {statistics.fmean(base.values()):.1f}", flush=True
+        )
         if args.no_digit_row:
-            xn = generate(pipe, forget_jobs(d, args.forget_images, without_digit=True, wordings=ua_wordings), **gen)
+            xn = generate(pipe, forget_jobs(d[0], args.forget_images, without_digit=True, wordings=ua_wordings), **gen)
             with torch.no_grad():
-                ua_n = 100 * float((judge(xn).argmax(-1) != d).float().mean())
+                ua_n = 100 * float((judge(xn).argmax(-1) != d[0]).float().mean())
             for form in forms:
                 rows.append(row(d, form, NO_DIGIT, ua_n, None, base, base, 0.0))
-            print(f"digit {d} {NO_DIGIT}: UA {ua_n:.1f}", flush=True)
+            print(f"digit {label_of(d)} {NO_DIGIT}: UA {ua_n:.1f}", flush=True)
         for form in forms:
             for label, name, with_retain, options in specs:
                 retain = (
-                    [c for o in range(10) if o != d for c in concepts_of(o)]
+                    [c for o in range(10) if o not in d for c in concepts_of(o)]
                     if with_retain
                     else options.pop("retain", None)
                 )
@@ -303,14 +328,14 @@ def main() -> None:
                     patch.revert(pipe)
                 now = snapshot(pipe)
                 if any(not torch.equal(now[k], v) for k, v in original.items()):
-                    raise SystemExit(f"{label} on digit {d}: reverting did not restore the original weights")
+                    raise SystemExit(f"{label} on digit {label_of(d)}: reverting did not restore the original weights")
                 r = row(d, form, label, ua, ua_p, per, base, seconds)
                 rows.append(r)
                 if args.grids:
-                    save_grid(d, f"{form}_{label}", xf, xr)
+                    save_grid(label_of(d), f"{form}_{label}", xf, xr)
                 pooled.setdefault(label, []).append(xr)
                 print(
-                    f"digit {d} {form} {label}: UA {ua:.1f}"
+                    f"digit {label_of(d)} {form} {label}: UA {ua:.1f}"
                     + (f" (paraphrases {ua_p:.1f})" if ua_p is not None else "")
                     + f", worst drop {r['worst drop']:.1f} (digit {r['worst digit']}), mean drop {r['mean drop']:.2f}, "
                     f"erase {seconds:.3f} s; protected: {patch.metadata.get('retain', [])[:8]}",
@@ -334,7 +359,11 @@ def main() -> None:
     summary = []
     for form in forms:
         for label in labels:
-            mine = [r for r in rows if r["method"] == label and r["erased"] == "+".join(concepts_of(r["digit"], form))]
+            mine = [
+                r
+                for r in rows
+                if r["method"] == label and r["erased"] == "+".join(concepts_of(by_label[r["digit"]], form))
+            ]
             t = statistics.fmean(r["erase s"] for r in mine)
             line = {
                 "erased": form,
@@ -358,10 +387,10 @@ def main() -> None:
 
     settings = {
         "command": "python benchmarks/digit_erasure.py " + " ".join(sys.argv[1:]),
-        "digits": digits,
+        "digits": [label_of(g) for g in groups],
         "methods": [s[0] for s in specs],
         "options": {s[0]: s[3] for s in specs},
-        "forms": {f: [concepts_of(d, f) for d in digits] for f in forms},
+        "forms": {f: [concepts_of(g, f) for g in groups] for f in forms},
         "ua_prompts": ua_wordings,
         "paraphrases": PARAPHRASES if args.paraphrases else None,
         "forget_images": args.forget_images,

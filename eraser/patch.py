@@ -58,12 +58,12 @@ MAX_EDIT_RATIO = 10.0
 """Sanity bound on the size of one edit: ``||update||_F <= MAX_EDIT_RATIO * ||W||_F`` for every
 weight ``W`` a patch edits (and for a file-read undo, relative to the weight it is added back to).
 
-A low-rank update ``A U^T`` (``A = W V diag(eta)``) is measured by ``||A||_F ||U||_2``, an upper
-bound of its Frobenius norm that equals it for an orthonormal basis, and also bounds every entry
-and partial sum of the product, so that a weight that passes cannot overflow while it is written.
-Legitimate edits are far below the limit: Unlink's largest, strength 2 (a reflection), changes a
-weight by at most 2x its norm (oblique duals, by the oblique projection's norm, a few units), and
-trained methods' dense deltas are a fraction of the weights. A weight is measured as at least
+A low-rank update ``A U^T`` (``A = W V diag(eta)``) is measured by its exact Frobenius norm
+(``trace(A (U^T U) A^T)``, from the k x k Gram of the basis); whether writing it can overflow is
+judged separately with ``||A||_F ||U||_2``, a looser bound that also bounds every entry and partial
+sum of the product. Legitimate edits are far below the limit: Unlink's largest, strength 2 (a
+reflection), changes a weight by at most 2x its norm (oblique duals, by the oblique projection's
+norm, a few units), and trained methods' dense deltas are a fraction of the weights. A weight is measured as at least
 ``_RMS_FLOOR`` per entry, so that a zero-initialised bias or shift can still be edited. A patch
 over the limit is refused; ``apply(force=True)`` is the only way past it (with a warning).
 """
@@ -375,6 +375,7 @@ class ErasurePatch:
             exact=exact,
         )
         basis_norms: dict[int, float] = {}  # layers fitted on the same features share one basis
+        basis_grams: dict[int, Tensor] = {}
         checked: set[int] = set()
         for name, weight, e in plan.targets:
             if exact and name in self._originals:
@@ -398,6 +399,9 @@ class ErasurePatch:
                     )
                 if id(e.basis) not in basis_norms:
                     basis_norms[id(e.basis)] = _spectral_bound(e.basis)
+                    basis_grams[id(e.basis)] = e.basis.detach().to(torch.float64).mT @ e.basis.detach().to(
+                        torch.float64
+                    )
                 if undo:
                     if e.undo is None:
                         raise PatchError(
@@ -416,7 +420,13 @@ class ErasurePatch:
                     else:
                         a = edit_factor(m, e.basis, e.eta, e.dual)
                 plan.factors[name] = a
-                update = _norm(a) * basis_norms[id(e.basis)]
+                bound = _norm(a) * basis_norms[id(e.basis)]
+                a64 = a.detach().to(torch.float64)
+                update = (
+                    math.sqrt(max(float(((a64 @ basis_grams[id(e.basis)]) * a64).sum()), 0.0))
+                    if bound < math.inf
+                    else bound
+                )
             # An undo of our own apply restores what was there; everything else is bounded.
             if not undo or verify:
                 reference = max(w_norm, _RMS_FLOOR * math.sqrt(w.numel()))
@@ -425,7 +435,7 @@ class ErasurePatch:
                         f"the edit of {name!r} is {update / reference:.3g} times the size of its weight "
                         f"(limit {MAX_EDIT_RATIO:g})"
                     )
-            plan.safe = plan.safe and _stays_finite(w, w_norm, update)
+            plan.safe = plan.safe and _stays_finite(w, w_norm, update if e is None else bound)
         return plan
 
     def _edit_weights(self, model: nn.Module, plan: _Plan, undo: bool, lines: dict | None = None) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "DIFFUSION",
     "TARGET_PRESETS",
     "concept_texts",
+    "centred_similarity",
     "pipeline_id",
     "TOKEN_MODES",
     "PADDING_MODES",
@@ -394,6 +395,7 @@ def concept_grams(
     progress: bool = False,
     context: Gram | None = None,
     pooled: dict[int, Tensor] | None = None,
+    weigh: Callable[[dict[int, Tensor], list[int]], Sequence[float]] | None = None,
 ) -> tuple[dict[str, list[Gram]], list[int]]:
     """Gram matrices of the concept tokens' features for every target (the K/V targets share one),
     and the number of feature rows (tokens) each concept contributed.
@@ -404,6 +406,10 @@ def concept_grams(
     ``pooled``, when given (an empty dict to fill), receives per concept the mean K/V feature of
     its prompts in ``BANK_TEMPLATES`` (float64): what :func:`concept_features` pools, so that a
     neighbour search need not encode the concepts again.
+    ``weigh``, when given, maps the concepts' pooled features (as ``pooled``; the mean over all
+    their prompts for a concept with none in ``BANK_TEMPLATES``) and their row counts to a
+    multiplier per concept of its rows' share in the K/V Gram (its rows are kept until the pass ends; a few MB for a
+    thousand concepts).
     """
     state: dict[str, Tensor] = {}
     kv_acc = GramAccumulator()
@@ -419,6 +425,7 @@ def concept_grams(
             counts[owner] += int(n)
     pool_sums: dict[int, Tensor] = {}
     pool_counts: dict[int, int] = {}
+    kept_rows: dict[int, list[Tensor]] = {}
     modes = [KeptModes(enc) for _, _, enc in towers]
     for _, _, enc in towers:
         enc.eval()
@@ -432,11 +439,14 @@ def concept_grams(
                 prefixes = None if text_targets else [s + 1 for s in cp.starts[sl]]
                 hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device, prefix_lengths=prefixes)
                 mask = mask.to(hidden.device)
-                kv_acc.update(hidden[mask].unsqueeze(0))
-                if pooled is not None:
+                if weigh is None:
+                    kv_acc.update(hidden[mask].unsqueeze(0))
+                if pooled is not None or weigh is not None:
                     for owner, template, h, m in zip(cp.owners[sl], cp.templates[sl], hidden, mask):
+                        rows = h[m].to(torch.float64).cpu()
+                        if weigh is not None:
+                            kept_rows.setdefault(owner, []).append(rows)
                         if template in BANK_TEMPLATES:
-                            rows = h[m].to(torch.float64).cpu()
                             pool_sums[owner] = pool_sums.get(owner, 0) + rows.sum(0)
                             pool_counts[owner] = pool_counts.get(owner, 0) + rows.shape[0]
                 if context is not None:
@@ -450,8 +460,18 @@ def concept_grams(
     finally:
         for kept in modes:
             kept.restore()
+    means = {owner: pool_sums[owner] / pool_counts[owner] for owner in pool_sums}
     if pooled is not None:
-        pooled.update({owner: pool_sums[owner] / pool_counts[owner] for owner in pool_sums})
+        pooled.update(means)
+    if weigh is not None:
+        rows_of = {owner: torch.cat(r) for owner, r in kept_rows.items()}
+        for owner, x in rows_of.items():  # a concept whose prompts all use other templates
+            if owner not in means and x.shape[0]:
+                means[owner] = x.mean(0)
+        scale = list(weigh(means, counts))
+        for owner, x in sorted(rows_of.items()):
+            if x.shape[0]:
+                kv_acc.update((x * float(scale[owner]) ** 0.5).unsqueeze(0))
     grams: dict[str, list[Gram]] = {}
     if kv_targets:
         if kv_acc.nonfinite:
@@ -672,10 +692,12 @@ def text_similarity(
     else:
         feats = concept_features(pipe, list(texts) + list(others), hidden_layer=hidden_layer, device=device).pooled
         a, b = feats[: len(texts)], feats[len(texts) :]
-    return _centred_similarity(a, b, bank_feats.mean(0))
+    return centred_similarity(a, b, bank_feats.mean(0))
 
 
-def _centred_similarity(a: Tensor, b: Tensor, mean: Tensor) -> Tensor:
+def centred_similarity(a: Tensor, b: Tensor, mean: Tensor) -> Tensor:
+    """The similarity :func:`text_similarity` uses, of pooled features ``a`` (n x D) and ``b``
+    (m x D) centred on ``mean``."""
     a, b = a - mean, b - mean
     na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True).T
     return (a @ b.T) / (torch.maximum(na, nb / 2) * nb).clamp_min(1e-12)

@@ -171,11 +171,13 @@ def fit_subspace(
     *,
     head_weight: Tensor | None = None,
     forget_classes: Sequence[int] = (),
+    default_k: int = DEFAULT_RAYLEIGH_K,
 ) -> Subspace:
     """The subspace to remove for one layer (one group) from its feature statistics.
 
     ``head_weight`` and ``forget_classes``: the layer is a classifier head with these forget classes
-    (enables the head variant).
+    (enables the head variant). ``default_k``: the rayleigh variant's rank when the config sets no
+    ``k`` (lowered to the forget features' rank).
     """
     variant = cfg.layer_variant(retain is not None, head_weight is not None)
     if variant == "head":
@@ -200,7 +202,7 @@ def fit_subspace(
             return balanced_rayleigh_subspace(
                 forget,
                 retain.parts,
-                cfg.k or DEFAULT_RAYLEIGH_K,
+                cfg.k or default_k,
                 shared=retain.shared,
                 rounds=getattr(cfg, "balance_rounds", 1),
                 contrast=getattr(cfg, "contrast", 0.0),
@@ -210,7 +212,7 @@ def fit_subspace(
             )[0]
         if cfg.k is not None:
             return rayleigh_subspace(forget, retain, cfg.k, ridge=cfg.ridge)
-        return rayleigh_subspace(forget, retain, DEFAULT_RAYLEIGH_K, ridge=cfg.ridge, clip_k=True)
+        return rayleigh_subspace(forget, retain, default_k, ridge=cfg.ridge, clip_k=True)
     if cfg.k is None and cfg.energy is None and cfg.tail_beta is None and cfg.sv_ratio is None:
         return forget_subspace(forget, sv_ratio=DEFAULT_SV_RATIO)
     return forget_subspace(forget, k=cfg.k, energy=cfg.energy, tail_beta=cfg.tail_beta, sv_ratio=cfg.sv_ratio)
@@ -424,6 +426,7 @@ def unlink_from_grams(
     forget_classes: Sequence[int] | None = None,
     targets: dict[str, nn.Module] | None = None,
     base_model: str | None = None,
+    default_k: int = DEFAULT_RAYLEIGH_K,
 ) -> ErasurePatch:
     """Unlink from feature statistics already captured (per layer name, one Gram per group).
 
@@ -432,7 +435,8 @@ def unlink_from_grams(
     wins): the classes being erased, for the head variant on the model's classifier head
     (``unlink`` takes them from the model's predictions); without them that layer gets svd.
     ``targets``: the modules of the layers in ``forget`` when the caller has resolved them already;
-    ``base_model``: what the patch records as the model (default: the model's class name).
+    ``base_model``: what the patch records as the model (default: the model's class name);
+    ``default_k``: the rayleigh variant's rank when the config sets no ``k``.
     """
     cfg = config or UnlinkConfig()
     cfg.resolved_variant(retain is not None)  # a bad variant/retain combination fails before any work
@@ -472,6 +476,7 @@ def unlink_from_grams(
                             cfg,
                             head_weight=head_weight,
                             forget_classes=classes,
+                            default_k=default_k,
                         )
                     )
                 except ValueError as err:

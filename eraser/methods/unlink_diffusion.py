@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from prompts.bank import CONCEPT_BANK
 from prompts.presets import DEFAULT_TEMPLATES, GENERIC_RETAIN
@@ -20,6 +22,7 @@ from ..families.diffusion import (
     Neighbours,
     balanced_gram,
     bank_features,
+    centred_similarity,
     concept_features,
     concept_grams,
     concept_neighbours,
@@ -76,6 +79,10 @@ class ConceptUnlinkConfig(UnlinkConfig):
     protect_context: with automatically chosen neighbours, the start-of-text token and the
         templates' prefixes, which a causal text encoder computes without seeing the concept, are
         retain features too (a user's retain list is protected exactly as given).
+    rank_per_concept: with ``k`` unset, the Rayleigh fit removes this many directions per named
+        concept (``k = rank_per_concept * len(concepts)``, at most half the text-feature dimension,
+        lowered to the rank of the concepts' features), so that each of many concepts erased in one
+        call gets the rank one concept gets alone.
     The subspace selectors (k, energy, sv_ratio, variant, ridge) are Unlink's.
     """
 
@@ -93,6 +100,7 @@ class ConceptUnlinkConfig(UnlinkConfig):
     contrast: float = 0.0
     fragility: float = 0.0
     protect_context: bool = True
+    rank_per_concept: int = 3
     batch_size: int = 64  # prompts encoded at once (concept prompts are short: small batches waste the CPU)
 
     def __post_init__(self) -> None:
@@ -102,6 +110,12 @@ class ConceptUnlinkConfig(UnlinkConfig):
         if isinstance(self.templates, str) or not self.templates:
             raise ValueError("templates must be a non-empty list of strings such as ['{}', 'a photo of {}']")
         self.templates = tuple(self.templates)
+        if (
+            not isinstance(self.rank_per_concept, int)
+            or isinstance(self.rank_per_concept, bool)
+            or self.rank_per_concept < 1
+        ):
+            raise ValueError(f"rank_per_concept must be a positive integer; got {self.rank_per_concept!r}")
         for name in ("contrast", "fragility"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < float("inf"):
@@ -205,6 +219,15 @@ class ConceptStatistics:
     modules: dict[str, nn.Module]
     variant: str
     encode_s: float
+    requested: int = 1  # concepts the caller named (synonyms found on the way not counted)
+    groups: list[list[str]] = dc_field(default_factory=list)  # the concepts, synonyms grouped
+
+    def default_k(self, cfg: ConceptUnlinkConfig) -> int:
+        """The rank when ``k`` is not set: ``rank_per_concept`` for each concept (a group of
+        synonyms counts once), at most half the text-feature dimension (a fit that keeps the other
+        half for everything else)."""
+        dim = next(iter(self.forget.values()))[0].dim
+        return max(1, min(cfg.rank_per_concept * max(len(self.groups), 1), dim // 2))
 
     def metadata(self, pipe: Any, cfg: ConceptUnlinkConfig) -> dict[str, Any]:
         """The patch metadata describing these statistics (concepts, retain and how it was chosen)."""
@@ -221,6 +244,8 @@ class ConceptStatistics:
             else ("config" if cfg.bank else "pipeline" if getattr(pipe, "concept_bank", None) else "builtin"),
             "pipeline_class": type(pipe).__name__,
             "tokens_per_concept": dict(zip(self.words, self.counts)),
+            "concept_groups": self.groups,
+            **({"default_k": self.default_k(cfg)} if cfg.k is None and self.variant == "rayleigh" else {}),
         }
 
 
@@ -245,6 +270,7 @@ def unlink_concepts(
         names=stats.words,
         targets=stats.modules,
         base_model=pipeline_id(pipe),
+        default_k=stats.default_k(cfg),
     )
     patch.metadata.update(stats.metadata(pipe, cfg))
     patch.metadata["timing_s"]["encode"] = stats.encode_s
@@ -266,6 +292,7 @@ def concept_statistics(
     t0 = time.perf_counter()
     towers = text_towers(pipe)
     words, verbatim = concept_texts(concepts, "concepts")
+    requested = len(words)
     mode = retain.strip().casefold() if isinstance(retain, str) and retain.strip().casefold() in RETAIN_MODES else None
     keep, keep_verbatim = ([], set()) if mode else concept_texts(retain, "retain prompts")
     clash = sorted({w.casefold() for w in words} & {r.casefold() for r in keep})
@@ -291,15 +318,31 @@ def concept_statistics(
     kw = dict(
         tokens=cfg.tokens, hidden_layer=cfg.hidden_layer, batch_size=cfg.batch_size, device=device, progress=progress
     )
-    # Context rows join automatically chosen neighbours; a user's retain list is protected as given.
-    context = Gram(torch.zeros(0, 0, dtype=torch.float64), 0) if search and cfg.protect_context and kv else None
-    # The neighbour search pools the concepts' features under BANK_TEMPLATES: when those templates
-    # are among the erasure's own, the forget pass computes them too (no second encoding).
-    pooled = {} if search and cfg.tokens == "concept_eot" and set(BANK_TEMPLATES) <= set(cfg.templates) else None
-    forget = expand_concepts(tokenizer, words, cfg.templates, verbatim)
-    f_grams, counts = concept_grams(
-        pipe, forget, kv, text, what="concept prompts", context=context, pooled=pooled, **kw
-    )
+    grouping = ConceptGroups(pipe, cfg, device)
+
+    def forget_pass(words: list[str]) -> tuple:
+        # Context rows join automatically chosen neighbours; a user's retain list is protected as given.
+        context = Gram(torch.zeros(0, 0, dtype=torch.float64), 0) if search and cfg.protect_context and kv else None
+        # The neighbour search pools the concepts' features under BANK_TEMPLATES: when those
+        # templates are among the erasure's own, the forget pass computes them too (no second encoding).
+        reuse = search and cfg.tokens == "concept_eot" and set(BANK_TEMPLATES) <= set(cfg.templates)
+        pooled: dict | None = {} if reuse else None
+        forget = expand_concepts(tokenizer, words, cfg.templates, verbatim)
+        grams, counts = concept_grams(
+            pipe,
+            forget,
+            kv,
+            text,
+            what="concept prompts",
+            context=context,
+            pooled=pooled,
+            weigh=grouping.weigh if kv and len(words) > 1 else None,
+            **kw,
+        )
+        return grams, counts, context, pooled
+
+    grouping.words = words
+    f_grams, counts, context, pooled = forget_pass(words)
     if search:
         bank = _bank(pipe, cfg)
         n = cfg.neighbours
@@ -318,10 +361,10 @@ def concept_statistics(
         keep = list(found.neighbours)
         extra = [w for w in found.synonyms if w.casefold() not in {x.casefold() for x in words}]
         if cfg.erase_synonyms and extra:
-            more, extra_counts = concept_grams(
-                pipe, expand_concepts(tokenizer, extra, cfg.templates), kv, text, what="synonyms", context=context, **kw
-            )
-            f_grams, counts, words = _add_grams(f_grams, more), counts + extra_counts, words + extra
+            # again with the synonyms: each joins its concept's group, which the weights need whole
+            words = words + extra
+            grouping.words = words
+            f_grams, counts, context, _ = forget_pass(words)
     variant = cfg.resolved_variant(bool(keep))
     empty = [w for w, n in zip(words, counts) if n == 0]
     if empty:
@@ -391,22 +434,52 @@ def concept_statistics(
         modules=modules,
         variant=variant,
         encode_s=time.perf_counter() - t0,
+        requested=requested,
+        groups=grouping.groups or [[w] for w in words],
     )
 
 
-def _add_grams(a: dict[str, list[Gram]], b: dict[str, list[Gram]]) -> dict[str, list[Gram]]:
-    """Per target, the statistics of both sets of rows; a Gram object shared by several targets
-    (the K/V layers') stays one object, so the fit still runs once."""
-    done: dict[tuple[int, int], Gram] = {}
-    out = {}
-    for name in a:
-        out[name] = []
-        for x, y in zip(a[name], b[name]):
-            key = (id(x), id(y))
-            if key not in done:
-                done[key] = x + y
-            out[name].append(done[key])
-    return out
+class ConceptGroups:
+    """How the concepts of one erasure weigh in its forget statistics.
+
+    Concepts whose pooled features are at least ``synonym_similarity`` alike (centred on the
+    bank's mean, as the neighbour search compares them) are one concept in other words
+    (``"eight"`` and ``"8"``): a group. The forget second moment is the sum over groups of each
+    group's mean second moment (each concept's rows weigh ``1 / its rows / its group's size``),
+    so that a concept erased among many keeps the weight it has alone (a mean over every row
+    would divide it by the number of concepts, and its directions' Rayleigh quotients with it),
+    and a word and its numeral erase what the word erases alone.
+    """
+
+    def __init__(self, pipe: Any, cfg: ConceptUnlinkConfig, device: Any) -> None:
+        self.pipe, self.cfg, self.device = pipe, cfg, device
+        self.words: list[str] = []
+        self.groups: list[list[str]] = []
+
+    def weigh(self, means: dict[int, Tensor], counts: Sequence[int]) -> list[float]:
+        n = len(self.words)
+        centre = bank_features(
+            self.pipe, _bank(self.pipe, self.cfg), hidden_layer=self.cfg.hidden_layer, device=self.device
+        ).pooled.mean(0)
+        feats = torch.stack([means[i] for i in range(n)])
+        similar = centred_similarity(feats, feats, centre) >= float(self.cfg.synonym_similarity)
+        label = list(range(n))  # union-find over "alike" pairs
+
+        def root(i: int) -> int:
+            while label[i] != i:
+                label[i] = label[label[i]]
+                i = label[i]
+            return i
+
+        for i, j in torch.nonzero(similar | similar.T).tolist():
+            label[root(i)] = root(j)
+        members: dict[int, list[int]] = {}
+        for i in range(n):
+            members.setdefault(root(i), []).append(i)
+        self.groups = [[self.words[i] for i in m] for m in members.values()]
+        total = sum(counts)
+        size = {i: len(m) for m in members.values() for i in m}
+        return [total / (counts[i] * size[i]) if counts[i] else 0.0 for i in range(n)]
 
 
 @register_method(

@@ -146,7 +146,7 @@ def unlink_robust_concepts(
                             fg.matrix.new_zeros(fg.dim, 0), fg.matrix.new_zeros(0), fg.matrix.new_zeros(fg.dim, 0)
                         )
                     else:
-                        sub = fit_subspace(rest, rg, cfg)
+                        sub = fit_subspace(rest, rg, cfg, default_k=stats.default_k(cfg))
                         sub = Subspace(sub.basis, sub.eta * strength, sub.dual, sub.spectrum)
                 except ValueError as err:
                     raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None

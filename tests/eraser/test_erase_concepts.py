@@ -150,7 +150,8 @@ def test_retain_prompts_change_less_than_concepts(pipe):
     keep = token_features(pipe, ["a photo of a woman", "a man on a beach"])
     before = {n: (m(concept), m(keep)) for n, m in kv_layers(pipe).items()}
     rows = [PromptRow(prompt=p, case_number=i) for i, p in enumerate(["a photo of a woman", "a man on a beach"])]
-    eraser.erase_concepts(pipe, ["nude", "naked"], retain=rows, strength=1.0)  # the bound is stated for removal
+    # the bound is stated for removal of three directions (the default gives each concept three)
+    eraser.erase_concepts(pipe, ["nude", "naked"], retain=rows, strength=1.0, k=3)
     for name, m in kv_layers(pipe).items():
         c0, r0 = before[name]
         c_change = float((m(concept) - c0).norm() / c0.norm())
@@ -293,6 +294,44 @@ def test_a_repeated_concept_is_erased_once_with_a_warning(sd):
     assert twice.metadata["names"] == ["nude", "naked"]
     for name, edit in once.edits.items():
         torch.testing.assert_close(twice.edits[name].basis, edit.basis)
+
+
+def test_each_named_concept_gets_the_default_rank_up_to_half_the_dimension(sd):
+    dim = sd.text_encoder.config.hidden_size
+    one = eraser.erase_concepts(sd, "nude")
+    one.revert(sd)
+    assert one.metadata["default_k"] == 3 and one.edits[one.layers[0]].rank <= 3
+    three = eraser.erase_concepts(sd, ["nude", "church", "parachute"])
+    three.revert(sd)
+    assert three.metadata["default_k"] == 9 and 3 < three.edits[three.layers[0]].rank <= 9
+    many = eraser.erase_concepts(sd, ["nude", "church", "parachute"], rank_per_concept=dim)
+    many.revert(sd)
+    assert many.metadata["default_k"] == dim // 2 and many.edits[many.layers[0]].rank <= dim // 2
+    with pytest.raises(ValueError, match="rank_per_concept must be a positive integer"):
+        eraser.erase_concepts(sd, "nude", rank_per_concept=0)
+
+
+def test_several_concepts_weigh_as_each_does_alone_and_synonyms_share_one_weight(sd, monkeypatch):
+    """The forget second moment of several concepts is the sum of each concept's own (so a concept
+    among many keeps its solo Rayleigh quotients); concepts alike enough to be synonyms share one."""
+    from eraser.methods.unlink_diffusion import ConceptUnlinkConfig, concept_statistics
+
+    def covariance(concepts, **kw):
+        stats = concept_statistics(sd, concepts, "none", config=ConceptUnlinkConfig(variant="svd", **kw))
+        return stats.forget[stats.kv[0]][0].covariance(), stats
+
+    words = ["church", "parachute", "garbage truck"]
+    solo = [covariance([w])[0] for w in words]
+    together, stats = covariance(words)
+    assert stats.groups == [[w] for w in words]
+    torch.testing.assert_close(together, sum(solo), rtol=1e-5, atol=1e-6)
+    # everything "alike": one group, whose weight is the mean of its concepts' second moments
+    from eraser.methods import unlink_diffusion
+
+    monkeypatch.setattr(unlink_diffusion, "centred_similarity", lambda a, b, c: torch.ones(len(a), len(b)))
+    grouped, stats = covariance(words)
+    assert stats.groups == [words]
+    torch.testing.assert_close(grouped, sum(solo) / 3, rtol=1e-5, atol=1e-6)
 
 
 def test_long_prompts_are_truncated_with_a_warning(sd):
