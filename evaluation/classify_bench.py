@@ -46,8 +46,9 @@ __all__ = [
 # Recipes that train each dataset's original model; Retrain uses the same one on the retain set.
 RECIPES: dict[str, TrainConfig] = {
     "mnist": TrainConfig(epochs=5, lr=0.05, batch_size=128, schedule="cosine", weight_decay=5e-4),
-    # Chosen for CPU speed (issue 23): ResNet-20 takes 142 s per epoch of 45,000 images on one
-    # core in channels-last (182 s without), so 8 one-cycle epochs make one Retrain about 20 minutes.
+    # Chosen for CPU speed (issue 23): ResNet-20 takes about 165 s per epoch of 45,000 images on
+    # one core in channels-last, 210 s without (benchmarks/train_speed.py, docs/benchmarks.md), so
+    # 8 one-cycle epochs make one Retrain about 20-25 minutes.
     "cifar10": TrainConfig(
         epochs=8,
         lr=0.2,
