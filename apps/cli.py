@@ -187,6 +187,11 @@ def cmd_erase(args: argparse.Namespace) -> None:
         f"layers edited: {len(patch.layers) + len(patch.parameters)} | rank {ranks} | "
         f"retain: {patch.metadata.get('retain_source', 'user' if args.retain else 'none')}"
     )
+    groups = patch.metadata.get("concept_groups") or []
+    if len(groups) > 1 or any(len(g) > 1 for g in groups):
+        print(
+            f"{len(groups)} concept(s), each with its own weight and rank: " + "; ".join(" = ".join(g) for g in groups)
+        )
     if patch.metadata.get("retain_source") == "neighbours":
         sims = patch.metadata.get("neighbour_similarity", {})
         print(

@@ -4,7 +4,7 @@ No Stable Diffusion checkpoint is available offline, so this module rebuilds the
 published ``config.json`` files (``ARCHITECTURES``: SD v1.4, SD v2.1, SDXL base 1.0, SD3 medium) with random
 weights. Those pipelines have the real layer shapes and parameter counts, so they are good for timing
 and memory benchmarks (never for judging image quality). ``TINY`` holds the same classes at tiny
-sizes (``tiny-sd``, ``tiny-sdxl``, ``tiny-sd3``) for fast functional tests. Every pipeline uses the real CLIP
+sizes (``tiny-sd``, ``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux``) for fast functional tests. Every pipeline uses the real CLIP
 tokenizer (built offline by :mod:`eraser.families.clip_tokenizer`), so prompts tokenize as in SD.
 
     pipe = build_pipeline("tiny-sd")                                   # < 1 s
@@ -525,6 +525,63 @@ TINY: dict[str, dict[str, Any]] = {
         },
         "scheduler": dict(_SD3_SCHEDULER),
     },
+    # FLUX layout (diffusers FluxPipeline), tiny, as diffusers' own FLUX pipeline tests: a CLIP
+    # tower for the pooled vector (32), a 2-layer T5 encoder of width 32 (the joint attention width,
+    # as FLUX's 4096) with the offline tokenizer at FLUX's 512 positions, one double-stream and one
+    # single-stream block, a VAE with one latent channel (packed 2 x 2 into the transformer's 4).
+    "tiny-flux": {
+        "hub_id": None,
+        "pipeline": "FluxPipeline",
+        "transformer": {
+            "_class_name": "FluxTransformer2DModel",
+            "patch_size": 1,
+            "in_channels": 4,
+            "num_layers": 1,
+            "num_single_layers": 1,
+            "attention_head_dim": 16,
+            "num_attention_heads": 2,
+            "joint_attention_dim": 32,
+            "pooled_projection_dim": 32,
+            "axes_dims_rope": [4, 4, 8],
+        },
+        "text_encoder": _tiny_clip("CLIPTextModel", "gelu"),
+        "text_encoder_2": {
+            "_class_name": "T5EncoderModel",
+            "d_ff": 37,
+            "d_kv": 8,
+            "d_model": 32,
+            "decoder_start_token_id": 0,
+            "eos_token_id": 1,
+            "feed_forward_proj": "gated-gelu",
+            "layer_norm_epsilon": 1e-06,
+            "num_heads": 4,
+            "num_layers": 2,
+            "pad_token_id": 0,
+            "relative_attention_max_distance": 32,
+            "relative_attention_num_buckets": 8,
+            "tie_word_embeddings": False,
+            "vocab_size": T5_TINY_VOCAB,
+        },
+        "tokenizer": {"pad_token": "<|endoftext|>", "model_max_length": 77},
+        "tokenizer_2": {"kind": "t5", "model_max_length": 512},
+        "vae": {
+            "_class_name": "AutoencoderKL",
+            "block_out_channels": [4],
+            "down_block_types": ["DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D"],
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 1,
+            "layers_per_block": 1,
+            "norm_num_groups": 1,
+            "sample_size": 32,
+            "use_quant_conv": False,
+            "use_post_quant_conv": False,
+            "shift_factor": 0.0609,
+            "scaling_factor": 1.5035,
+        },
+        "scheduler": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0},
+    },
 }
 
 #: The model components (``nn.Module``) a pipeline of each layout holds, in build order.
@@ -532,6 +589,7 @@ MODEL_COMPONENTS: dict[str, tuple[str, ...]] = {
     "StableDiffusionPipeline": ("text_encoder", "unet", "vae"),
     "StableDiffusionXLPipeline": ("text_encoder", "text_encoder_2", "unet", "vae"),
     "StableDiffusion3Pipeline": ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"),
+    "FluxPipeline": ("text_encoder", "text_encoder_2", "transformer", "vae"),
 }
 
 _ALL = {**ARCHITECTURES, **TINY}

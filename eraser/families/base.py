@@ -72,10 +72,14 @@ def register_family(adapter: FamilyAdapter) -> FamilyAdapter:
     """Add ``adapter`` to the table and give the plumbing its presets and components."""
     if adapter.name in FAMILY_ADAPTERS and FAMILY_ADAPTERS[adapter.name] is not adapter:
         raise ValueError(f"model family {adapter.name!r} is already registered")
-    taken = {p: f.name for f in FAMILY_ADAPTERS.values() if f is not adapter for p in f.presets}
-    clash = sorted(set(adapter.presets) & set(taken))
+    taken = {p: f for f in FAMILY_ADAPTERS.values() if f is not adapter for p in f.presets}
+    # families with the same layer names share a preset (SD3 and FLUX: transformer.context_embedder)
+    clash = sorted(p for p in set(adapter.presets) & set(taken) if taken[p].presets[p] != adapter.presets[p])
     if clash:
-        raise ValueError(f"presets {clash} of family {adapter.name!r} are already offered by {taken[clash[0]]!r}")
+        raise ValueError(
+            f"presets {clash} of family {adapter.name!r} are already offered by {taken[clash[0]].name!r} "
+            "with other layers"
+        )
     for name, preset in adapter.presets.items():
         register_preset(name, preset)
     register_components(adapter.components)

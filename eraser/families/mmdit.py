@@ -1,4 +1,5 @@
-"""MMDiT text-to-image pipelines (diffusers ``StableDiffusion3Pipeline``): where text enters.
+"""MMDiT text-to-image pipelines (diffusers ``StableDiffusion3Pipeline`` and ``FluxPipeline``):
+where text enters.
 
 An SD3 transformer reads text in three places:
 
@@ -27,6 +28,10 @@ token of the prompt up to and including ``</s>`` (T5 attends both ways, so a tem
 the concept too), and with the ``*_padding`` modes the padding as well (the pipeline runs T5
 without an attention mask, so its padding also attends to the prompt). T5 is always run at the
 pipeline's default ``max_sequence_length`` (256), as its padding changes the prompt's features.
+
+FLUX reads text the same way, with one sequence source: ``transformer.context_embedder`` takes the
+T5 encoder's last hidden states (512 positions, FluxPipeline's default), and CLIP contributes only
+its pooled vector (``time_text_embed.text_embedder``). Unlink edits the context embedder there too.
 """
 
 from __future__ import annotations
@@ -41,7 +46,16 @@ from torch.nn import functional as F
 from .base import FamilyAdapter, register_family
 from .diffusion import PADDING_MODES, ConceptPrompts, concept_token_mask, text_towers
 
-__all__ = ["SD3", "SD3_MAX_SEQUENCE_LENGTH", "SD3Conditioning", "is_sd3"]
+__all__ = [
+    "SD3",
+    "SD3_MAX_SEQUENCE_LENGTH",
+    "SD3Conditioning",
+    "is_sd3",
+    "FLUX",
+    "FLUX_MAX_SEQUENCE_LENGTH",
+    "FluxConditioning",
+    "is_flux",
+]
 
 SD3_MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length for T5
 _CLIP_TOWERS = ("text_encoder", "text_encoder_2")
@@ -122,15 +136,20 @@ class SD3Conditioning:
             m = concept_token_mask(tower_ids, tok.eos_token_id, cp.starts[sl], cp.lengths[sl], mode)
             mask = m if mask is None else mask & m  # the CLIP towers share one BPE: their spans agree
         if len(towers) > 2:
-            t5_ids, eos = ids[2], towers[2][1].eos_token_id
-            b, length = t5_ids.shape
-            pos = torch.arange(length).expand(b, length)
-            is_eos = t5_ids == eos
-            end = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((b,), length - 1)).unsqueeze(1)
-            t5 = torch.ones_like(pos, dtype=torch.bool) if mode in PADDING_MODES else pos <= end
+            t5 = _t5_mask(ids[2], towers[2][1].eos_token_id, mode)
         else:
             t5 = torch.zeros(mask.shape[0], SD3_MAX_SEQUENCE_LENGTH, dtype=torch.bool)
         return torch.cat([mask, t5], dim=1)
+
+
+def _t5_mask(ids: Tensor, eos: int, mode: str) -> Tensor:
+    """T5 positions that carry a prompt: every token up to and including ``</s>`` (T5 attends both
+    ways, so all of them see the concept), and with the ``*_padding`` modes the padding too."""
+    b, length = ids.shape
+    pos = torch.arange(length).expand(b, length)
+    is_eos = ids == eos
+    end = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full((b,), length - 1)).unsqueeze(1)
+    return torch.ones_like(pos, dtype=torch.bool) if mode in PADDING_MODES else pos <= end
 
 
 SD3 = register_family(
@@ -151,5 +170,83 @@ SD3 = register_family(
         text_reading=r"transformer\.context_embedder",
         matches=is_sd3,
         conditioning=SD3Conditioning(),
+    )
+)
+
+
+FLUX_MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default max_sequence_length for T5
+
+
+def is_flux(pipe: Any) -> bool:
+    """A pipeline with a FLUX transformer (double- and single-stream blocks with rotary positions)."""
+    transformer = getattr(pipe, "transformer", None)
+    config = getattr(transformer, "config", None)
+    return (
+        isinstance(transformer, nn.Module)
+        and hasattr(transformer, "context_embedder")
+        and getattr(config, "axes_dims_rope", None) is not None
+    )
+
+
+class FluxConditioning:
+    """FLUX's text features: the ``prompt_embeds`` of ``FluxPipeline.encode_prompt``, the T5
+    encoder's last hidden states at 512 positions (CLIP gives only the pooled vector).
+
+    As for SD3's T5 part, a concept's features are every position up to and including ``</s>``
+    (``*_padding`` modes: all of them); T5 always runs at ``FLUX_MAX_SEQUENCE_LENGTH``, as the
+    pipeline runs it (no attention mask, so the padding changes nothing before it only in CLIP).
+    """
+
+    default_targets = "context_embedder"
+    methods = ("unlink", "unlink_rayleigh")
+
+    @staticmethod
+    def _t5(pipe: Any) -> tuple[Any, nn.Module]:
+        tok, enc = getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)
+        if tok is None or not isinstance(enc, nn.Module):
+            raise ValueError(
+                f"{type(pipe).__name__} has no T5 tower (tokenizer_2/text_encoder_2): FLUX reads the prompt's "
+                "sequence features from T5 alone, so there is nothing to erase them from. Load the pipeline with it."
+            )
+        return tok, enc
+
+    def tokenize(self, pipe: Any, prompts: Sequence[str], *, shortest: bool = False) -> list[Tensor]:
+        """T5 token ids padded to ``FLUX_MAX_SEQUENCE_LENGTH`` (``shortest`` does not apply: T5
+        attends both ways, so its padding changes the prompt's features)."""
+        tok, _ = self._t5(pipe)
+        kw = dict(padding="max_length", max_length=FLUX_MAX_SEQUENCE_LENGTH, truncation=True, return_tensors="pt")
+        return [tok(list(prompts), **kw).input_ids]
+
+    @torch.no_grad()
+    def encode(
+        self, pipe: Any, ids: list[Tensor], *, hidden_layer: str = "auto", device: torch.device | str | None = None
+    ) -> Tensor:
+        """The context embedder's input (B, 512, joint width) for T5 token ids."""
+        if hidden_layer not in ("auto", "last"):
+            raise ValueError(f"FLUX reads T5's last layer; hidden_layer must be 'auto' (got {hidden_layer!r})")
+        _, enc = self._t5(pipe)
+        dev = torch.device(device) if device is not None else next(enc.parameters()).device
+        return enc(ids[0].to(dev))[0]
+
+    def mask(self, pipe: Any, ids: list[Tensor], cp: ConceptPrompts, sl: slice, mode: str) -> Tensor:
+        """Boolean (B, 512) mask of the T5 positions that carry each prompt."""
+        tok, _ = self._t5(pipe)
+        return _t5_mask(ids[0], tok.eos_token_id, mode)
+
+
+FLUX = register_family(
+    FamilyAdapter(
+        name="flux",
+        summary="FLUX text-to-image pipelines (diffusers FluxPipeline): T5 features enter through the transformer's context embedder",
+        presets={
+            "context_embedder": r"transformer\.context_embedder",
+            "pooled_text_embedder": r"transformer\.time_text_embed\.text_embedder\.linear_1",
+            "context_kv": r"transformer\.transformer_blocks\.\d+\.attn\.add_[kv]_proj",
+        },
+        components=("transformer", "text_encoder", "text_encoder_2", "vae"),
+        text_towers=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
+        text_reading=r"transformer\.context_embedder",
+        matches=is_flux,
+        conditioning=FluxConditioning(),
     )
 )

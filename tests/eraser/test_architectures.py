@@ -25,9 +25,18 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 def test_names_and_descriptions():
-    assert names() == ["sd-v1-4", "sd-v2-1", "sdxl-base-1.0", "sd3-medium", "tiny-sd", "tiny-sdxl", "tiny-sd3"]
+    assert names() == [
+        "sd-v1-4",
+        "sd-v2-1",
+        "sdxl-base-1.0",
+        "sd3-medium",
+        "tiny-sd",
+        "tiny-sdxl",
+        "tiny-sd3",
+        "tiny-flux",
+    ]
     assert ARCHITECTURES["sd-v1-4"]["hub_id"] == "CompVis/stable-diffusion-v1-4"
-    assert set(TINY) == {*TINY_NAMES, "tiny-sd3"}  # tiny-sd3: tests/eraser/test_mmdit.py
+    assert set(TINY) == {*TINY_NAMES, "tiny-sd3", "tiny-flux"}  # tests/eraser/test_mmdit.py, test_flux.py
     spec = architecture("sd-v1-4")
     spec["unet"]["block_out_channels"].append(1)  # a copy: the module's dicts are untouched
     assert ARCHITECTURES["sd-v1-4"]["unet"]["block_out_channels"] == [320, 640, 1280, 1280]

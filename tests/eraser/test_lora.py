@@ -58,6 +58,48 @@ def test_exported_lora_loads_in_diffusers_and_reproduces_the_patch(tmp_path, arc
     torch.testing.assert_close(unet_out(pipe), original, atol=1e-6, rtol=0)
 
 
+def transformer_out(pipe, prompt="a cat"):
+    """An MMDiT transformer's prediction for fixed latents and timestep, text from the pipeline's own
+    ``encode_prompt`` (SD3: CLIP + T5 sequence and pooled; FLUX: T5 sequence, CLIP pooled)."""
+    g = torch.Generator().manual_seed(0)
+    t = pipe.transformer
+    with torch.no_grad():
+        if type(pipe).__name__ == "FluxPipeline":
+            emb, pooled, text_ids = pipe.encode_prompt([prompt], None, device="cpu")
+            latents = torch.randn(1, 16, t.config.in_channels, generator=g)
+            img_ids = pipe._prepare_latent_image_ids(1, 4, 4, "cpu", latents.dtype)
+            return t(
+                hidden_states=latents,
+                encoder_hidden_states=emb,
+                pooled_projections=pooled,
+                timestep=torch.tensor([0.5]),
+                img_ids=img_ids,
+                txt_ids=text_ids,
+            ).sample
+        emb, _, pooled, _ = pipe.encode_prompt([prompt], None, None, device="cpu", do_classifier_free_guidance=False)
+        latents = torch.randn(1, t.config.in_channels, 8, 8, generator=g)
+        return t(
+            hidden_states=latents, encoder_hidden_states=emb, pooled_projections=pooled, timestep=torch.tensor([10])
+        ).sample
+
+
+@pytest.mark.parametrize("arch", ["tiny-sd3", "tiny-flux"])
+def test_mmdit_lora_loads_in_diffusers_and_reproduces_the_patch(tmp_path, arch):
+    pipe = build_pipeline(arch, seed=0)
+    original = transformer_out(pipe)
+    patch = eraser.erase_concepts(pipe, "a cat")
+    patched = transformer_out(pipe)
+    assert (patched - original).abs().max() > 1e-4  # the erasure changes the output
+    info = patch.to_lora(tmp_path / "cat.safetensors", format="peft")
+    patch.revert(pipe)
+    assert torch.equal(transformer_out(pipe), original)
+    assert info["layers"] == ["transformer.context_embedder"]
+    pipe.load_lora_weights(str(info["path"]), adapter_name="erase_cat")
+    torch.testing.assert_close(transformer_out(pipe), patched, atol=ATOL, rtol=0)
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(transformer_out(pipe), original, atol=1e-6, rtol=0)
+
+
 def test_lora_of_a_saved_patch_needs_no_pipeline_and_from_lora_reads_it_back(tmp_path):
     pipe = build_pipeline("tiny-sd", seed=1)
     original = unet_out(pipe)
