@@ -443,11 +443,11 @@ def concept_grams(
                     kv_acc.update(hidden[mask].unsqueeze(0))
                 if pooled is not None or weigh is not None:
                     for owner, template, h, m in zip(cp.owners[sl], cp.templates[sl], hidden, mask):
-                        rows = h[m].to(torch.float64).cpu()
+                        rows = h[m].float().cpu()
                         if weigh is not None:
                             kept_rows.setdefault(owner, []).append(rows)
                         if template in BANK_TEMPLATES:
-                            pool_sums[owner] = pool_sums.get(owner, 0) + rows.sum(0)
+                            pool_sums[owner] = pool_sums.get(owner, 0) + rows.double().sum(0)
                             pool_counts[owner] = pool_counts.get(owner, 0) + rows.shape[0]
                 if context is not None:
                     pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
@@ -467,11 +467,11 @@ def concept_grams(
         rows_of = {owner: torch.cat(r) for owner, r in kept_rows.items()}
         for owner, x in rows_of.items():  # a concept whose prompts all use other templates
             if owner not in means and x.shape[0]:
-                means[owner] = x.mean(0)
+                means[owner] = x.double().mean(0)
         scale = list(weigh(means, counts))
         for owner, x in sorted(rows_of.items()):
             if x.shape[0]:
-                kv_acc.update((x * float(scale[owner]) ** 0.5).unsqueeze(0))
+                kv_acc.update((x.double() * float(scale[owner]) ** 0.5).unsqueeze(0))
     grams: dict[str, list[Gram]] = {}
     if kv_targets:
         if kv_acc.nonfinite:
