@@ -155,6 +155,13 @@ def _n_tokens(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False, truncation=False).input_ids)
 
 
+def _n_tokens_each(tokenizer: Any, texts: list[str]) -> list[int]:
+    """Token counts of many texts in one tokenizer call (a fast tokenizer batches them)."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=False).input_ids]
+
+
 def expand_concepts(
     tokenizer: Any, concepts: Sequence[str], templates: Sequence[str], verbatim: Collection[int] = ()
 ) -> ConceptPrompts:
@@ -168,19 +175,17 @@ def expand_concepts(
             raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
     out = ConceptPrompts([], [], [], [])
     limit = int(getattr(tokenizer, "model_max_length", 77)) - 2
-    sizes = []
-    for concept in concepts:
-        sizes.append(_n_tokens(tokenizer, concept))
-        if sizes[-1] == 0:
+    sizes = _n_tokens_each(tokenizer, list(concepts))
+    for concept, n in zip(concepts, sizes):
+        if n == 0:
             raise ValueError(f"concept {concept!r} tokenises to nothing; give a word or a prompt.")
     for t, template in enumerate(templates):
         prefix = template.split("{}")[0]
         start = _n_tokens(tokenizer, prefix) if prefix.strip() else 0
-        for i, (concept, n) in enumerate(zip(concepts, sizes)):
-            if i in verbatim and t > 0:
-                continue  # a whole prompt is used once, as it is
-            prompt = concept if i in verbatim else template.replace("{}", concept)
-            total = _n_tokens(tokenizer, prompt)
+        chosen = [i for i in range(len(concepts)) if t == 0 or i not in verbatim]  # a whole prompt: once, as it is
+        prompts = [concepts[i] if i in verbatim else template.replace("{}", concepts[i]) for i in chosen]
+        for i, prompt, total in zip(chosen, prompts, _n_tokens_each(tokenizer, prompts)):
+            n = sizes[i]
             if total > limit:
                 warnings.warn(
                     f"prompt {prompt[:60]!r}... has {total} tokens; the text encoder reads {limit}, "
@@ -395,7 +400,7 @@ def concept_grams(
     progress: bool = False,
     context: Gram | None = None,
     pooled: dict[int, Tensor] | None = None,
-    weigh: Callable[[dict[int, Tensor], list[int]], Sequence[float]] | None = None,
+    rows_out: dict[int, Tensor] | None = None,
 ) -> tuple[dict[str, list[Gram]], list[int]]:
     """Gram matrices of the concept tokens' features for every target (the K/V targets share one),
     and the number of feature rows (tokens) each concept contributed.
@@ -406,10 +411,9 @@ def concept_grams(
     ``pooled``, when given (an empty dict to fill), receives per concept the mean K/V feature of
     its prompts in ``BANK_TEMPLATES`` (float64): what :func:`concept_features` pools, so that a
     neighbour search need not encode the concepts again.
-    ``weigh``, when given, maps the concepts' pooled features (as ``pooled``; the mean over all
-    their prompts for a concept with none in ``BANK_TEMPLATES``) and their row counts to a
-    multiplier per concept of its rows' share in the K/V Gram (its rows are kept until the pass ends; a few MB for a
-    thousand concepts).
+    ``rows_out``, when given (an empty dict to fill), receives each concept's K/V feature rows
+    (float32, on the CPU; a few MB for a thousand concepts) instead of their Gram, which the
+    returned statistics then leave out: for callers that weigh the concepts themselves.
     """
     state: dict[str, Tensor] = {}
     kv_acc = GramAccumulator()
@@ -439,12 +443,12 @@ def concept_grams(
                 prefixes = None if text_targets else [s + 1 for s in cp.starts[sl]]
                 hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device, prefix_lengths=prefixes)
                 mask = mask.to(hidden.device)
-                if weigh is None:
+                if rows_out is None:
                     kv_acc.update(hidden[mask].unsqueeze(0))
-                if pooled is not None or weigh is not None:
+                if pooled is not None or rows_out is not None:
                     for owner, template, h, m in zip(cp.owners[sl], cp.templates[sl], hidden, mask):
                         rows = h[m].float().cpu()
-                        if weigh is not None:
+                        if rows_out is not None:
                             kept_rows.setdefault(owner, []).append(rows)
                         if template in BANK_TEMPLATES:
                             pool_sums[owner] = pool_sums.get(owner, 0) + rows.double().sum(0)
@@ -460,20 +464,12 @@ def concept_grams(
     finally:
         for kept in modes:
             kept.restore()
-    means = {owner: pool_sums[owner] / pool_counts[owner] for owner in pool_sums}
     if pooled is not None:
-        pooled.update(means)
-    if weigh is not None:
-        rows_of = {owner: torch.cat(r) for owner, r in kept_rows.items()}
-        for owner, x in rows_of.items():  # a concept whose prompts all use other templates
-            if owner not in means and x.shape[0]:
-                means[owner] = x.double().mean(0)
-        scale = list(weigh(means, counts))
-        for owner, x in sorted(rows_of.items()):
-            if x.shape[0]:
-                kv_acc.update((x.double() * float(scale[owner]) ** 0.5).unsqueeze(0))
+        pooled.update({owner: pool_sums[owner] / pool_counts[owner] for owner in pool_sums})
+    if rows_out is not None:
+        rows_out.update({owner: torch.cat(r) for owner, r in kept_rows.items()})
     grams: dict[str, list[Gram]] = {}
-    if kv_targets:
+    if kv_targets and rows_out is None:
         if kv_acc.nonfinite:
             raise ValueError(f"the text encoder produced NaN or Inf for the {what}; the model was not changed.")
         shared = kv_acc.compute()  # one Gram object for all K/V layers: fitted once

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from prompts.bank import CONCEPT_BANK
 from prompts.presets import DEFAULT_TEMPLATES, GENERIC_RETAIN
 
+from ..capture import GramAccumulator
 from ..families.base import pipeline_family
 from ..families.diffusion import (
     BANK_TEMPLATES,
@@ -318,31 +319,33 @@ def concept_statistics(
     kw = dict(
         tokens=cfg.tokens, hidden_layer=cfg.hidden_layer, batch_size=cfg.batch_size, device=device, progress=progress
     )
-    grouping = ConceptGroups(pipe, cfg, device)
+    # Context rows join automatically chosen neighbours; a user's retain list is protected as given.
+    context = Gram(torch.zeros(0, 0, dtype=torch.float64), 0) if search and cfg.protect_context and kv else None
+    # The neighbour search pools the concepts' features under BANK_TEMPLATES: when those templates
+    # are among the erasure's own, the forget pass computes them too (no second encoding).
+    reuse = search and cfg.tokens == "concept_eot" and set(BANK_TEMPLATES) <= set(cfg.templates)
+    pooled: dict[int, Tensor] = {}
+    rows: dict[int, Tensor] = {}  # each concept's K/V rows: the Gram is built once the weights are known
 
-    def forget_pass(words: list[str]) -> tuple:
-        # Context rows join automatically chosen neighbours; a user's retain list is protected as given.
-        context = Gram(torch.zeros(0, 0, dtype=torch.float64), 0) if search and cfg.protect_context and kv else None
-        # The neighbour search pools the concepts' features under BANK_TEMPLATES: when those
-        # templates are among the erasure's own, the forget pass computes them too (no second encoding).
-        reuse = search and cfg.tokens == "concept_eot" and set(BANK_TEMPLATES) <= set(cfg.templates)
-        pooled: dict | None = {} if reuse else None
-        forget = expand_concepts(tokenizer, words, cfg.templates, verbatim)
+    def forget_pass(texts: list[str], as_is: set[int], offset: int) -> tuple[dict[str, list[Gram]], list[int]]:
+        got_pooled: dict[int, Tensor] = {}
+        got_rows: dict[int, Tensor] = {}
         grams, counts = concept_grams(
             pipe,
-            forget,
+            expand_concepts(tokenizer, texts, cfg.templates, as_is),
             kv,
             text,
             what="concept prompts",
             context=context,
-            pooled=pooled,
-            weigh=grouping.weigh if kv and len(words) > 1 else None,
+            pooled=got_pooled,
+            rows_out=got_rows,
             **kw,
         )
-        return grams, counts, context, pooled
+        pooled.update({offset + i: v for i, v in got_pooled.items()})
+        rows.update({offset + i: v for i, v in got_rows.items()})
+        return grams, counts
 
-    grouping.words = words
-    f_grams, counts, context, pooled = forget_pass(words)
+    f_grams, counts = forget_pass(words, verbatim, 0)
     if search:
         bank = _bank(pipe, cfg)
         n = cfg.neighbours
@@ -356,15 +359,30 @@ def concept_statistics(
             synonym_similarity=cfg.synonym_similarity,
             hidden_layer=cfg.hidden_layer,
             device=device,
-            features=None if pooled is None else torch.stack([pooled[i] for i in range(len(words))]),
+            features=torch.stack([pooled[i] for i in range(len(words))]) if reuse else None,
         )
         keep = list(found.neighbours)
         extra = [w for w in found.synonyms if w.casefold() not in {x.casefold() for x in words}]
-        if cfg.erase_synonyms and extra:
-            # again with the synonyms: each joins its concept's group, which the weights need whole
-            words = words + extra
-            grouping.words = words
-            f_grams, counts, context, _ = forget_pass(words)
+        if cfg.erase_synonyms and extra:  # only the synonyms are encoded now
+            more, more_counts = forget_pass(extra, set(), len(words))
+            f_grams = {name: [a + b for a, b in zip(f_grams[name], more[name])] for name in f_grams}
+            words, counts = words + extra, counts + more_counts
+    groups = [[w] for w in words]
+    if kv:
+        weights = [1.0]
+        if len(words) > 1:
+            for i, x in rows.items():  # a concept with no prompt in BANK_TEMPLATES: its mean over all
+                if i not in pooled and x.shape[0]:
+                    pooled[i] = x.double().mean(0)
+            weights, groups = concept_weights(pipe, cfg, words, pooled, counts, device)
+        acc = GramAccumulator()
+        for i in sorted(rows):
+            if rows[i].shape[0]:
+                acc.update((rows[i].double() * weights[i] ** 0.5).unsqueeze(0))
+        if acc.nonfinite:
+            raise ValueError("the text encoder produced NaN or Inf for the concept prompts; the model was not changed.")
+        shared = acc.compute()  # one Gram object for all K/V layers: fitted once
+        f_grams.update({name: shared for name in kv})
     variant = cfg.resolved_variant(bool(keep))
     empty = [w for w, n in zip(words, counts) if n == 0]
     if empty:
@@ -435,51 +453,51 @@ def concept_statistics(
         variant=variant,
         encode_s=time.perf_counter() - t0,
         requested=requested,
-        groups=grouping.groups or [[w] for w in words],
+        groups=groups,
     )
 
 
-class ConceptGroups:
-    """How the concepts of one erasure weigh in its forget statistics.
+def concept_weights(
+    pipe: Any,
+    cfg: ConceptUnlinkConfig,
+    words: Sequence[str],
+    pooled: dict[int, Tensor],
+    counts: Sequence[int],
+    device: Any = None,
+) -> tuple[list[float], list[list[str]]]:
+    """How several concepts weigh in one erasure's forget statistics: a multiplier per concept
+    for its rows' outer products, and the groups of synonyms.
 
     Concepts whose pooled features are at least ``synonym_similarity`` alike (centred on the
     bank's mean, as the neighbour search compares them) are one concept in other words
     (``"eight"`` and ``"8"``): a group. The forget second moment is the sum over groups of each
-    group's mean second moment (each concept's rows weigh ``1 / its rows / its group's size``),
-    so that a concept erased among many keeps the weight it has alone (a mean over every row
-    would divide it by the number of concepts, and its directions' Rayleigh quotients with it),
-    and a word and its numeral erase what the word erases alone.
+    group's mean second moment (each concept's rows weigh ``1 / its rows / its group's size``,
+    scaled by the total rows so that ``Gram.covariance()`` is that sum), so that a concept erased
+    among many keeps the weight it has alone (a mean over every row would divide it by the number
+    of concepts, and its directions' Rayleigh quotients with it), and a word with its numeral
+    erases what the word erases alone.
     """
+    n = len(words)
+    centre = bank_features(pipe, _bank(pipe, cfg), hidden_layer=cfg.hidden_layer, device=device).pooled.mean(0)
+    feats = torch.stack([pooled[i] for i in range(n)])
+    similar = centred_similarity(feats, feats, centre) >= float(cfg.synonym_similarity)
+    label = list(range(n))  # union-find over "alike" pairs
 
-    def __init__(self, pipe: Any, cfg: ConceptUnlinkConfig, device: Any) -> None:
-        self.pipe, self.cfg, self.device = pipe, cfg, device
-        self.words: list[str] = []
-        self.groups: list[list[str]] = []
+    def root(i: int) -> int:
+        while label[i] != i:
+            label[i] = label[label[i]]
+            i = label[i]
+        return i
 
-    def weigh(self, means: dict[int, Tensor], counts: Sequence[int]) -> list[float]:
-        n = len(self.words)
-        centre = bank_features(
-            self.pipe, _bank(self.pipe, self.cfg), hidden_layer=self.cfg.hidden_layer, device=self.device
-        ).pooled.mean(0)
-        feats = torch.stack([means[i] for i in range(n)])
-        similar = centred_similarity(feats, feats, centre) >= float(self.cfg.synonym_similarity)
-        label = list(range(n))  # union-find over "alike" pairs
-
-        def root(i: int) -> int:
-            while label[i] != i:
-                label[i] = label[label[i]]
-                i = label[i]
-            return i
-
-        for i, j in torch.nonzero(similar | similar.T).tolist():
-            label[root(i)] = root(j)
-        members: dict[int, list[int]] = {}
-        for i in range(n):
-            members.setdefault(root(i), []).append(i)
-        self.groups = [[self.words[i] for i in m] for m in members.values()]
-        total = sum(counts)
-        size = {i: len(m) for m in members.values() for i in m}
-        return [total / (counts[i] * size[i]) if counts[i] else 0.0 for i in range(n)]
+    for i, j in torch.nonzero(similar | similar.T).tolist():
+        label[root(i)] = root(j)
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(root(i), []).append(i)
+    total = sum(counts)
+    size = {i: len(m) for m in members.values() for i in m}
+    weights = [total / (counts[i] * size[i]) if counts[i] else 0.0 for i in range(n)]
+    return weights, [[words[i] for i in m] for m in members.values()]
 
 
 @register_method(
