@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         help="hub id, local pipeline folder, bundled:digits (the bundled digits "
-        "model), or random:<arch> (sd-v1-4, sd-v2-1, sdxl-base-1.0, tiny-sd, tiny-sdxl: published config, random weights)",
+        "model), or random:<arch> (sd-v1-4, sd-v2-1, sdxl-base-1.0, sd3-medium, tiny-sd, tiny-sdxl, tiny-sd3, tiny-flux: published or tiny config, random weights)",
     )
     er.add_argument("--concept", action="append", help="a word or prompt to erase (repeatable), e.g. --concept nude")
     er.add_argument(
