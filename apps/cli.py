@@ -188,10 +188,10 @@ def cmd_erase(args: argparse.Namespace) -> None:
         f"retain: {patch.metadata.get('retain_source', 'user' if args.retain else 'none')}"
     )
     groups = patch.metadata.get("concept_groups") or []
-    if len(groups) > 1 or any(len(g) > 1 for g in groups):
-        print(
-            f"{len(groups)} concept(s), each with its own weight and rank: " + "; ".join(" = ".join(g) for g in groups)
-        )
+    if len(groups) > 1:
+        print(f"{len(groups)} concepts, each with its own weight and rank: " + "; ".join(" = ".join(g) for g in groups))
+    elif groups and len(groups[0]) > 1:
+        print("one concept in other words: " + " = ".join(groups[0]))
     if patch.metadata.get("retain_source") == "neighbours":
         sims = patch.metadata.get("neighbour_similarity", {})
         print(
