@@ -152,6 +152,9 @@ def main() -> None:
     }
 
     note(f"built {args.arch} in {build_s:.0f} s")
+    from eraser.hashing import CACHE_ENV
+
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="eraser-cache-")  # "first" erasures start with no disk cache
     if args.many:
         res["many"] = many_concepts(pipe, [int(n) for n in args.many.split(",")])
         print(many_table(res))
@@ -199,6 +202,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = patch.save(Path(d) / "nude.safetensors")
         res["patch_bytes"] = path.stat().st_size
+        res["compact_patch_bytes"] = patch.save(Path(d) / "compact.safetensors", compact=True).stat().st_size
+        for fmt in ("peft", "kohya"):
+            res[f"lora_{fmt}_bytes"] = patch.to_lora(Path(d) / f"lora_{fmt}.safetensors", format=fmt)["bytes"]
     res["patch_pct_of_unet"] = 100 * res["patch_bytes"] / unet_bytes
     patch.revert(pipe)
 
@@ -355,6 +361,14 @@ def table(r: dict) -> str:
             f"{r['patch_bytes'] / 1024:,.0f} KB = {r['patch_pct_of_unet']:.4f}% of the UNet ({r['unet_bytes'] * mb:,.0f} MB)",
         ),
     ]
+    if "compact_patch_bytes" in r:
+        rows += [
+            ("compact patch file (`save(compact=True)`), one concept", f"{r['compact_patch_bytes'] / 1024:,.0f} KB"),
+            (
+                "LoRA file (`to_lora`), one concept: peft / kohya",
+                f"{r['lora_peft_bytes'] / 1024:,.0f} KB / {r['lora_kohya_bytes'] / 1024:,.0f} KB",
+            ),
+        ]
     if "unet_forward_s" in r:
         rows += [
             (f"UNet forward, batch 1, {r['resolution']} px", f"{r['unet_forward_s']:.3f} s"),
