@@ -353,6 +353,8 @@ def encode_ids(
         return cond.encode(pipe, ids, hidden_layer=hidden_layer, device=device)
     layer = _hidden_layer(pipe, hidden_layer)
     hidden = []
+    if prefix_lengths is not None and not _prefixes_pay(ids[0], prefix_lengths):
+        prefix_lengths = None
     for (_, _, enc), tower_ids in zip(text_towers(pipe), ids):
         dev = torch.device(device) if device is not None else next(enc.parameters()).device
         if prefix_lengths is not None and is_causal_clip(enc):
@@ -363,6 +365,16 @@ def encode_ids(
         out = enc(tower_ids.to(dev), output_hidden_states=layer == "penultimate")
         hidden.append(_hidden(out, layer))
     return torch.cat(hidden, dim=-1)
+
+
+# A pass per distinct prefix pays only when each serves several prompts: a handful of prompts
+# with as many templates (one concept) runs faster as one whole-prompt batch.
+MIN_PROMPTS_PER_PREFIX = 8
+
+
+def _prefixes_pay(ids: Tensor, prefix_lengths: Sequence[int]) -> bool:
+    prefixes = {tuple(row[: int(p)].tolist()) for row, p in zip(ids, prefix_lengths)}
+    return len(prefix_lengths) >= MIN_PROMPTS_PER_PREFIX * len(prefixes)
 
 
 def encode_prompts(

@@ -33,14 +33,34 @@ def test_expand_concepts_goes_template_by_template_and_uses_whole_prompts_once(p
 
 
 @pytest.mark.parametrize("hidden_layer", ["last", "penultimate"])
-def test_shared_prefixes_give_the_towers_own_features(pipe, hidden_layer):
+def test_shared_prefixes_give_the_towers_own_features(pipe, hidden_layer, monkeypatch):
     # a batch mixing templates and a whole prompt, padded to its longest prompt
     cp = expand_concepts(pipe.tokenizer, CONCEPTS, DEFAULT_TEMPLATES, verbatim={3})
     ids = tokenize_prompts(pipe, cp.prompts, shortest=True)
     assert all(is_causal_clip(enc) for _, _, enc in text_towers(pipe))
     reference = encode_ids(pipe, ids, hidden_layer=hidden_layer)
-    fast = encode_ids(pipe, ids, hidden_layer=hidden_layer, prefix_lengths=[s + 1 for s in cp.starts])
+    prefixes = [s + 1 for s in cp.starts]
+    fast = torch.cat(
+        [
+            encode_with_shared_prefixes(enc, tower_ids, prefixes, penultimate=hidden_layer == "penultimate")
+            for (_, _, enc), tower_ids in zip(text_towers(pipe), ids)
+        ],
+        dim=-1,
+    )
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    # encode_ids takes the shared-prefix path only when each prefix serves several prompts
+    from eraser.families import diffusion
+
+    calls = []
+    real = diffusion.encode_with_shared_prefixes
+    monkeypatch.setattr(diffusion, "encode_with_shared_prefixes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    encode_ids(pipe, ids, hidden_layer=hidden_layer, prefix_lengths=prefixes)  # 24 prompts, 6 prefixes
+    assert calls == []
+    many = expand_concepts(pipe.tokenizer, [f"thing {i}" for i in range(20)], ("{}", "a photo of {}"))
+    many_ids = tokenize_prompts(pipe, many.prompts, shortest=True)
+    shared = encode_ids(pipe, many_ids, hidden_layer=hidden_layer, prefix_lengths=[s + 1 for s in many.starts])
+    assert len(calls) == len(ids)  # once per tower
+    torch.testing.assert_close(shared, encode_ids(pipe, many_ids, hidden_layer=hidden_layer), rtol=1e-5, atol=1e-5)
     # every row's positions, the prefix's included, not just the suffixes
     one = text_towers(pipe)[0][2]
     alone = encode_with_shared_prefixes(one, ids[0][:1], [cp.starts[0] + 1], penultimate=hidden_layer == "penultimate")
