@@ -147,3 +147,13 @@ def toy_model(toy_task):
     model = ToyCNN()
     model.load_state_dict(toy_task["state"])
     return model
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s state, to check later that it is bit for bit the same."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same_state(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> bool:
+    now = module.state_dict()
+    return now.keys() == saved.keys() and all(torch.equal(now[k], saved[k]) for k in saved)

@@ -390,6 +390,28 @@ ARCHITECTURES["sd3-medium"] = {
 }
 
 
+def _tiny_t5(width: int) -> dict[str, Any]:
+    """A 2-layer T5 encoder of ``width`` (the joint attention width, as SD3's and FLUX's 4096) whose
+    table fits the offline tokenizer's ids."""
+    return {
+        "_class_name": "T5EncoderModel",
+        "d_ff": 37,
+        "d_kv": 8,
+        "d_model": width,
+        "decoder_start_token_id": 0,
+        "eos_token_id": 1,
+        "feed_forward_proj": "gated-gelu",
+        "layer_norm_epsilon": 1e-06,
+        "num_heads": 4,
+        "num_layers": 2,
+        "pad_token_id": 0,
+        "relative_attention_max_distance": 32,
+        "relative_attention_num_buckets": 8,
+        "tie_word_embeddings": False,
+        "vocab_size": T5_TINY_VOCAB,
+    }
+
+
 def _tiny_clip(cls: str, hidden_act: str) -> dict[str, Any]:
     # As diffusers' own pipeline tests (get_dummy_components), but with the real vocabulary and
     # 77 positions so that the real tokenizer's ids fit.
@@ -497,23 +519,7 @@ TINY: dict[str, dict[str, Any]] = {
         },
         "text_encoder": _tiny_clip("CLIPTextModelWithProjection", "quick_gelu"),
         "text_encoder_2": _tiny_clip("CLIPTextModelWithProjection", "gelu"),
-        "text_encoder_3": {
-            "_class_name": "T5EncoderModel",
-            "d_ff": 37,
-            "d_kv": 8,
-            "d_model": 96,
-            "decoder_start_token_id": 0,
-            "eos_token_id": 1,
-            "feed_forward_proj": "gated-gelu",
-            "layer_norm_epsilon": 1e-06,
-            "num_heads": 4,
-            "num_layers": 2,
-            "pad_token_id": 0,
-            "relative_attention_max_distance": 32,
-            "relative_attention_num_buckets": 8,
-            "tie_word_embeddings": False,
-            "vocab_size": T5_TINY_VOCAB,
-        },
+        "text_encoder_3": _tiny_t5(96),
         "tokenizer": {"pad_token": "<|endoftext|>", "model_max_length": 77},
         "tokenizer_2": {"pad_token": "!", "model_max_length": 77},
         "tokenizer_3": {"kind": "t5", "model_max_length": 256},
@@ -545,23 +551,7 @@ TINY: dict[str, dict[str, Any]] = {
             "axes_dims_rope": [4, 4, 8],
         },
         "text_encoder": _tiny_clip("CLIPTextModel", "gelu"),
-        "text_encoder_2": {
-            "_class_name": "T5EncoderModel",
-            "d_ff": 37,
-            "d_kv": 8,
-            "d_model": 32,
-            "decoder_start_token_id": 0,
-            "eos_token_id": 1,
-            "feed_forward_proj": "gated-gelu",
-            "layer_norm_epsilon": 1e-06,
-            "num_heads": 4,
-            "num_layers": 2,
-            "pad_token_id": 0,
-            "relative_attention_max_distance": 32,
-            "relative_attention_num_buckets": 8,
-            "tie_word_embeddings": False,
-            "vocab_size": T5_TINY_VOCAB,
-        },
+        "text_encoder_2": _tiny_t5(32),
         "tokenizer": {"pad_token": "<|endoftext|>", "model_max_length": 77},
         "tokenizer_2": {"kind": "t5", "model_max_length": 512},
         "vae": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import same_state, state
 
 import eraser
 from eraser import ErasurePatch
@@ -21,15 +22,6 @@ def flux():
     pipe = build_pipeline("tiny-flux", seed=0)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def state(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def same_state(module, saved):
-    now = module.state_dict()
-    return now.keys() == saved.keys() and all(torch.equal(now[k], saved[k]) for k in saved)
 
 
 def generate(pipe):

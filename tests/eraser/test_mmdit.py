@@ -6,6 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from conftest import same_state, state
 
 import eraser
 from eraser import ErasurePatch
@@ -24,15 +25,6 @@ def sd3():
     pipe = build_pipeline("tiny-sd3", seed=0)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def state(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def same_state(module, saved):
-    now = module.state_dict()
-    return now.keys() == saved.keys() and all(torch.equal(now[k], saved[k]) for k in saved)
 
 
 def generate(pipe):
