@@ -168,8 +168,8 @@ def expand_concepts(
     """Each concept inserted into each template (``"a photo of {}"``), with the token span it
     occupies; the concepts at the indices in ``verbatim`` (whole prompts) are used as they are.
 
-    Prompts come template by template, so that a batch of them mostly shares one prefix (which
-    :func:`encode_ids` then computes once)."""
+    Prompts come template by template (so that a batch of them mostly shares one prefix, which
+    :func:`encode_ids` then computes once), shortest first within a template."""
     for template in templates:
         if template.count("{}") != 1:
             raise ValueError(f"template {template!r} must contain '{{}}' exactly once")
@@ -184,7 +184,10 @@ def expand_concepts(
         start = _n_tokens(tokenizer, prefix) if prefix.strip() else 0
         chosen = [i for i in range(len(concepts)) if t == 0 or i not in verbatim]  # a whole prompt: once, as it is
         prompts = [concepts[i] if i in verbatim else template.replace("{}", concepts[i]) for i in chosen]
-        for i, prompt, total in zip(chosen, prompts, _n_tokens_each(tokenizer, prompts)):
+        # shortest first: a batch pads to its longest prompt, so one long prompt among short ones
+        # would make the whole batch cost as much as it
+        entries = sorted(zip(_n_tokens_each(tokenizer, prompts), range(len(chosen)), chosen, prompts))
+        for total, _, i, prompt in entries:
             n = sizes[i]
             if total > limit:
                 warnings.warn(
