@@ -220,7 +220,6 @@ class ConceptStatistics:
     modules: dict[str, nn.Module]
     variant: str
     encode_s: float
-    requested: int = 1  # concepts the caller named (synonyms found on the way not counted)
     groups: list[list[str]] = dc_field(default_factory=list)  # the concepts, synonyms grouped
 
     def default_k(self, cfg: ConceptUnlinkConfig) -> int:
@@ -293,7 +292,6 @@ def concept_statistics(
     t0 = time.perf_counter()
     towers = text_towers(pipe)
     words, verbatim = concept_texts(concepts, "concepts")
-    requested = len(words)
     mode = retain.strip().casefold() if isinstance(retain, str) and retain.strip().casefold() in RETAIN_MODES else None
     keep, keep_verbatim = ([], set()) if mode else concept_texts(retain, "retain prompts")
     clash = sorted({w.casefold() for w in words} & {r.casefold() for r in keep})
@@ -452,7 +450,6 @@ def concept_statistics(
         modules=modules,
         variant=variant,
         encode_s=time.perf_counter() - t0,
-        requested=requested,
         groups=groups,
     )
 
