@@ -126,6 +126,8 @@ def cell_key(cfg: AttackBenchConfig, digit: int, method: str, attack: str) -> di
         "method": method,
         "attack": name,
         "attack_options": _jsonable(options),
+        # the whole resolved config: a changed default is a different cell, not a stale reuse
+        "attack_config": _jsonable(asdict(get_attack(name).config_cls(**options))),
         "instances": int(cfg.instances),
         "images": int(cfg.images),
         "targets": int(cfg.targets) if get_attack(name).needs_targets else None,

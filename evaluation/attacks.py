@@ -62,6 +62,8 @@ from eraser.layers import KeptModes
 
 __all__ = [
     "OPTIMISATION_SEED_OFFSET",
+    "T_MIN",
+    "RESTARTS",
     "AttackSpec",
     "AttackResult",
     "AttackSuccess",
@@ -93,6 +95,13 @@ __all__ = [
 # Optimisation generators are seeded from here up; evaluation images use image_seed(seed, 0, k),
 # below 10**7 * (seed + 1): the two ranges meet only for evaluation seeds near 4.6e11.
 OPTIMISATION_SEED_OFFSET = 1 << 62
+
+# The optimised attacks draw timesteps from the top of the noise schedule, t >= T_MIN * T: that is
+# where the conditioning decides what is drawn. Below it the denoising loss is mostly noise that no
+# prompt changes, and its gradient drowned the concept's signal (docs/benchmarks.md, "Attack budget").
+T_MIN = 0.5
+# Optimised attacks try this many starting points (a short run from each, then the best continues).
+RESTARTS = 8
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,6 +382,8 @@ def _check_optimised(attack: str, cfg: Any, counts: Sequence[str]) -> None:
         raise ValueError(f"{attack}: lr must be > 0; got {cfg.lr}")
     if int(cfg.seed) < 0:
         raise ValueError(f"{attack}: seed must be >= 0; got {cfg.seed}")
+    if isinstance(cfg.t_min, bool) or not 0.0 <= float(cfg.t_min) < 1.0:
+        raise ValueError(f"{attack}: t_min must be a fraction of the noise schedule in [0, 1); got {cfg.t_min!r}")
 
 
 @torch.no_grad()
@@ -433,8 +444,10 @@ class _Denoiser:
         self.unet, self.batch = unet, int(cfg.batch_size)
         self.dtype = next(unet.parameters()).dtype
         self.x0 = _clean_latents(pipe, unet, targets, self.batch).to(next(unet.parameters()).device)
+        self.t_lo = int(float(cfg.t_min) * self.n_train)
         self.px = self.x0[: cfg.probe_images].repeat_interleave(cfg.probe_timesteps, 0)
-        pt = torch.tensor([int((k + 0.5) * self.n_train / cfg.probe_timesteps) for k in range(cfg.probe_timesteps)])
+        span = (self.n_train - self.t_lo) / cfg.probe_timesteps
+        pt = torch.tensor([self.t_lo + int((k + 0.5) * span) for k in range(cfg.probe_timesteps)])
         self.pt = pt.repeat(min(cfg.probe_images, len(self.x0)))
         self.pn = torch.randn(self.px.shape, generator=g_probe).to(self.px.device, self.px.dtype)
 
@@ -452,7 +465,7 @@ class _Denoiser:
     def draw(self, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """A training batch: ``batch_size`` target images (with replacement), noise and timesteps."""
         idx = torch.randint(0, len(self.x0), (self.batch,), generator=g)
-        t = torch.randint(0, self.n_train, (self.batch,), generator=g)
+        t = torch.randint(self.t_lo, self.n_train, (self.batch,), generator=g)
         noise = torch.randn((self.batch, *self.x0.shape[1:]), generator=g).to(self.x0.device, self.x0.dtype)
         return self.x0[idx.to(self.x0.device)], noise, t
 
@@ -468,6 +481,27 @@ class _Denoiser:
         return total / len(self.px)
 
 
+def _gradient_starts(
+    param: Tensor, step_loss: Callable[[], Tensor], table: Tensor, n: int, blocked: Any = (), draws: int = 4
+) -> list[Tensor]:
+    """``n`` starting points for ``param`` (tokens x D): at each position, the vocabulary rows the loss's
+    gradient favours most (first-order change ``(e_v - p) . grad``, averaged over ``draws`` training
+    draws; GCG-style), the r-th start taking every position's r-th choice. ``blocked``: token ids never
+    chosen."""
+    if n < 1:
+        return []
+    grad = torch.zeros_like(param)
+    for _ in range(draws):
+        g = torch.autograd.grad(step_loss(), param)[0]
+        grad += g.detach() / draws
+    rows = table.detach().float()
+    change = rows @ grad.T - (param.detach() * grad).sum(1)  # vocab x tokens
+    if len(blocked):
+        change[sorted(blocked)] = torch.inf
+    picks = change.topk(n, dim=0, largest=False).indices  # n x tokens
+    return [rows[picks[r]].clone() for r in range(n)]
+
+
 def _optimise(
     attack: str,
     desc: str,
@@ -477,31 +511,60 @@ def _optimise(
     t0: float,
     progress: bool,
     after_step: Callable[[int], None] | None = None,
+    starts: Sequence[Tensor] = (),
+    score: Callable[[], float] | None = None,
 ) -> tuple[list[float], str]:
     """At most ``cfg.steps`` Adam steps (``cfg.lr``) on ``step_loss()``, stopping once ``cfg.time_budget``
-    seconds have passed since ``t0``; ``after_step(step)`` runs after each. Returns every step's loss
-    and why it stopped ("steps" or "time")."""
+    seconds have passed since ``t0``; ``after_step(step)`` runs after each (in the final run). With
+    ``starts`` (other initial values of ``params[0]``) and ``score`` (the probe loss of the current
+    value), half the steps are shared among short runs from the current value and each start, and
+    the rest continue from the run that scored best. Returns every step's loss and why it stopped
+    ("steps" or "time")."""
     from tqdm.auto import tqdm
 
-    opt = torch.optim.Adam(list(params), lr=cfg.lr)
     losses: list[float] = []
     stopped = "steps"
+    param = params[0]
+    runs = [param.detach().clone(), *[s.detach().to(param) for s in starts]] if score is not None else []
+    warm = cfg.steps // (2 * len(runs)) if len(runs) > 1 else 0
     with tqdm(total=cfg.steps, desc=desc, unit="step", disable=not progress) as bar:
-        for step in range(cfg.steps):
-            loss = step_loss()
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"{attack}: the loss became {float(loss)} at step {step}; lower lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            if after_step is not None:
-                after_step(step)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            bar.update()
-            if time.perf_counter() - t0 > cfg.time_budget:
-                stopped = "time"
-                break
+
+        def run(steps: int, last: bool) -> bool:
+            opt = torch.optim.Adam(list(params), lr=cfg.lr)
+            for _ in range(steps):
+                loss = step_loss()
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"{attack}: the loss became {float(loss)} at step {len(losses)}; lower lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                if last and after_step is not None:
+                    after_step(len(losses) - 1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+                bar.update()
+                if time.perf_counter() - t0 > cfg.time_budget:
+                    return False
+            return True
+
+        finished = True
+        if warm:  # multi-start: a plateau near one start (a neutral word) trapped single runs
+            best: tuple[float, Tensor] | None = None
+            for value in runs:
+                with torch.no_grad():
+                    param.copy_(value)
+                finished = run(warm, False)
+                got = score()
+                if best is None or got < best[0]:
+                    best = (got, param.detach().clone())
+                if not finished:
+                    break
+            with torch.no_grad():
+                param.copy_(best[1])
+        if finished:
+            finished = run(cfg.steps - len(losses), True)
+        if not finished:
+            stopped = "time"
     return losses, stopped
 
 
@@ -513,25 +576,32 @@ def _optimise(
 class SoftPromptConfig:
     """``n_tokens`` learned input embeddings appended to the prompt, optimised for at most ``steps``
     Adam steps (learning rate ``lr``) or ``time_budget`` seconds, each step on ``batch_size`` target
-    images at random timesteps; ``seed`` seeds the initial tokens, the draws and the probe. The
-    reported loss is the mean over ``probe_images`` targets x ``probe_timesteps`` fixed timesteps
-    with fixed noise, the same draws before and after."""
+    images at random timesteps ``t >= t_min * T`` (T: the schedule's length); ``seed`` seeds the
+    initial tokens, the draws and the probe. ``restarts``: the first half of the steps is shared by
+    short runs from the initial tokens and from ``restarts - 1`` others that the loss's gradient
+    favours (GCG-style), and the run with the lowest probe loss continues. The reported loss is the
+    mean over ``probe_images`` targets x ``probe_timesteps`` fixed timesteps (spread over
+    ``[t_min * T, T)``) with fixed noise, the same draws before and after."""
 
     n_tokens: int = 4
-    steps: int = 120
+    steps: int = 160
     time_budget: float = 600.0
     lr: float = 0.01
-    batch_size: int = 8
+    batch_size: int = 16
     seed: int = 0
     probe_images: int = 16
     probe_timesteps: int = 4
+    t_min: float = T_MIN
+    restarts: int = RESTARTS
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise a ValueError naming the first setting out of range."""
-        _check_optimised("soft_prompt", self, ("n_tokens", "steps", "batch_size", "probe_images", "probe_timesteps"))
+        _check_optimised(
+            "soft_prompt", self, ("n_tokens", "steps", "batch_size", "probe_images", "probe_timesteps", "restarts")
+        )
 
 
 def _special_ids(tokenizer: Any) -> set[int]:
@@ -593,6 +663,14 @@ def soft_prompt(
                 cfg,
                 t0,
                 progress,
+                starts=_gradient_starts(
+                    soft,
+                    lambda: den.loss(_encode(enc, ids), *den.draw(g_train)),
+                    table,
+                    cfg.restarts - 1,
+                    _special_ids(tok) & set(range(table.shape[0])),
+                ),
+                score=lambda: den.probe(lambda: _encode(enc, ids)),
             )
             final = den.probe(lambda: _encode(enc, ids))
             embeds = encode_ids(pipe, [ids]).float().cpu()
@@ -685,13 +763,15 @@ class DiscretePromptConfig:
     tokens. Draws, probe and ``seed`` as :class:`SoftPromptConfig`."""
 
     n_tokens: int = 4
-    steps: int = 120
+    steps: int = 160
     time_budget: float = 600.0
     lr: float = 0.01
-    batch_size: int = 8
+    batch_size: int = 16
     seed: int = 0
     probe_images: int = 16
     probe_timesteps: int = 4
+    t_min: float = T_MIN
+    restarts: int = RESTARTS
     probe_every: int = 20
     exclude_concept: bool = False
 
@@ -701,7 +781,7 @@ class DiscretePromptConfig:
     def validate(self) -> None:
         """Raise a ValueError naming the first setting out of range."""
         _check_optimised(
-            "discrete_prompt", self, ("n_tokens", "steps", "batch_size", "probe_images", "probe_timesteps")
+            "discrete_prompt", self, ("n_tokens", "steps", "batch_size", "probe_images", "probe_timesteps", "restarts")
         )
         if int(self.probe_every) < 0:
             raise ValueError(
@@ -768,7 +848,16 @@ def discrete_prompt(
 
         initial_text, initial = score(init_ids)
         losses, stopped = _optimise(
-            "discrete_prompt", f"discrete_prompt {concept}", [soft], step_loss, cfg, t0, progress, after_step
+            "discrete_prompt",
+            f"discrete_prompt {concept}",
+            [soft],
+            step_loss,
+            cfg,
+            t0,
+            progress,
+            after_step,
+            starts=_gradient_starts(soft, step_loss, table, cfg.restarts - 1, forbidden),
+            score=lambda: score(project(soft).tolist())[1],
         )
         last = project(soft).tolist()
         if not candidates or candidates[-1][1] != last:
@@ -843,13 +932,15 @@ class TextualInversionConfig:
 
     init_word: str = "object"
     templates: tuple[str, ...] = TEXTUAL_INVERSION_TEMPLATES
-    steps: int = 120
+    steps: int = 160
     time_budget: float = 600.0
     lr: float = 0.01
-    batch_size: int = 8
+    batch_size: int = 16
     seed: int = 0
     probe_images: int = 16
     probe_timesteps: int = 4
+    t_min: float = T_MIN
+    restarts: int = RESTARTS
 
     def __post_init__(self) -> None:
         self.templates = (self.templates,) if isinstance(self.templates, str) else tuple(self.templates)
@@ -857,7 +948,9 @@ class TextualInversionConfig:
 
     def validate(self) -> None:
         """Raise a ValueError naming the first setting out of range."""
-        _check_optimised("textual_inversion", self, ("steps", "batch_size", "probe_images", "probe_timesteps"))
+        _check_optimised(
+            "textual_inversion", self, ("steps", "batch_size", "probe_images", "probe_timesteps", "restarts")
+        )
         _check_templates("textual_inversion", self.templates)
         if not isinstance(self.init_word, str):
             raise ValueError(
@@ -908,8 +1001,23 @@ def textual_inversion(
 
         with _soft_tokens(enc, start, learned):
             initial = den.probe(lambda: _encode(enc, ids))
+
+        def probe_learned() -> float:
+            with _soft_tokens(enc, start, learned):
+                return den.probe(lambda: _encode(enc, ids))
+
         losses, stopped = _optimise(
-            "textual_inversion", f"textual_inversion {concept}", [learned], step_loss, cfg, t0, progress
+            "textual_inversion",
+            f"textual_inversion {concept}",
+            [learned],
+            step_loss,
+            cfg,
+            t0,
+            progress,
+            starts=_gradient_starts(
+                learned, step_loss, table, cfg.restarts - 1, _special_ids(tok) & set(range(table.shape[0]))
+            ),
+            score=probe_learned,
         )
         with _soft_tokens(enc, start, learned):
             final = den.probe(lambda: _encode(enc, ids))

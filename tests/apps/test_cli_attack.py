@@ -263,3 +263,15 @@ def test_bench_attack_bad_input(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
         main(["bench", "attack", *extra, "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_cell_key_holds_every_attack_setting_not_only_the_given_ones():
+    from evaluation.attack_bench import AttackBenchConfig, cell_key
+    from evaluation.attacks import T_MIN
+
+    cfg = AttackBenchConfig(digits=(7,), attacks=("soft_prompt:steps=2",))
+    plain = cell_key(cfg, 7, "unlink", "soft_prompt:steps=2")
+    # a default the user did not write is part of the key: changing it makes a new cell
+    assert plain["attack_config"]["t_min"] == T_MIN and plain["attack_config"]["steps"] == 2
+    other = cell_key(cfg, 7, "unlink", "soft_prompt:steps=2,t_min=0.25")
+    assert other["attack_config"]["t_min"] == 0.25 and other != plain

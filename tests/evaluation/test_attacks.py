@@ -34,7 +34,7 @@ from evaluation.attacks import (
 
 PROMPT = "a photo of the digit"
 # A short run: enough steps to lower the probe loss on this model, small enough for a unit test.
-SHORT = dict(steps=16, lr=0.02, batch_size=4, probe_images=4, probe_timesteps=4)
+SHORT = dict(steps=16, lr=0.02, batch_size=4, probe_images=4, probe_timesteps=4, restarts=2)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_registry_lists_gets_and_refuses():
         run_attack("ring", None, "seven", prompt=PROMPT)
     assert evaluation.get_attack is get_attack and evaluation.list_attacks is list_attacks
     # configs serialise into reports
-    assert dataclasses.asdict(SoftPromptConfig())["n_tokens"] == 4 and SoftPromptConfig().steps == 120
+    assert dataclasses.asdict(SoftPromptConfig())["n_tokens"] == 4 and SoftPromptConfig().steps == 160
 
 
 def test_register_and_run_attack_with_options(scratch_table):
@@ -216,7 +216,7 @@ def test_bad_input_is_refused_and_the_model_is_unchanged(erased, sevens, monkeyp
 def test_discrete_prompt_finds_a_text_prompt_that_replays(erased, sevens):
     before = state(erased)
     tok = erased.tokenizer
-    kw = {**SHORT, "steps": 8, "probe_every": 4}
+    kw = {**SHORT, "steps": 16, "probe_every": 4}
     result = run_attack("discrete_prompt", erased, "seven", prompt=PROMPT, targets=sevens, **kw)
     assert_same(before, state(erased))
     assert no_hooks(erased)
@@ -229,8 +229,9 @@ def test_discrete_prompt_finds_a_text_prompt_that_replays(erased, sevens):
     assert result.embeddings.shape == (4, 64)
     assert torch.equal(result.embeddings, erased.text_encoder.get_input_embeddings().weight[ids].float())
     probes = result.details["probes"]
-    assert [p["step"] for p in probes] == [4, 8] and result.loss == min(p["loss"] for p in probes)
-    assert result.steps == 8 and math.isfinite(result.initial_loss) and result.stopped == "steps"
+    # two starts share the first 8 steps; the probes are taken in the run that continues
+    assert [p["step"] for p in probes] == [12, 16] and result.loss == min(p["loss"] for p in probes)
+    assert result.steps == 16 and math.isfinite(result.initial_loss) and result.stopped == "steps"
     again = run_attack("discrete_prompt", erased, "seven", prompt=PROMPT, targets=sevens, **kw)
     assert again.prompts == result.prompts and again.losses == result.losses  # seeded
     other = run_attack("discrete_prompt", erased, "seven", prompt=PROMPT, targets=sevens, **{**kw, "seed": 1})
@@ -584,3 +585,32 @@ def test_attacks_end_to_end_on_tiny_sd_with_a_vae():
     out = attack_success(sd, [soft, ring], ScriptedJudge([1, 0, 1]), 1, **kw)
     assert out.images.shape == (3, 3, 64, 64) and out.instances == 3 and out.asr == 100.0 * 2 / 3
     assert out.settings["attacks"] == ["soft_prompt", "ring_a_bell"]
+
+
+def test_gradient_starts_pick_the_rows_the_loss_favours():
+    from evaluation.attacks import _gradient_starts
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 8, generator=g)
+    goal = table[[3, 17]]  # two positions, each pulled towards one vocabulary row
+    param = torch.zeros(2, 8, requires_grad=True)
+    starts = _gradient_starts(param, lambda: (param - goal).pow(2).sum(), table, 2, blocked={17})
+    assert len(starts) == 2 and all(s.shape == (2, 8) for s in starts)
+    assert torch.equal(starts[0][0], table[3])  # first-order best for position 0
+    assert not any(torch.equal(s[1], table[17]) for s in starts)  # a blocked token is never chosen
+    assert _gradient_starts(param, lambda: param.sum(), table, 0) == []
+
+
+def test_optimised_attacks_draw_timesteps_from_the_top_of_the_schedule(erased, sevens):
+    from evaluation.attacks import _Denoiser
+
+    cfg = SoftPromptConfig(**{**SHORT, "t_min": 0.75})
+    den = _Denoiser(erased, erased.unet, sevens, cfg, torch.Generator().manual_seed(0))
+    n = den.n_train
+    ts = torch.cat([den.draw(torch.Generator().manual_seed(i))[2] for i in range(20)])
+    assert int(ts.min()) >= int(0.75 * n) and int(ts.max()) < n
+    assert int(den.pt.min()) >= int(0.75 * n)
+    with pytest.raises(ValueError, match="t_min must be a fraction"):
+        SoftPromptConfig(t_min=1.0)
+    with pytest.raises(ValueError, match="restarts must be >= 1"):
+        TextualInversionConfig(restarts=0)
