@@ -588,7 +588,7 @@ def test_attacks_end_to_end_on_tiny_sd_with_a_vae():
 
 
 def test_gradient_starts_pick_the_rows_the_loss_favours():
-    from evaluation.attacks import _gradient_starts
+    from eraser.training.soft_prompts import gradient_starts as _gradient_starts
 
     g = torch.Generator().manual_seed(0)
     table = torch.randn(50, 8, generator=g)
@@ -602,7 +602,7 @@ def test_gradient_starts_pick_the_rows_the_loss_favours():
 
 
 def test_optimised_attacks_draw_timesteps_from_the_top_of_the_schedule(erased, sevens):
-    from evaluation.attacks import _Denoiser
+    from eraser.training.soft_prompts import Denoiser as _Denoiser
 
     cfg = SoftPromptConfig(**{**SHORT, "t_min": 0.75})
     den = _Denoiser(erased, erased.unet, sevens, cfg, torch.Generator().manual_seed(0))
