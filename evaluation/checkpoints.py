@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -34,7 +35,7 @@ def cache_key(**fields) -> str:
 
 def cached_model(
     build: Callable[[], nn.Module],
-    train: Callable[[nn.Module, Path | None], None],
+    train: Callable[[nn.Module, Path | None], Any],
     key: str,
     cache_dir: str | Path | None,
     metadata: dict | None = None,
@@ -45,7 +46,8 @@ def cached_model(
     ``checkpoint`` is where ``train`` may keep its in-progress state (``cache_dir/<key>.partial.safetensors``,
     None without a cache), so that an interrupted training resumes. Returns the model and its
     record (key, sha256 of the weights file, training seconds, metadata). Without ``cache_dir``
-    nothing is stored.
+    nothing is stored. When ``train`` returns the training loop's per-epoch logs, the training seconds
+    are the sum of their epochs' (a training resumed from its checkpoint counts its earlier runs too).
     """
     from safetensors.torch import load_file, save_file
 
@@ -60,8 +62,14 @@ def cached_model(
                 model.load_state_dict(load_file(str(path)))
                 return model, record
     t0 = time.perf_counter()
-    train(model, None if cache_dir is None else Path(cache_dir) / f"{key}.partial.safetensors")
-    record = {"key": key, "train_s": time.perf_counter() - t0, **(metadata or {})}
+    logs = train(model, None if cache_dir is None else Path(cache_dir) / f"{key}.partial.safetensors")
+    train_s = time.perf_counter() - t0
+    timed = [e for e in logs if isinstance(e, dict) and "seconds" in e] if isinstance(logs, list) else []
+    if timed and len(timed) == len(logs):
+        train_s = float(sum(e["seconds"] for e in timed))  # every epoch, those of interrupted runs included
+    record = {"key": key, "train_s": train_s, **(metadata or {})}
+    if isinstance(logs, list) and len(timed) < len(logs):  # resumed from a state that kept no times
+        record["train_s_covers"] = f"this run only: {len(logs) - len(timed)} of {len(logs)} epochs ran before it"
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

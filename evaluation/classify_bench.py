@@ -233,7 +233,7 @@ def _original(cfg: ClassifyBenchConfig, data: TensorDataset, seed: int, digest: 
         return build_model(cfg.model, data.num_classes, data.in_channels)
 
     def train(model, checkpoint):
-        fit(
+        return fit(
             model,
             RetainCE(),
             {"retain": data.train},
@@ -266,7 +266,7 @@ def _retrain(cfg: ClassifyBenchConfig, data: TensorDataset, parts: dict, split, 
     def train(model, checkpoint):
         # what the registered ``retrain`` method does, with the loop's resumable checkpoint
         reinitialize(model, recipe.seed)
-        fit(
+        return fit(
             model,
             RetainCE(),
             {"retain": parts["retain"]},
@@ -498,7 +498,8 @@ def run_classify_bench(cfg: ClassifyBenchConfig, progress: bool = True) -> list[
                             **base,
                             "method": "retrain",
                             **evaluate(model),
-                            "RTE_s": rec["train_s"],
+                            # a training resumed from a state that kept no times has no whole run time
+                            "RTE_s": float("nan") if "train_s_covers" in rec else rec["train_s"],
                             "config": {"recipe": asdict(replace(cfg.training_recipe(), seed=seed)), "checkpoint": rec},
                         }
                     )

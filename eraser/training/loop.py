@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -159,7 +160,8 @@ def fit(
     desc: str = "train",
     checkpoint: str | Path | None = None,
 ) -> list[dict]:
-    """Optimise ``objective`` on ``data`` (stream name -> labelled data); returns per-epoch logs.
+    """Optimise ``objective`` on ``data`` (stream name -> labelled data); returns per-epoch logs
+    (epoch, steps so far, mean loss, seconds).
 
     ``checkpoint``: a file the loop writes its state to after every epoch (weights, optimiser,
     step, the data-order and augmentation random states) and resumes from when it holds a
@@ -223,6 +225,7 @@ def fit(
     try:
         for epoch in range(start, cfg.epochs):
             losses = []
+            t_epoch = time.perf_counter()
             for streams in objective.phases(epoch):
                 driver, others = streams[0], streams[1:]
                 for batch in loaders[driver]:
@@ -248,7 +251,14 @@ def fit(
                     losses.append(loss)
                     step += 1
                     bar.update(1)
-            logs.append({"epoch": epoch, "steps": step, "loss": sum(losses) / max(1, len(losses))})
+            logs.append(
+                {
+                    "epoch": epoch,
+                    "steps": step,
+                    "loss": sum(losses) / max(1, len(losses)),
+                    "seconds": time.perf_counter() - t_epoch,  # kept across resumes: the run's real cost
+                }
+            )
             if step >= total or objective.finished(model):
                 break
             if checkpoint is not None:

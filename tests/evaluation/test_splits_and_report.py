@@ -81,6 +81,20 @@ def test_cached_model_trains_once(tmp_path):
     assert len(calls) == 2 and torch.equal(c.weight, a.weight) and rec_c["weights_sha256"] == rec_a["weights_sha256"]
 
 
+def test_cached_model_counts_the_training_seconds_of_every_epoch(tmp_path):
+    def build():
+        return torch.nn.Linear(3, 2)
+
+    # a training resumed from its checkpoint reports the epochs of its earlier runs too
+    _, rec = cached_model(
+        build, lambda m, c: [{"epoch": 0, "seconds": 100.0}, {"epoch": 1, "seconds": 20.5}], "a", tmp_path
+    )
+    assert rec["train_s"] == 120.5 and "train_s_covers" not in rec
+    # epochs that kept no time (a state written by an older version): said, not hidden
+    _, rec = cached_model(build, lambda m, c: [{"epoch": 0}, {"epoch": 1, "seconds": 20.5}], "b", tmp_path)
+    assert rec["train_s"] < 100 and rec["train_s_covers"] == "this run only: 1 of 2 epochs ran before it"
+
+
 def test_report_writes_markdown_csv_json(tmp_path):
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
     assert mean_std([1.0, float("nan"), 3.0]) == (2.0, pytest.approx(2**0.5))  # undefined values left out
