@@ -13,6 +13,8 @@ __all__ = ["parse_method", "parse_options"]
 
 def _convert(text: str, default: Any, name: str) -> Any:
     """A command-line value as the type of the field's default (no ``eval``)."""
+    if isinstance(default, str):  # a word option keeps its word: closure=none means "none"
+        return text
     if text.lower() == "none":
         return None
     if isinstance(default, (tuple, list)):  # e.g. templates=a photo of {}|a painting of {}

@@ -119,11 +119,20 @@ def _jsonable(value: Any) -> Any:
 
 def cell_key(cfg: AttackBenchConfig, digit: int, method: str, attack: str) -> dict[str, Any]:
     """Every setting that determines the cell (digit, method, attack): the key its file is found by."""
+    from eraser.registry import get_method
+
+    from .erasure_bench import parse_bench_method
+
     _, name, options = parse_attack(attack)
+    method_config = None
+    if method != ORIGINAL:
+        _, method_name, _, method_options = parse_bench_method(method)
+        method_config = _jsonable(asdict(get_method(method_name, "diffusion").config_cls(**method_options)))
     return {
         "model": MODEL,
         "digit": int(digit),
         "method": method,
+        "method_config": method_config,  # resolved, as the attack's: a changed default is a new cell
         "attack": name,
         "attack_options": _jsonable(options),
         # the whole resolved config: a changed default is a different cell, not a stale reuse

@@ -20,6 +20,12 @@ a reflection: no input reaches a removed direction) of directions the protected 
   ``concept_bank``): on Stable Diffusion it would remove every concept the retain list does not name.
 - ``closure="none"``: Unlink's edit alone (for comparisons).
 
+With ``adversarial_rounds`` (off by default), the method also red-teams itself: it draws the concept
+with the model before the edit, learns a soft prompt against the erased model
+(``eraser.training.soft_prompts``, the engine of the ``soft_prompt`` attack, on its own seeds), adds
+the features that prompt makes the UNet read (outside the protected subspace) to the concept's forget
+statistics, and fits the edit again, round after round.
+
 Unlink's reflection is then fitted on what the removal leaves of the concept's features (reflecting
 directions already removed would weaken the reflection of the rest). The edit of each K/V layer is
 ``W -> W (I - dual diag(eta) basis^T)(I - C C^T)`` (C: the removed directions), stored as one
@@ -51,6 +57,7 @@ from ..subspace import (
     protected_statistics,
     with_cut,
 )
+from ..training.soft_prompts import SoftPromptConfig, learn_soft_prompt
 from .unlink import _stack, fit_subspace
 from .unlink_diffusion import ConceptUnlinkConfig, concept_statistics, pipeline_id
 
@@ -69,20 +76,42 @@ class RobustUnlinkConfig(ConceptUnlinkConfig):
     protected_energy: the protected subspace N holds this share of the protected statistics'
         energy (retain concepts weighing the same, plus the shared context).
     private_ratio: private directions with singular value at least this times the largest are removed.
+    adversarial_rounds: rounds of self-red-teaming: a soft prompt (``adversarial_prompt`` plus learned
+        tokens, ``eraser.training.soft_prompts``, ``adversarial_steps`` steps) is learned against the
+        erased model on ``adversarial_images`` of each concept that the model drew before the edit;
+        the features it makes the UNet read join the concept's forget statistics (all rounds together
+        weigh as one more concept, with ``rank_per_concept`` more directions) and the edit is fitted
+        again. Only the part of those features outside the subspace holding
+        ``adversarial_protected_energy`` of the protected statistics is added. 0 (default): no rounds
+        (measured in docs/benchmarks.md, "Red-teaming"). Optimisation and image seeds start at
+        ``adversarial_seed``.
     """
 
     closure: str = "private"
     protected_energy: float = 0.999
     private_ratio: float = 0.5
+    adversarial_rounds: int = 0
+    adversarial_protected_energy: float = 0.99
+    adversarial_prompt: str = "a photo of"
+    adversarial_images: int = 16
+    adversarial_steps: int = 60
+    adversarial_seed: int = 1000
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.closure not in CLOSURES:
             raise ValueError(f"closure must be one of {CLOSURES}; got {self.closure!r}")
-        for name in ("protected_energy", "private_ratio"):
+        for name in ("protected_energy", "private_ratio", "adversarial_protected_energy"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1]; got {value!r}")
+        for name in ("adversarial_rounds", "adversarial_images", "adversarial_steps", "adversarial_seed"):
+            value = getattr(self, name)
+            low = 1 if name in ("adversarial_images", "adversarial_steps") else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
+        if not isinstance(self.adversarial_prompt, str):
+            raise ValueError(f"adversarial_prompt must be a string (a neutral prompt); got {self.adversarial_prompt!r}")
         if self.variant == "svd":
             raise ValueError(
                 "unlink_robust protects the kept concepts (the Rayleigh fit and the protected subspace need "
@@ -124,14 +153,108 @@ def unlink_robust_concepts(
     stats = concept_statistics(pipe, concepts, retain, config=cfg, device=device, progress=progress)
     if stats.retain is None:  # pragma: no cover - the config and retain checks above rule it out
         raise ValueError("unlink_robust needs retain statistics; the model was not changed.")
+    rounds = int(cfg.adversarial_rounds) if stats.kv else 0
+    # the concepts as the model draws them now, before any edit: what the attacker aims at
+    targets = _concept_images(pipe, stats, cfg) if rounds else {}
+    t_fit = time.perf_counter()
+    patch = _fitted_patch(pipe, stats, cfg, stats.forget, 0)
+    found: list[Tensor] = []
+    log: list[dict[str, Any]] = []
+    t_attack = 0.0
+    applied: ErasurePatch | None = patch
+    try:
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            for i, (word, images) in enumerate(targets.items()):
+                sp = learn_soft_prompt(
+                    pipe,
+                    cfg.adversarial_prompt,
+                    images,
+                    _round_config(cfg, r * len(targets) + i),
+                    what="unlink_robust",
+                    desc=f"unlink_robust round {r + 1} {word}",
+                    progress=progress,
+                )
+                # what the UNet reads from the learned tokens on: the attack's own features
+                found.append(sp.prompt_embeds[0, sp.start :].to(torch.float64))
+                log.append({"round": r + 1, "concept": word, "loss_before": sp.initial_loss, "loss_after": sp.loss})
+            t_attack += time.perf_counter() - t0
+            patch.revert(as_module(pipe))
+            applied = None
+            patch = _fitted_patch(pipe, stats, cfg, _with_found(stats, found, cfg), cfg.rank_per_concept)
+            applied = patch
+    except BaseException:  # an interrupted or failed round leaves the model as it was
+        if applied is not None:
+            applied.revert(as_module(pipe))
+        raise
+    patch.metadata["robust"]["adversarial"] = {
+        "rounds": rounds,
+        "prompt": cfg.adversarial_prompt,
+        "images": int(cfg.adversarial_images),
+        "steps": int(cfg.adversarial_steps),
+        "seed": int(cfg.adversarial_seed),
+        "found": log,
+    }
+    patch.metadata["timing_s"] = {
+        **patch.metadata["timing_s"],
+        "encode": stats.encode_s,
+        "attack": t_attack,
+        "total": time.perf_counter() - t_fit + stats.encode_s,
+    }
+    return patch
+
+
+def _round_config(cfg: RobustUnlinkConfig, index: int) -> SoftPromptConfig:
+    """The soft-prompt search of one adversarial round (its own optimisation seed)."""
+    return SoftPromptConfig(
+        steps=int(cfg.adversarial_steps),
+        batch_size=8,
+        restarts=4,
+        seed=int(cfg.adversarial_seed) + index,
+        probe_images=min(8, int(cfg.adversarial_images)),
+    )
+
+
+@torch.no_grad()
+def _concept_images(pipe: Any, stats: Any, cfg: RobustUnlinkConfig) -> dict[str, Tensor]:
+    """``adversarial_images`` generations of each concept group's first word (``"<prompt> <word>"``)
+    by the pipeline as it is, in [0, 1]; image seeds from ``adversarial_seed`` up."""
+    out = {}
+    n = int(cfg.adversarial_images)
+    for g, group in enumerate(stats.groups or [[w] for w in stats.words]):
+        word = group[0]
+        prompt = " ".join(f"{cfg.adversarial_prompt} {word}".split())
+        gens = [torch.Generator().manual_seed(int(cfg.adversarial_seed) + 10_000 * g + i) for i in range(n)]
+        out[word] = pipe([prompt] * n, generator=gens, output_type="pt").images.float().clamp(0, 1)
+    return out
+
+
+def _with_found(stats: Any, found: list[Tensor], cfg: RobustUnlinkConfig) -> dict[str, list[Gram]]:
+    """The forget statistics with the attacks' feature rows added to the K/V layers', each row without
+    its part in the protected subspace (``adversarial_protected_energy`` of the protected statistics'
+    energy: an attack that reaches the concept through a kept concept's features is not followed
+    there), all rows together weighing as one more concept."""
+    base = stats.forget[stats.kv[0]][0]
+    rows = torch.cat(found)
+    keep = energy_basis(protected_statistics(stats.retain[stats.kv[0]][0]), float(cfg.adversarial_protected_energy))
+    rows = rows - (rows @ keep) @ keep.T
+    merged = Gram(base.matrix + (base.n / rows.shape[0]) * (rows.T @ rows), base.n)
+    return {**stats.forget, **{name: [merged] for name in stats.kv}}
+
+
+def _fitted_patch(
+    pipe: Any, stats: Any, cfg: RobustUnlinkConfig, forget_grams: dict[str, list[Gram]], extra_k: int
+) -> ErasurePatch:
+    """The robust edit fitted on ``forget_grams`` (rank: the default plus ``extra_k``), applied to ``pipe``."""
     t0 = time.perf_counter()
     strength = float(cfg.strength)
     edits: dict[str, LayerEdit] = {}
     found: dict[str, list[dict[str, Any]]] = {}
+    default_k = stats.default_k(cfg) + int(extra_k)
     # Layers fed the same statistics (every K/V projection) share one fit and one stored basis.
     fitted: dict[tuple, tuple[tuple[Tensor, Tensor, Tensor | None], list[dict[str, Any]]]] = {}
     for name, mod in stats.modules.items():
-        forget, retain_g = stats.forget[name], stats.retain[name]
+        forget, retain_g = forget_grams[name], stats.retain[name]
         key = tuple(id(g) for g in forget) + tuple(id(g) for g in retain_g)
         if key not in fitted:
             subs, infos = [], []
@@ -146,7 +269,7 @@ def unlink_robust_concepts(
                             fg.matrix.new_zeros(fg.dim, 0), fg.matrix.new_zeros(0), fg.matrix.new_zeros(fg.dim, 0)
                         )
                     else:
-                        sub = fit_subspace(rest, rg, cfg, default_k=stats.default_k(cfg))
+                        sub = fit_subspace(rest, rg, cfg, default_k=min(default_k, fg.dim // 2))
                         sub = Subspace(sub.basis, sub.eta * strength, sub.dual, sub.spectrum)
                 except ValueError as err:
                     raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None

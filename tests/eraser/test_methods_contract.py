@@ -110,6 +110,8 @@ def test_overrides_reach_the_config(toy_model, toy_task):
     name, opts = parse_method("ft:lr=0.02,epochs=1,schedule=cosine,max_steps=none")
     assert (name, opts) == ("ft", {"lr": 0.02, "epochs": 1, "schedule": "cosine", "max_steps": None})
     assert parse_method("unlink:variant=svd,k=2") == ("unlink", {"variant": "svd", "k": 2})
+    # a word option keeps the word "none" (unlink_robust's closure=none), a number option unsets
+    assert parse_method("unlink_robust:closure=none", family="diffusion") == ("unlink_robust", {"closure": "none"})
     for bad, msg in (
         ("ft:lr", "key=value"),
         ("ft:bogus=1", "has no option"),

@@ -147,7 +147,8 @@ def test_reversible_bit_exact_and_metadata(pipe, tmp_path):
         assert robust["cut_rank"] >= 1 and robust["reflected_rank"] >= 1
         assert 0 < robust["protected_rank"] < 64 and 0 < robust["private_share"] < 0.5
         assert meta["config"]["closure"] == "private" and meta["config"]["strength"] == 1.5
-        assert set(meta["timing_s"]) == {"encode", "fit", "apply"}
+        assert set(meta["timing_s"]) == {"encode", "fit", "apply", "attack", "total"}
+        assert meta["robust"]["adversarial"]["rounds"] == 0 and meta["timing_s"]["attack"] == 0
         # the cut directions (the first columns of the basis) are removed: no input reaches them
         for name, e in patch.edits.items():
             cut = e.basis[0][:, : robust["cut_rank"]].float()
@@ -200,6 +201,10 @@ def test_closure_none_is_unlinks_edit_and_settings_reach_the_config(pipe):
         ({"retain": "none"}, "retain='none' gives none"),
         ({"retain": ["seven"]}, "both concepts to erase and retain"),
         ({"strength": 3.0}, "strength must be in"),
+        ({"adversarial_rounds": -1}, "adversarial_rounds must be an integer >= 0"),
+        ({"adversarial_steps": 0}, "adversarial_steps must be an integer >= 1"),
+        ({"adversarial_protected_energy": 0.0}, "adversarial_protected_energy must be in"),
+        ({"adversarial_prompt": 3}, "adversarial_prompt must be a string"),
     ],
 )
 def test_bad_input_is_refused_and_leaves_the_pipeline_unchanged(pipe, kwargs, error):
@@ -249,3 +254,48 @@ def test_gram_without_removes_the_cut_from_rows_and_gram():
     torch.testing.assert_close(big.matrix, out.matrix)
     same = Gram(rows.T @ rows, 5)
     assert gram_without(same, cut[:, :0]) is same
+
+
+TINY_ROUNDS = dict(adversarial_rounds=2, adversarial_steps=2, adversarial_images=2)
+
+
+def test_adversarial_rounds_add_what_the_attack_found_and_revert_exactly(pipe, monkeypatch):
+    import eraser.methods.unlink_robust as robust_module
+
+    before = unet_state(pipe)
+    calls = []
+    real = robust_module.learn_soft_prompt
+
+    def spy(p, prompt, targets, config, **kw):
+        calls.append((prompt, tuple(targets.shape), config.seed, config.steps))
+        return real(p, prompt, targets, config, **kw)
+
+    monkeypatch.setattr(robust_module, "learn_soft_prompt", spy)
+    plain = eraser.erase_concepts(pipe, "seven", method="unlink_robust", closure="none")
+    rank_plain = plain.metadata["robust"]["reflected_rank"]
+    plain.revert(pipe)
+    patch = eraser.erase_concepts(pipe, "seven", method="unlink_robust", closure="none", **TINY_ROUNDS)
+    try:
+        adv = patch.metadata["robust"]["adversarial"]
+        assert adv["rounds"] == 2 and [f["round"] for f in adv["found"]] == [1, 2]
+        # each round attacks the erased model from its own seed, on the concept's images drawn before the edit
+        assert [c[2] for c in calls] == [1000, 1001] and all(c[:2] == ("a photo of", (2, 1, 32, 32)) for c in calls)
+        assert patch.metadata["robust"]["reflected_rank"] > rank_plain  # the attacks' rows got their own directions
+        assert patch.metadata["timing_s"]["attack"] > 0
+    finally:
+        patch.revert(pipe)
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+
+
+def test_a_failed_adversarial_round_leaves_the_pipeline_unchanged(pipe, monkeypatch):
+    import eraser.methods.unlink_robust as robust_module
+
+    before = unet_state(pipe)
+
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(robust_module, "learn_soft_prompt", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        eraser.erase_concepts(pipe, "seven", method="unlink_robust", **TINY_ROUNDS)
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
