@@ -132,7 +132,8 @@ def cell_key(cfg: AttackBenchConfig, digit: int, method: str, attack: str) -> di
         "model": MODEL,
         "digit": int(digit),
         "method": method,
-        "method_config": method_config,  # resolved, as the attack's: a changed default is a new cell
+        # resolved, as the attack's: a changed default is a new cell (the original has none)
+        **({"method_config": method_config} if method_config is not None else {}),
         "attack": name,
         "attack_options": _jsonable(options),
         # the whole resolved config: a changed default is a different cell, not a stale reuse
