@@ -61,11 +61,11 @@ from eraser.training.soft_prompts import (
     OPTIMISATION_SEED_OFFSET,
     RESTARTS,
     T_MIN,
+    SearchBudget,
     SoftPromptConfig,
     learn_soft_prompt,
 )
 from eraser.training.soft_prompts import Denoiser as _Denoiser
-from eraser.training.soft_prompts import check_optimised as _check_optimised
 from eraser.training.soft_prompts import check_pipeline as _check_pipeline
 from eraser.training.soft_prompts import check_scheduler as _check_scheduler
 from eraser.training.soft_prompts import encode_hidden as _encode
@@ -393,36 +393,25 @@ def paraphrase(
 
 
 @dataclass
-class DiscretePromptConfig:
+class DiscretePromptConfig(SearchBudget):
     """PEZ (Wen et al. 2023, "Hard prompts made easy"): ``n_tokens`` continuous embeddings appended to
     the prompt; each step projects them to their nearest (cosine) vocabulary tokens, takes the loss
-    and its gradient at the projected point and applies it to the continuous ones (Adam, ``lr``),
-    for at most ``steps`` steps or ``time_budget`` seconds. Every ``probe_every`` steps (0: only at
-    the end) the text of the projected tokens is scored on the fixed probe draws and the best text
-    is kept. Special tokens are never chosen; ``exclude_concept`` also forbids the concept's own
-    tokens. Draws, probe and ``seed`` as :class:`SoftPromptConfig`."""
+    and its gradient at the projected point and applies it to the continuous ones (budget, draws,
+    probe and ``seed``: :class:`eraser.training.soft_prompts.SearchBudget`). Every ``probe_every``
+    steps (0: only at the end) the text of the projected tokens is scored on the fixed probe draws
+    and the best text is kept. Special tokens are never chosen; ``exclude_concept`` also forbids the
+    concept's own tokens."""
 
     n_tokens: int = 4
-    steps: int = 160
-    time_budget: float = 600.0
-    lr: float = 0.01
-    batch_size: int = 16
-    seed: int = 0
-    probe_images: int = 16
-    probe_timesteps: int = 4
-    t_min: float = T_MIN
-    restarts: int = RESTARTS
     probe_every: int = 20
     exclude_concept: bool = False
 
-    def __post_init__(self) -> None:
-        self.validate()
+    ATTACK = "discrete_prompt"
+    COUNTS = ("n_tokens", *SearchBudget.COUNTS)
 
     def validate(self) -> None:
         """Raise a ValueError naming the first setting out of range."""
-        _check_optimised(
-            "discrete_prompt", self, ("n_tokens", "steps", "batch_size", "probe_images", "probe_timesteps", "restarts")
-        )
+        super().validate()
         if int(self.probe_every) < 0:
             raise ValueError(
                 f"discrete_prompt: probe_every must be >= 0 (0: only the final tokens); got {self.probe_every}"
@@ -560,27 +549,19 @@ def _check_templates(attack: str, templates: Any) -> None:
 
 
 @dataclass
-class TextualInversionConfig:
+class TextualInversionConfig(SearchBudget):
     """One new token's input embedding, initialised from ``init_word`` (its token, or the mean of its
     tokens; "" draws a random real token) and learned on the target images' denoising loss with the
     erased model frozen (Pham et al., "Circumventing concept erasure methods"): each image of a step
     is conditioned on a random one of ``templates`` (and "{prompt} {}") with the token in place of
-    ``{}``. The tokenizer
-    is never changed: the embedding is injected where a placeholder token sits. Budget, draws, probe
-    and ``seed`` as :class:`SoftPromptConfig`; the probe scores "{prompt} <token>", what the result
-    generates with."""
+    ``{}``. The tokenizer is never changed: the embedding is injected where a placeholder token sits.
+    Budget, draws, probe and ``seed``: :class:`eraser.training.soft_prompts.SearchBudget`; the probe
+    scores "{prompt} <token>", what the result generates with."""
 
     init_word: str = "object"
     templates: tuple[str, ...] = TEXTUAL_INVERSION_TEMPLATES
-    steps: int = 160
-    time_budget: float = 600.0
-    lr: float = 0.01
-    batch_size: int = 16
-    seed: int = 0
-    probe_images: int = 16
-    probe_timesteps: int = 4
-    t_min: float = T_MIN
-    restarts: int = RESTARTS
+
+    ATTACK = "textual_inversion"
 
     def __post_init__(self) -> None:
         self.templates = (self.templates,) if isinstance(self.templates, str) else tuple(self.templates)
@@ -588,9 +569,7 @@ class TextualInversionConfig:
 
     def validate(self) -> None:
         """Raise a ValueError naming the first setting out of range."""
-        _check_optimised(
-            "textual_inversion", self, ("steps", "batch_size", "probe_images", "probe_timesteps", "restarts")
-        )
+        super().validate()
         _check_templates("textual_inversion", self.templates)
         if not isinstance(self.init_word, str):
             raise ValueError(

@@ -28,6 +28,7 @@ __all__ = [
     "OPTIMISATION_SEED_OFFSET",
     "T_MIN",
     "RESTARTS",
+    "SearchBudget",
     "SoftPromptConfig",
     "SoftPrompt",
     "Denoiser",
@@ -350,17 +351,16 @@ def optimise(
 
 
 @dataclass
-class SoftPromptConfig:
-    """``n_tokens`` learned input embeddings appended to the prompt, optimised for at most ``steps``
-    Adam steps (learning rate ``lr``) or ``time_budget`` seconds, each step on ``batch_size`` target
-    images at random timesteps ``t >= t_min * T`` (T: the schedule's length); ``seed`` seeds the
-    initial tokens, the draws and the probe. ``restarts``: the first half of the steps is shared by
-    short runs from the initial tokens and from ``restarts - 1`` others that the loss's gradient
-    favours (GCG-style), and the run with the lowest probe loss continues. The reported loss is the
-    mean over ``probe_images`` targets x ``probe_timesteps`` fixed timesteps (spread over
-    ``[t_min * T, T)``) with fixed noise, the same draws before and after."""
+class SearchBudget:
+    """The budget and draws every learned-prompt search shares: at most ``steps`` Adam steps
+    (learning rate ``lr``) or ``time_budget`` seconds, each step on ``batch_size`` target images at
+    random timesteps ``t >= t_min * T`` (T: the schedule's length); ``seed`` seeds the initial
+    tokens, the draws and the probe. ``restarts``: the first half of the steps is shared by short
+    runs from the initial tokens and from ``restarts - 1`` others that the loss's gradient favours
+    (GCG-style), and the run with the lowest probe loss continues. The reported loss is the mean over
+    ``probe_images`` targets x ``probe_timesteps`` fixed timesteps (spread over ``[t_min * T, T)``)
+    with fixed noise, the same draws before and after."""
 
-    n_tokens: int = 4
     steps: int = 160
     time_budget: float = 600.0
     lr: float = 0.01
@@ -371,14 +371,25 @@ class SoftPromptConfig:
     t_min: float = T_MIN
     restarts: int = RESTARTS
 
+    ATTACK = "search"
+    COUNTS = ("steps", "batch_size", "probe_images", "probe_timesteps", "restarts")
+
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise a ValueError naming the first setting out of range."""
-        check_optimised(
-            "soft_prompt", self, ("n_tokens", "steps", "batch_size", "probe_images", "probe_timesteps", "restarts")
-        )
+        check_optimised(self.ATTACK, self, self.COUNTS)
+
+
+@dataclass
+class SoftPromptConfig(SearchBudget):
+    """``n_tokens`` learned input embeddings appended to the prompt (budget and draws: :class:`SearchBudget`)."""
+
+    n_tokens: int = 4
+
+    ATTACK = "soft_prompt"
+    COUNTS = ("n_tokens", *SearchBudget.COUNTS)
 
 
 def special_ids(tokenizer: Any) -> set[int]:
