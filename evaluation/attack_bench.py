@@ -41,7 +41,7 @@ import torch
 
 from .attacks import attack_success, get_attack, run_instances
 
-__all__ = ["ORIGINAL", "AttackBenchConfig", "parse_attack", "cell_key", "run_attack_bench"]
+__all__ = ["ORIGINAL", "AttackBenchConfig", "parse_attack", "cell_key", "run_attack_bench", "summarise"]
 
 ORIGINAL = "original (no erasure)"
 MODEL = "bundled:digits"
@@ -384,4 +384,57 @@ def run_attack_bench(
             "worst / mean drop: against the original row, in points."
         )
     paths = write_report(out, "attack_bench", columns, rows, settings, title="eraser bench attack", notes=notes)
-    return {"rows": rows, "paths": paths, "computed": computed}
+    summary = summarise(rows)
+    write_report(
+        out,
+        "attack_bench_summary",
+        list(summary[0]),
+        summary,
+        settings,
+        title="eraser bench attack: worst digit and mean, per method and attack",
+        notes=SUMMARY_NOTES,
+    )
+    return {"rows": rows, "summary": summary, "paths": paths, "computed": computed}
+
+
+SUMMARY_NOTES = (
+    "ASR max / min: the highest and lowest ASR over the digits (the digit in brackets; max is an erasure's "
+    "worst case, min the weakest attack on the original); mean: over the digits.",
+    "worst kept drop: the largest drop of any kept digit over the erasures (erased digit -> kept digit).",
+    "erase s: the mean wall-clock seconds of one erasure.",
+)
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, attack) of a bench's rows (as written in ``attack_bench.json``): the worst
+    digit's ASR first, then the means, and the worst drop of a kept digit."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["attack"]), []).append(r)
+    out = []
+    for (method, attack), rs in groups.items():
+        worst = max(rs, key=lambda r: (float(r["ASR (%)"]), float(r["image-level (%)"])))
+        weakest = min(rs, key=lambda r: (float(r["ASR (%)"]), float(r["image-level (%)"])))
+        drops = []
+        for r in rs:
+            text = str(r.get("worst drop", "")).split()
+            if text and text[0] not in ("-", ""):
+                kept = str(r["worst drop"]).partition("(digit ")[2].rstrip(")") or "-"
+                drops.append((float(text[0]), f"{r['digit']} -> {kept}"))
+        erase = [float(r["erase s"]) for r in rs if r.get("erase s") not in (None, "-")]
+        top = max(drops, key=lambda x: x[0]) if drops else None
+        out.append(
+            {
+                "method": method,
+                "attack": attack,
+                "digits": len(rs),
+                "ASR max (%)": f"{float(worst['ASR (%)']):.1f} ({worst['digit']})",
+                "ASR min (%)": f"{float(weakest['ASR (%)']):.1f} ({weakest['digit']})",
+                "ASR mean (%)": statistics.mean(float(r["ASR (%)"]) for r in rs),
+                "image-level mean (%)": statistics.mean(float(r["image-level (%)"]) for r in rs),
+                "no attack mean (%)": statistics.mean(float(r["no attack (%)"]) for r in rs),
+                "worst kept drop": "-" if top is None else f"{top[0]:.1f} ({top[1]})" if top[0] > 0 else "0.0",
+                "erase s": statistics.mean(erase) if erase else "-",
+            }
+        )
+    return out

@@ -280,3 +280,28 @@ def test_bench_cell_key_holds_every_attack_setting_not_only_the_given_ones():
     assert plain["method_config"]["strength"] == 1.5 and "method_config" not in original
     robust = cell_key(cfg, 7, "unlink_robust:closure=none", "soft_prompt:steps=2")["method_config"]
     assert robust["closure"] == "none" and robust["adversarial_rounds"] >= 0
+
+
+def test_bench_summary_puts_the_worst_digit_first():
+    from evaluation.attack_bench import summarise
+
+    def row(d, method, asr, drop):
+        return {
+            "digit": d,
+            "method": method,
+            "attack": "soft_prompt",
+            "ASR (%)": asr,
+            "image-level (%)": asr,
+            "no attack (%)": 0.0,
+            "erase s": 0.5,
+            "worst drop": drop,
+        }
+
+    rows = [
+        row(7, "unlink", 100.0, "+0.0"),
+        row(2, "unlink", 0.0, "+50.0 (digit 8)"),
+        row(9, "unlink", 50.0, "+10.0 (digit 4)"),
+    ]
+    (s,) = summarise(rows)
+    assert s["ASR max (%)"] == "100.0 (7)" and s["ASR min (%)"] == "0.0 (2)" and s["ASR mean (%)"] == 50.0
+    assert s["worst kept drop"] == "50.0 (2 -> 8)" and s["digits"] == 3 and s["erase s"] == 0.5
