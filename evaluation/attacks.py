@@ -69,6 +69,7 @@ from eraser.training.soft_prompts import Denoiser as _Denoiser
 from eraser.training.soft_prompts import check_pipeline as _check_pipeline
 from eraser.training.soft_prompts import check_scheduler as _check_scheduler
 from eraser.training.soft_prompts import encode_hidden as _encode
+from eraser.training.soft_prompts import extra_starts as _extra_starts
 from eraser.training.soft_prompts import frozen as _frozen
 from eraser.training.soft_prompts import gradient_starts as _gradient_starts
 from eraser.training.soft_prompts import optimisation_generator as _generator
@@ -485,7 +486,7 @@ def discrete_prompt(
             t0,
             progress,
             after_step,
-            starts=_gradient_starts(soft, step_loss, table, cfg.restarts - 1, forbidden),
+            starts=_gradient_starts(soft, step_loss, table, _extra_starts(cfg), forbidden),
             score=lambda: score(project(soft).tolist())[1],
         )
         last = project(soft).tolist()
@@ -634,7 +635,7 @@ def textual_inversion(
             t0,
             progress,
             starts=_gradient_starts(
-                learned, step_loss, table, cfg.restarts - 1, _special_ids(tok) & set(range(table.shape[0]))
+                learned, step_loss, table, _extra_starts(cfg), _special_ids(tok) & set(range(table.shape[0]))
             ),
             score=probe_learned,
         )

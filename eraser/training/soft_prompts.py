@@ -37,6 +37,7 @@ __all__ = [
     "check_optimised",
     "clean_latents",
     "encode_hidden",
+    "extra_starts",
     "frozen",
     "gradient_starts",
     "learn_soft_prompt",
@@ -263,6 +264,12 @@ class Denoiser:
         return total / len(self.px)
 
 
+def extra_starts(cfg: Any) -> int:
+    """How many starting points besides the initial one ``cfg`` asks for: ``restarts - 1``, or none
+    when the budget leaves no steps for short runs (``steps < 2 * restarts``)."""
+    return int(cfg.restarts) - 1 if int(cfg.steps) // (2 * int(cfg.restarts)) else 0
+
+
 def gradient_starts(
     param: Tensor, step_loss: Callable[[], Tensor], table: Tensor, n: int, blocked: Any = (), draws: int = 4
 ) -> list[Tensor]:
@@ -469,7 +476,7 @@ def learn_soft_prompt(
                     soft,
                     lambda: den.loss(encode_hidden(enc, ids), *den.draw(g_train)),
                     table,
-                    cfg.restarts - 1,
+                    extra_starts(cfg),
                     special_ids(tok) & set(range(table.shape[0])),
                 ),
                 score=lambda: den.probe(lambda: encode_hidden(enc, ids)),

@@ -136,7 +136,7 @@ def test_registered_as_a_training_free_diffusion_method():
 
 def test_reversible_bit_exact_and_metadata(pipe, tmp_path):
     before = unet_state(pipe)
-    patch = eraser.erase_concepts(pipe, "seven", method="unlink_robust")
+    patch = eraser.erase_concepts(pipe, "seven", method="unlink_robust", adversarial_rounds=0)
     try:
         meta = patch.metadata
         assert meta["method"] == "unlink_robust" and meta["variant"] == "rayleigh"
@@ -175,13 +175,15 @@ def test_closure_none_is_unlinks_edit_and_settings_reach_the_config(pipe):
     plain = eraser.erase_concepts(pipe, "seven")
     w_plain = kv_weights(pipe)
     plain.revert(pipe)
-    none = eraser.erase_concepts(pipe, "seven", method="unlink_robust", closure="none")
+    none = eraser.erase_concepts(pipe, "seven", method="unlink_robust", closure="none", adversarial_rounds=0)
     try:
         assert none.metadata["robust"]["cut_rank"] == 0
         assert all(torch.allclose(w_plain[n], w, atol=1e-6) for n, w in kv_weights(pipe).items())
     finally:
         none.revert(pipe)
-    full = eraser.erase_concepts(pipe, "seven", method="unlink_robust", closure="full", protected_energy=0.99)
+    full = eraser.erase_concepts(
+        pipe, "seven", method="unlink_robust", closure="full", protected_energy=0.99, adversarial_rounds=0
+    )
     try:
         robust = full.metadata["robust"]
         assert robust["closure"] == "full" and robust["protected_energy"] == 0.99
@@ -233,7 +235,7 @@ def test_erases_the_digit_and_keeps_another(pipe):
 def test_runs_on_a_stable_diffusion_layout():
     sd = build_pipeline("tiny-sd")
     before = kv_weights(sd)
-    patch = eraser.erase_concepts(sd, "nude", method="unlink_robust")
+    patch = eraser.erase_concepts(sd, "nude", method="unlink_robust", adversarial_rounds=0)
     try:
         assert patch.metadata["robust"]["reflected_rank"] >= 1 and patch.layers
     finally:
@@ -271,7 +273,7 @@ def test_adversarial_rounds_add_what_the_attack_found_and_revert_exactly(pipe, m
         return real(p, prompt, targets, config, **kw)
 
     monkeypatch.setattr(robust_module, "learn_soft_prompt", spy)
-    plain = eraser.erase_concepts(pipe, "seven", method="unlink_robust", closure="none")
+    plain = eraser.erase_concepts(pipe, "seven", method="unlink_robust", closure="none", adversarial_rounds=0)
     rank_plain = plain.metadata["robust"]["reflected_rank"]
     plain.revert(pipe)
     patch = eraser.erase_concepts(pipe, "seven", method="unlink_robust", closure="none", **TINY_ROUNDS)

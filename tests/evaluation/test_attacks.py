@@ -599,6 +599,11 @@ def test_gradient_starts_pick_the_rows_the_loss_favours():
     assert torch.equal(starts[0][0], table[3])  # first-order best for position 0
     assert not any(torch.equal(s[1], table[17]) for s in starts)  # a blocked token is never chosen
     assert _gradient_starts(param, lambda: param.sum(), table, 0) == []
+    from eraser.training.soft_prompts import extra_starts
+
+    # short runs need at least one step each: a budget below 2 * restarts runs from one start only
+    assert extra_starts(SoftPromptConfig(steps=160, restarts=8)) == 7
+    assert extra_starts(SoftPromptConfig(steps=8, restarts=8)) == 0 and extra_starts(SoftPromptConfig(restarts=1)) == 0
 
 
 def test_optimised_attacks_draw_timesteps_from_the_top_of_the_schedule(erased, sevens):
