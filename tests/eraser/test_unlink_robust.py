@@ -147,7 +147,7 @@ def test_reversible_bit_exact_and_metadata(pipe, tmp_path):
         assert robust["cut_rank"] >= 1 and robust["reflected_rank"] >= 1
         assert 0 < robust["protected_rank"] < 64 and 0 < robust["private_share"] < 0.5
         assert meta["config"]["closure"] == "private" and meta["config"]["strength"] == 1.5
-        assert set(meta["timing_s"]) == {"encode", "fit", "apply", "attack", "total"}
+        assert set(meta["timing_s"]) == {"encode", "fit", "apply", "images", "attack", "total"}
         assert meta["robust"]["adversarial"]["rounds"] == 0 and meta["timing_s"]["attack"] == 0
         # the cut directions (the first columns of the basis) are removed: no input reaches them
         for name, e in patch.edits.items():
