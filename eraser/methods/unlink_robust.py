@@ -57,7 +57,7 @@ from ..subspace import (
     protected_statistics,
     with_cut,
 )
-from ..training.soft_prompts import SoftPromptConfig, learn_soft_prompt
+from ..training.soft_prompts import SoftPromptConfig, check_pipeline, check_scheduler, learn_soft_prompt
 from .unlink import _stack, fit_subspace
 from .unlink_diffusion import ConceptUnlinkConfig, concept_statistics, pipeline_id
 
@@ -86,7 +86,8 @@ class RobustUnlinkConfig(ConceptUnlinkConfig):
         closure alone). Two rounds (default) took soft_prompt's ASR from 20 to 0 and
         textual_inversion's from 40 to 10 over five digits (docs/benchmarks.md, "Self-red-teaming"),
         at about 20 s per erasure on this CPU instead of 0.02 s. Optimisation and image seeds start
-        at ``adversarial_seed``.
+        at ``adversarial_seed``. The search supports single-text-encoder pipelines (SD 1.x/2.x, the
+        bundled digits model); on others (SDXL, SD3, FLUX) pass ``adversarial_rounds=0``.
     """
 
     closure: str = "private"
@@ -156,6 +157,15 @@ def unlink_robust_concepts(
     if stats.retain is None:  # pragma: no cover - the config and retain checks above rule it out
         raise ValueError("unlink_robust needs retain statistics; the model was not changed.")
     rounds = int(cfg.adversarial_rounds) if stats.kv else 0
+    if rounds:
+        try:
+            check_pipeline(pipe, "soft_prompt")
+            check_scheduler(pipe, "soft_prompt")
+        except (ValueError, NotImplementedError) as err:
+            raise type(err)(
+                f"unlink_robust's adversarial rounds run a soft-prompt search, which this pipeline does not "
+                f"support ({err}); pass adversarial_rounds=0 for the closure alone. The model was not changed."
+            ) from None
     # the concepts as the model draws them now, before any edit: what the attacker aims at
     t_images = time.perf_counter()
     targets = _concept_images(pipe, stats, cfg) if rounds else {}

@@ -301,3 +301,13 @@ def test_a_failed_adversarial_round_leaves_the_pipeline_unchanged(pipe, monkeypa
     with pytest.raises(RuntimeError, match="interrupted"):
         eraser.erase_concepts(pipe, "seven", method="unlink_robust", **TINY_ROUNDS)
     assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+
+
+def test_rounds_on_a_pipeline_the_search_does_not_support_say_what_to_do():
+    sdxl = build_pipeline("tiny-sdxl")
+    before = {k: v.clone() for k, v in sdxl.unet.state_dict().items()}
+    with pytest.raises(NotImplementedError, match="adversarial_rounds=0"):
+        eraser.erase_concepts(sdxl, "nude", method="unlink_robust")
+    assert all(torch.equal(v, before[k]) for k, v in sdxl.unet.state_dict().items())
+    patch = eraser.erase_concepts(sdxl, "nude", method="unlink_robust", adversarial_rounds=0)
+    patch.revert(sdxl)
