@@ -61,6 +61,19 @@ def test_bench_config_rejects_bad_lists():
         ClassifyBenchConfig(methods=["retrain"])
 
 
+def test_method_presets_are_valid_settings():
+    from eraser.registry import get_method, make_config
+    from evaluation.classify_bench import METHOD_PRESETS, SCENARIO_PRESETS
+
+    for table in (METHOD_PRESETS, SCENARIO_PRESETS):
+        for by_method in table.values():
+            for name, settings in by_method.items():
+                cfg = make_config(get_method(name).config_cls, None, settings, method=name)  # unknown keys raise
+                assert all(getattr(cfg, k) == v for k, v in settings.items())
+    # the CIFAR tier's trained methods take a whole epoch at most over the retain set (8-epoch original)
+    assert METHOD_PRESETS["cifar10"]["ft"] == {"epochs": 1}
+
+
 def test_scenario_presets_refine_by_dataset():
     from evaluation.classify_bench import scenario_presets
 
