@@ -23,6 +23,7 @@ __all__ = [
     "head_rows_subspace",
     "protected_rows_subspace",
     "balanced_rayleigh_subspace",
+    "regression_subspace",
     "protected_statistics",
     "energy_basis",
     "private_basis",
@@ -399,6 +400,52 @@ def balanced_rayleigh_subspace(
         w = w * torch.exp(step * damage / damage.max())
         w = w / w.mean()
     return sub, w, damage
+
+
+def regression_subspace(
+    Xf: Tensor | Gram,
+    Xr: Tensor | Gram,
+    k: int,
+    *,
+    retain_weight: float = 0.5,
+    ridge: float = 0.1,
+    clip_k: bool = False,
+) -> Subspace:
+    """The least-squares edit that takes the forget features' top-k directions out and keeps the
+    retain features: the input map ``M`` minimising
+
+        E_f || M f - (I - V V^T) f ||^2  +  retain_weight * E_r || M r - r ||^2
+
+    (V: the top-k eigenvectors of the forget second moment C_ff; C_rr: the retain second moment, or
+    with per-concept ``parts`` their balanced mean, see :func:`protected_statistics`) is
+    ``M = I - V V^T C_ff A^-1`` with ``A = C_ff + retain_weight * C_rr + ridge * trace/d * I``: the
+    ridge also penalises changing directions no feature occupies (without it the edit's weights grow
+    without bound there, for nothing).
+    As a :class:`Subspace`: ``dual = V``, ``basis = A^-1 C_ff V``, ``eta = 1``; a strength s scales
+    it to the target ``(I - s V V^T) f`` (s = 2: reflected). Unlike the Rayleigh projection, whose
+    oblique dual can move a retain feature far along a direction it barely touches, the change of
+    every retain feature is itself the penalised quantity (docs/defaults.md).
+    """
+    gf = as_gram(Xf, "forget features")
+    c_rr = protected_statistics(Xr)
+    d = gf.dim
+    if c_rr.shape != (d, d):
+        raise ValueError(f"forget and retain features differ in dimension ({d} vs {c_rr.shape[-1]})")
+    if isinstance(retain_weight, bool) or not float(retain_weight) > 0:
+        raise ValueError(f"retain_weight must be > 0; got {retain_weight!r}")
+    c_ff = gf.covariance()
+    vals, vecs = _factor_eig_desc(gf.rows.T / gf.n**0.5, d) if gf.rows is not None else _eigh_desc(c_ff)
+    vals = vals.clamp_min(0)
+    rank = numerical_rank(vals, d)
+    k = min(int(k), max(rank, 1)) if clip_k else int(k)
+    _check_k(k, d, rank)
+    a = c_ff + float(retain_weight) * c_rr
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0; got {ridge}")
+    a = (a + a.T) / 2 + (float(ridge) + 1e-9) * float(torch.trace(a)) / d * torch.eye(d, dtype=a.dtype)
+    v = vecs[:, :k]
+    basis = torch.linalg.solve(a, c_ff @ v)
+    return Subspace(basis=basis, eta=torch.ones(k, dtype=torch.float64), dual=v, spectrum=vals)
 
 
 # The exact protection needs a part of the forget rows that the protected rows cannot see; the edit

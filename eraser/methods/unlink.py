@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +15,7 @@ from ..capture import collect_grams
 from ..data import DataLike, subsample
 from ..families.clip import ImageEncoder, ZeroShotClassifier
 from ..layers import layer_kind
-from ..patch import ErasurePatch, LayerEdit
+from ..patch import MAX_EDIT_RATIO, ErasurePatch, LayerEdit
 from ..registry import register_method
 from ..subspace import (
     Gram,
@@ -25,6 +25,7 @@ from ..subspace import (
     head_rows_subspace,
     protected_rows_subspace,
     rayleigh_subspace,
+    regression_subspace,
 )
 from ..targets import PRESETS, resolve_targets
 
@@ -39,7 +40,7 @@ __all__ = [
     "forget_classes_from_counts",
 ]
 
-VARIANTS = ("auto", "svd", "rayleigh", "head")
+VARIANTS = ("auto", "svd", "rayleigh", "regression", "head")
 
 
 # Measured on the CIFAR-10 ResNet-20 tier (64-d head, classes 0 and 3; docs/defaults.md): from 1024
@@ -54,6 +55,9 @@ class UnlinkConfig:
     """Settings of Unlink; serialised into every patch's metadata.
 
     variant: ``"svd"`` (forget data only), ``"rayleigh"`` (forget vs retain, oblique projection),
+    ``"regression"`` (forget vs retain, the least-squares edit of
+    :func:`eraser.subspace.regression_subspace`: the forget directions out, every retain feature's
+    change penalised with ``retain_weight``),
     ``"head"`` (classifier head only, no retain data: the forget subspace is taken out of the
     forget classes' rows, the other classes' rows are protected, see
     :func:`eraser.subspace.head_rows_subspace`) or ``"auto"``: rayleigh when retain data is given,
@@ -63,8 +67,10 @@ class UnlinkConfig:
     svd keeps the directions with singular value >= DEFAULT_SV_RATIO * the largest, head those
     >= DEFAULT_HEAD_SV_RATIO * the largest, and rayleigh uses k = DEFAULT_RAYLEIGH_K (lowered to
     the forget features' rank). docs/defaults.md has the evidence for this rule.
-    ridge: regulariser of the retain statistic (Rayleigh: C_rr; head: the protected rows' Gram),
-        as a fraction of its trace/d.
+    ridge: regulariser of the retain statistic (Rayleigh: C_rr; head: the protected rows' Gram;
+        regression: C_ff + retain_weight C_rr), as a fraction of its trace/d.
+    retain_weight: the regression variant's weight of the retain features' change against the
+        forget features' (both as second moments, so 1 weighs them alike).
     classes: head variant: the forget classes (indices of the head's outputs). None: the classes
         the model predicts for the forget data (see DEFAULT_FORGET_CLASS_SHARE).
     strength: scales the removal, ``W* = W - strength * W U diag(eta) U^T``. 1 removes the
@@ -89,6 +95,7 @@ class UnlinkConfig:
     sv_ratio: float | None = None
     variant: str = "auto"
     ridge: float = 0.1
+    retain_weight: float = 1.0
     strength: float = 1.0
     batch_size: int = 64
     exact_revert: bool | str = "auto"
@@ -109,6 +116,12 @@ class UnlinkConfig:
         given = [n for n in ("k", "energy", "tail_beta", "sv_ratio") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"set only one of k, energy, tail_beta, sv_ratio (got {given})")
+        if (
+            isinstance(self.retain_weight, bool)
+            or not isinstance(self.retain_weight, (int, float))
+            or not (0.0 < float(self.retain_weight) < float("inf"))
+        ):
+            raise ValueError(f"retain_weight must be a number > 0; got {self.retain_weight!r}")
         if self.k is not None and (not isinstance(self.k, int) or self.k < 1):
             raise ValueError(f"k must be a positive integer; got {self.k!r}")
         if self.batch_size < 1:
@@ -131,8 +144,8 @@ class UnlinkConfig:
         """The variant for a layer that is not a classifier head (``auto``: rayleigh or svd)."""
         if self.variant == "auto":
             return "rayleigh" if has_retain else "svd"
-        if self.variant == "rayleigh" and not has_retain:
-            raise ValueError("variant='rayleigh' needs retain data; pass retain_data or use variant='svd'.")
+        if self.variant in ("rayleigh", "regression") and not has_retain:
+            raise ValueError(f"variant={self.variant!r} needs retain data; pass retain_data or use variant='svd'.")
         return self.variant
 
     def layer_variant(self, has_retain: bool, head: bool) -> str:
@@ -221,6 +234,17 @@ def fit_subspace(
         if cfg.k is not None:
             return rayleigh_subspace(forget, retain, cfg.k, ridge=cfg.ridge)
         return rayleigh_subspace(forget, retain, default_k, ridge=cfg.ridge, clip_k=True)
+    if variant == "regression":
+        if cfg.energy is not None or cfg.tail_beta is not None or cfg.sv_ratio is not None:
+            raise ValueError("the regression variant takes k only (not energy, tail_beta or sv_ratio)")
+        return regression_subspace(
+            forget,
+            retain,
+            cfg.k or default_k,
+            retain_weight=float(cfg.retain_weight),
+            ridge=cfg.ridge,
+            clip_k=cfg.k is None,
+        )
     if cfg.k is None and cfg.energy is None and cfg.tail_beta is None and cfg.sv_ratio is None:
         return forget_subspace(forget, sv_ratio=DEFAULT_SV_RATIO)
     return forget_subspace(forget, k=cfg.k, energy=cfg.energy, tail_beta=cfg.tail_beta, sv_ratio=cfg.sv_ratio)
@@ -458,9 +482,9 @@ def unlink_from_grams(
     # Layers fed the same statistics (e.g. every cross-attention K/V of a UNet) share one fit,
     # and one basis tensor, which the patch file then stores once.
     fitted: dict[tuple, tuple[Tensor, Tensor, Tensor | None]] = {}
+    keys, heads = {}, {}
     for name, mod in targets.items():
-        kind = layer_kind(mod)
-        head_weight = kind.weight(mod) if name == head else None
+        head_weight = layer_kind(mod).weight(mod) if name == head else None
         if head_weight is not None and cfg.variant == "auto" and len(classes) >= head_weight.shape[0]:
             # Every class is to be forgotten (e.g. random samples of all classes): nothing to protect.
             head_weight, notes[name] = None, "the forget data covers every class: svd"
@@ -468,29 +492,48 @@ def unlink_from_grams(
             variants[name] = variant = cfg.layer_variant(retain is not None, head_weight is not None)
         except ValueError as err:
             raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
-        key = (
+        heads[name] = head_weight
+        keys[name] = (
             tuple(id(g) for g in forget[name])
             + tuple(id(g) for g in (retain[name] if retain else ()))
             + ((name,) if variant == "head" else ())
         )
+    ridges: dict[str, float] = {}
+    for name, mod in targets.items():
+        kind, key = layer_kind(mod), keys[name]
         if key not in fitted:
-            subs = []
-            for g, fg in enumerate(forget[name]):
-                try:
-                    subs.append(
-                        fit_subspace(
-                            fg,
-                            retain[name][g] if retain else None,
-                            cfg,
-                            head_weight=head_weight,
-                            forget_classes=classes,
-                            default_k=default_k,
+            sharing = [kind_weight(targets[n]) for n in targets if keys[n] == key]
+            ridge = float(cfg.ridge)
+            while True:
+                fit_cfg = replace(cfg, ridge=ridge) if ridge != cfg.ridge else cfg
+                subs = []
+                for g, fg in enumerate(forget[name]):
+                    try:
+                        subs.append(
+                            fit_subspace(
+                                fg,
+                                retain[name][g] if retain else None,
+                                fit_cfg,
+                                head_weight=heads[name],
+                                forget_classes=classes,
+                                default_k=default_k,
+                            )
                         )
-                    )
-                except ValueError as err:
-                    raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
-            basis, eta, dual = _stack(subs)
-            fitted[key] = (basis, eta * float(cfg.strength), dual)
+                    except ValueError as err:
+                        raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
+                basis, eta, dual = _stack(subs)
+                eta = eta * float(cfg.strength)
+                # The least-squares edit grows where the features have little energy; a larger
+                # ridge bounds it (docs/defaults.md): the smallest ridge of the ladder that keeps
+                # every sharing layer's edit within the patch size bound (with a margin).
+                if variants[name] != "regression" or ridge >= REGRESSION_MAX_RIDGE:
+                    break
+                if max(_edit_ratio(w, basis, eta, dual) for w in sharing) <= EDIT_RATIO_TARGET * MAX_EDIT_RATIO:
+                    break
+                ridge *= 3.0
+            if variants[name] == "regression":
+                ridges.update({n: ridge for n in targets if keys[n] == key})
+            fitted[key] = (basis, eta, dual)
         basis, eta, dual = fitted[key]
         edits[name] = LayerEdit(name, kind.name, tuple(kind.weight(mod).shape), basis, eta, dual)
     kinds = sorted(set(variants.values()))
@@ -520,12 +563,35 @@ def unlink_from_grams(
         )
     if notes:
         patch.metadata["notes"] = notes
+    if ridges:  # the regression fit's ridge after the size ladder (one value when the layers share it)
+        used = sorted(set(ridges.values()))
+        patch.metadata["regression_ridge"] = used[0] if len(used) == 1 else ridges
     t1 = time.perf_counter()
     patch.exact_revert = cfg.exact_revert
     patch.apply(model, _fresh=True)  # fingerprints base and result while editing
     t2 = time.perf_counter()
     patch.metadata["timing_s"] = {"fit": t1 - t0, "apply": t2 - t1}
     return patch
+
+
+REGRESSION_MAX_RIDGE = 1.0  # the ladder's last step: a heavily regularised, small edit
+EDIT_RATIO_TARGET = 0.9  # share of MAX_EDIT_RATIO a regression edit may reach
+
+
+def kind_weight(mod: nn.Module) -> Tensor:
+    """A target layer's weight as a 2-D (out, in) matrix."""
+    return layer_kind(mod).weight(mod)
+
+
+def _edit_ratio(weight: Tensor, basis: Tensor, eta: Tensor, dual: Tensor | None) -> float:
+    """``||W dual diag(eta) basis^T||_F / ||W||_F`` for a (1, D, k) edit of a 2-D weight, as the
+    patch's size check measures it."""
+    if basis.shape[0] != 1 or weight.dim() != 2:
+        return 0.0  # grouped edits (never regression fits) are left to the patch's own check
+    w = weight.detach().to(torch.float64)
+    a = (w @ (basis[0] if dual is None else dual[0])) * eta[0]
+    update = float(torch.trace(a @ (basis[0].T @ basis[0]) @ a.T).clamp_min(0).sqrt())
+    return update / max(float(w.norm()), 1e-300)
 
 
 def _check_weights(targets: dict[str, nn.Module]) -> None:

@@ -88,7 +88,11 @@ class ConceptUnlinkConfig(UnlinkConfig):
     """
 
     layers: str | list[str] = "cross_attn_kv"
-    strength: float = 1.5  # reflect the concept's directions: removal alone left UA at 86.7 (docs/defaults.md)
+    # auto: the regression fit (least squares against the protected concepts) when something is
+    # protected, svd when nothing is; reflected (strength 2), retain weight 2 (docs/defaults.md)
+    strength: float = 2.0
+    retain_weight: float = 2.0
+    ridge: float = 1e-3  # the regression fit's first step; raised only to bound the edit's size
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     tokens: str = "concept_eot"
     hidden_layer: str = "auto"
@@ -135,15 +139,24 @@ class ConceptUnlinkConfig(UnlinkConfig):
             if not isinstance(t, str) or t.count("{}") != 1:
                 raise ValueError(f"template {t!r} must contain '{{}}' exactly once")
 
+    def resolved_variant(self, has_retain: bool) -> str:
+        """``auto``: the regression fit when concepts are protected, else svd."""
+        if self.variant == "auto":
+            return "regression" if has_retain else "svd"
+        return super().resolved_variant(has_retain)
+
 
 @dataclass
 class RayleighConceptUnlinkConfig(ConceptUnlinkConfig):
     """Unlink's retain-aware (oblique Rayleigh) variant on a pipeline; needs retain prompts."""
 
     variant: str = "rayleigh"
+    strength: float = 1.5  # the Rayleigh fit's measured settings (docs/defaults.md)
+    ridge: float = 0.1
 
 
 _RETAIN_CACHE = "_eraser_retain_grams"
+PROTECTING = ("rayleigh", "regression")  # the variants fitted against retain statistics
 
 
 def _retain_key(
@@ -245,7 +258,7 @@ class ConceptStatistics:
             "pipeline_class": type(pipe).__name__,
             "tokens_per_concept": dict(zip(self.words, self.counts)),
             "concept_groups": self.groups,
-            **({"default_k": self.default_k(cfg)} if cfg.k is None and self.variant == "rayleigh" else {}),
+            **({"default_k": self.default_k(cfg)} if cfg.k is None and self.variant in PROTECTING else {}),
         }
 
 
@@ -297,9 +310,9 @@ def concept_statistics(
     clash = sorted({w.casefold() for w in words} & {r.casefold() for r in keep})
     if clash:
         raise ValueError(f"{clash} are both concepts to erase and retain prompts; remove them from one list.")
-    if mode == "none" and cfg.variant == "rayleigh":
+    if mode == "none" and cfg.variant in ("rayleigh", "regression"):
         raise ValueError(
-            "variant='rayleigh' protects retain concepts, but retain='none' gives none; "
+            f"variant={cfg.variant!r} protects retain concepts, but retain='none' gives none; "
             "drop retain='none' (neighbours are then protected) or use variant='svd'."
         )
     kv, text, modules = resolve_concept_targets(pipe, cfg.layers)
@@ -391,7 +404,7 @@ def concept_statistics(
             "choose a smaller k, or add templates or concept words."
         )
     r_grams = None
-    if variant == "rayleigh" and cfg.balance and not text and cfg.tokens == "concept_eot":
+    if variant in PROTECTING and cfg.balance and not text and cfg.tokens == "concept_eot":
         # One statistic per retain concept, so that the fit protects each of them. Neighbours'
         # features come with the (cached) bank; a user's list is encoded here.
         if found is not None:
@@ -420,7 +433,7 @@ def concept_statistics(
         matrix = shared.matrix + (ctx.covariance() if ctx is not None else 0)
         merged = Gram(matrix, shared.n + (ctx is not None), parts=parts, shared=ctx)
         r_grams = {name: [merged] for name in kv}
-    elif variant == "rayleigh":
+    elif variant in PROTECTING:
         key = _retain_key(pipe, keep, keep_verbatim, kv, text, cfg)
         cache = pipe.__dict__.get(_RETAIN_CACHE)
         if cache is not None and cache[0] == key:

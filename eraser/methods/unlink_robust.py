@@ -18,7 +18,9 @@ a reflection: no input reaches a removed direction) of directions the protected 
   protected prompts span). Only sensible when the protected statistics cover everything the model
   should still draw, e.g. a model with a small declared vocabulary (the bundled digits model's
   ``concept_bank``): on Stable Diffusion it would remove every concept the retain list does not name.
-- ``closure="none"``: Unlink's edit alone (for comparisons).
+- ``closure="none"``: Unlink's edit alone (for comparisons): its Rayleigh variant at strength 1.5,
+  on which the closure and the rounds were measured (plain ``unlink`` now defaults to the
+  regression fit).
 
 With ``adversarial_rounds`` (2 by default), the method also red-teams itself: it draws the concept
 with the model before the edit, learns a soft prompt against the erased model
@@ -90,6 +92,10 @@ class RobustUnlinkConfig(ConceptUnlinkConfig):
         bundled digits model); on others (SDXL, SD3, FLUX) pass ``adversarial_rounds=0``.
     """
 
+    # the closure and the rounds were measured on the Rayleigh fit at strength 1.5
+    variant: str = "rayleigh"
+    strength: float = 1.5
+    ridge: float = 0.1
     closure: str = "private"
     protected_energy: float = 0.999
     private_ratio: float = 0.5

@@ -277,7 +277,7 @@ def test_bench_cell_key_holds_every_attack_setting_not_only_the_given_ones():
     assert other["attack_config"]["t_min"] == 0.25 and other != plain
     # the method's resolved config too (its defaults change between versions)
     original = cell_key(cfg, 7, "original (no erasure)", "soft_prompt")
-    assert plain["method_config"]["strength"] == 1.5 and "method_config" not in original
+    assert plain["method_config"]["strength"] == 2.0 and "method_config" not in original
     robust = cell_key(cfg, 7, "unlink_robust:closure=none", "soft_prompt:steps=2")["method_config"]
     assert robust["closure"] == "none" and robust["adversarial_rounds"] >= 0
 

@@ -227,5 +227,5 @@ def test_default_erasure_protects_the_declared_digits_and_erases_the_numeral():
     meta = patch.metadata
     assert meta["bank"] == "pipeline" and meta["synonyms"] == ["7"] and meta["concepts"] == ["seven", "7"]
     assert set(meta["retain"]) == set(pipe.concept_bank) - {"seven", "7"}
-    assert meta["config"]["strength"] == 1.5
+    assert meta["config"]["strength"] == 2.0 and meta["variant"] == "regression"
     patch.revert(pipe)
