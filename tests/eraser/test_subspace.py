@@ -225,3 +225,49 @@ def test_balanced_rayleigh_contrast_protects_what_tells_concepts_apart():
     assert abs(float(kept.basis[0, 0]) / float(kept.basis.norm())) < abs(
         float(plain.basis[0, 0]) / float(plain.basis.norm())
     )
+
+
+def _least_squares_map(f, r, v, weight, lam):
+    """argmin_M E_f||M f - (I - V V^T) f||^2 + weight E_r||M r - r||^2 + lam ||M - I||_F^2, by lstsq."""
+    d = f.shape[1]
+    eye = torch.eye(d, dtype=torch.float64)
+    x = torch.cat([f / f.shape[0] ** 0.5, r * (weight / r.shape[0]) ** 0.5, eye * lam**0.5])
+    y = torch.cat([(f - f @ v @ v.T) / f.shape[0] ** 0.5, r * (weight / r.shape[0]) ** 0.5, eye * lam**0.5])
+    return torch.linalg.lstsq(x, y).solution.T  # rows: M x^T = y^T
+
+
+def test_regression_subspace_is_the_least_squares_edit():
+    from eraser.subspace import regression_subspace
+
+    g = torch.Generator().manual_seed(0)
+    d, k, w, ridge = 12, 3, 2.0, 0.01
+    f = torch.randn(40, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
+    r = torch.randn(60, d, generator=g, dtype=torch.float64)
+    sub = regression_subspace(Gram(f.T @ f, 40), Gram(r.T @ r, 60), k, retain_weight=w, ridge=ridge)
+    v = sub.dual
+    torch.testing.assert_close(v.T @ v, torch.eye(k, dtype=torch.float64))
+    c_f = f.T @ f / 40
+    top = torch.linalg.eigh(c_f).eigenvectors[:, -k:]  # V: the forget features' top-k directions
+    torch.testing.assert_close((v @ v.T), top @ top.T, atol=1e-8, rtol=0)
+    lam = ridge * float(torch.trace(c_f + w * r.T @ r / 60)) / d
+    expected = _least_squares_map(f, r, v, w, lam)
+    got = torch.eye(d, dtype=torch.float64) - sub.dual @ torch.diag(sub.eta) @ sub.basis.T
+    torch.testing.assert_close(got, expected, atol=1e-7, rtol=1e-6)
+
+
+def test_regression_subspace_removes_forget_and_keeps_orthogonal_retain():
+    from eraser.subspace import regression_subspace
+
+    g = torch.Generator().manual_seed(1)
+    f = torch.zeros(30, 8, dtype=torch.float64)
+    f[:, :2] = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    r = torch.zeros(30, 8, dtype=torch.float64)
+    r[:, 4:] = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    sub = regression_subspace(f, r, 2, retain_weight=1.0, ridge=1e-9)
+    m = torch.eye(8, dtype=torch.float64) - sub.dual @ torch.diag(sub.eta) @ sub.basis.T
+    assert (f @ m.T).abs().max() < 1e-6  # the forget features' span is removed
+    torch.testing.assert_close(r @ m.T, r)  # what lies elsewhere is untouched
+    with pytest.raises(ValueError, match="retain_weight"):
+        regression_subspace(f, r, 2, retain_weight=0.0)
+    with pytest.raises(ValueError, match="k="):
+        regression_subspace(f, r, 3)  # the forget features have rank 2
