@@ -140,7 +140,9 @@ def test_concept_features_lose_their_response_retain_barely_moves(sd3):
     keep = prompt_rows(sd3, ["a photo of a woman", "a man on a beach"])
     c0, r0 = lin(concept), lin(keep)
     rows = [PromptRow(prompt=p, case_number=i) for i, p in enumerate(["a photo of a woman", "a man on a beach"])]
-    patch = eraser.erase_concepts(sd3, "a cat", retain=rows, strength=1.0)  # removal: the bound is stated for it
+    # the Rayleigh projection's removal: the bound is stated for it (the default regression fit is
+    # checked below)
+    patch = eraser.erase_concepts(sd3, "a cat", retain=rows, strength=1.0, variant="rayleigh", ridge=0.1)
     try:
         # The edit removes a subspace: the layer no longer responds to the erased directions.
         edit = patch.edits["transformer.context_embedder"]  # W* = W - W V diag(eta) U^T, V the (oblique) dual
@@ -151,6 +153,22 @@ def test_concept_features_lose_their_response_retain_barely_moves(sd3):
         r_change = float((lin(keep) - r0).norm() / r0.norm())
         assert r_change < RETAIN_BOUND and r_change < 0.25 * c_change, (r_change, c_change)
         assert c_change > 0.2, c_change
+    finally:
+        patch.revert(sd3)
+
+
+def test_default_regression_edit_moves_the_concept_more_than_retain(sd3):
+    lin = sd3.transformer.context_embedder
+    concept = prompt_rows(sd3, ["a photo of a cat", "a cat"])
+    keep = prompt_rows(sd3, ["a photo of a woman", "a man on a beach"])
+    c0, r0 = lin(concept), lin(keep)
+    rows = [PromptRow(prompt=p, case_number=i) for i, p in enumerate(["a photo of a woman", "a man on a beach"])]
+    patch = eraser.erase_concepts(sd3, "a cat", retain=rows)
+    try:
+        assert patch.metadata["variant"] == "regression"
+        c_change = float((lin(concept) - c0).norm() / c0.norm())
+        r_change = float((lin(keep) - r0).norm() / r0.norm())
+        assert r_change < c_change, (r_change, c_change)
     finally:
         patch.revert(sd3)
 
