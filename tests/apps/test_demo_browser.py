@@ -181,7 +181,7 @@ def test_api_with_gradio_client(url, tmp_path):
     assert status.startswith("Reverted") and "No erasures" in stack
     status, stack, _ = client.predict(handle_file(download), api_name="/upload")
     assert status.startswith("Applied the uploaded patch") and "seven" in stack
-    status, stack, _ = client.predict("three", "", "Unlink", 0, 2.0, api_name="/erase")
-    assert status.startswith("Erased in") and "three strength 2" in stack
-    status, _, _ = client.predict("four", "", "UCE", 0, 2.0, api_name="/erase")
+    status, stack, _ = client.predict("three", "", "Unlink", 0, 1.5, api_name="/erase")  # not the default (2)
+    assert status.startswith("Erased in") and "three strength 1.5" in stack
+    status, _, _ = client.predict("four", "", "UCE", 0, 1.5, api_name="/erase")
     assert "Unlink only" in status

@@ -73,11 +73,11 @@ def test_stack_revert_and_repeat(slots, config):
 
 def test_strength_reaches_the_patch(slots, config):
     s = Session(slots, config)
-    plain, steered = s.erase("seven"), s.erase("three", strength=2.0)
-    assert "strength" not in plain.label and steered.label.endswith("strength 2")
+    plain, steered = s.erase("seven"), s.erase("three", strength=1.5)
+    assert "strength" not in plain.label and steered.label.endswith("strength 1.5")
     # no strength given: the library's default for pipelines, which the demo's field starts at
-    assert plain.patch.metadata["config"]["strength"] == UNLINK_STRENGTH == 1.5
-    assert steered.patch.metadata["config"]["strength"] == 2.0
+    assert plain.patch.metadata["config"]["strength"] == UNLINK_STRENGTH == 2.0
+    assert steered.patch.metadata["config"]["strength"] == 1.5
 
 
 def test_download_then_upload_reproduces_the_erasure(slots, config):
@@ -104,7 +104,7 @@ def test_bad_input_leaves_everything_unchanged(slots, config, tmp_path):
         ("seven", {"method": "Unlink + keep"}, "needs concepts to keep"),
         ("seven", {"strength": 2.5}, "strength must be"),
         ("seven", {"strength": 0.5}, "strength must be"),
-        ("seven", {"method": "UCE", "strength": 2.0}, "Unlink only"),
+        ("seven", {"method": "UCE", "strength": 1.5}, "Unlink only"),
     ]:
         with pytest.raises(DemoError, match=match):
             s.erase(concepts, **kwargs)
