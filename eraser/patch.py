@@ -63,7 +63,9 @@ A low-rank update ``A U^T`` (``A = W V diag(eta)``) is measured by its exact Fro
 judged separately with ``||A||_F ||U||_2``, a looser bound that also bounds every entry and partial
 sum of the product. Legitimate edits are far below the limit: Unlink's largest, strength 2 (a
 reflection), changes a weight by at most 2x its norm (oblique duals, by the oblique projection's
-norm, a few units), and trained methods' dense deltas are a fraction of the weights. A weight is measured as at least
+norm, a few units; the pipelines' least-squares regression fit, whose ridge ladder stops at 0.9
+times this limit, see ``eraser.methods.unlink``), and trained methods' dense deltas are a fraction
+of the weights. A weight is measured as at least
 ``_RMS_FLOOR`` per entry, so that a zero-initialised bias or shift can still be edited. A patch
 over the limit is refused; ``apply(force=True)`` is the only way past it (with a warning).
 """
