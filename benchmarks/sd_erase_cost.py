@@ -43,6 +43,8 @@ import torch
 
 import eraser
 from eraser.families.architectures import architecture, build_pipeline
+from eraser.options import parse_options
+from eraser.registry import get_method
 
 CONCEPTS = ["nude", "church", "van gogh", "parachute", "garbage truck", "tench"]
 
@@ -128,6 +130,12 @@ def main() -> None:
         "--resolution", type=int, default=None, help="UNet forward at this many pixels (default: the architecture's)"
     )
     ap.add_argument("--many", default=None, help="concept counts erased in one call, e.g. 1,10,100,1000")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        help="with --many: also time these erase options (key=value,...), e.g. variant=rayleigh,strength=1.5",
+    )
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -156,7 +164,11 @@ def main() -> None:
 
     os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="eraser-cache-")  # "first" erasures start with no disk cache
     if args.many:
-        res["many"] = many_concepts(pipe, [int(n) for n in args.many.split(",")])
+        configs = {"default": {}}
+        for text in args.also:
+            cls = get_method("unlink", family="diffusion").config_cls
+            configs[text] = parse_options(cls, text.split(","), where="--also")
+        res["many"] = many_concepts(pipe, [int(n) for n in args.many.split(",")], configs)
         print(many_table(res))
         finish(res, args.out, show=False)
         return
@@ -254,27 +266,28 @@ def _forget_pipeline_caches(pipe) -> None:
         del pipe.__dict__[key]
 
 
-def many_concepts(pipe, counts: list[int]) -> list[dict]:
-    """Erase time and peak extra memory of N concepts in one call, cold and with the bank cached on disk."""
+def many_concepts(pipe, counts: list[int], configs: dict[str, dict] | None = None) -> list[dict]:
+    """Erase time and peak extra memory of N concepts in one call, cold and with the bank cached on
+    disk, for each of ``configs`` (label: erase options; default: the defaults alone)."""
     from eraser.hashing import CACHE_ENV
 
     rows = []
-    for n in counts:
+    for n, (label, options) in ((n, c) for n in counts for c in (configs or {"default": {}}).items()):
         concepts = vocabulary_concepts(pipe, n)
-        row = {"concepts": n}
+        row = {"concepts": n, "config": label}
         with tempfile.TemporaryDirectory() as cache:
             os.environ[CACHE_ENV] = cache  # empty: the bank is encoded (cold), then read back (cached)
             for phase in ("cold", "bank_cached"):
                 _forget_pipeline_caches(pipe)
                 with PeakRSS() as mem:
                     t0 = time.perf_counter()
-                    patch = eraser.erase_concepts(pipe, concepts)
+                    patch = eraser.erase_concepts(pipe, concepts, **options)
                     row[f"{phase}_s"] = time.perf_counter() - t0
                 row[f"{phase}_peak_extra_bytes"] = mem.peak - mem.base
                 row[f"{phase}_parts_s"] = patch.metadata["timing_s"]
                 row["rank"] = patch.edits[patch.layers[0]].rank
                 patch.revert(pipe)
-                note(f"{n} concepts, {phase}: {row[f'{phase}_s']:.2f} s")
+                note(f"{n} concepts ({label}), {phase}: {row[f'{phase}_s']:.2f} s")
         os.environ.pop(CACHE_ENV, None)
         rows.append(row)
     return rows
@@ -285,12 +298,12 @@ def many_table(r: dict) -> str:
         f"{r['arch']} ({r['dtype']}, random weights), default settings; machine {r['machine']}, "
         f"torch threads {r['torch_threads']}, {r['date']}",
         "",
-        "| concepts | cold (bank encoded) | bank features cached on disk | per concept (cached) | rank | peak extra memory (cold) |",
-        "|---|---|---|---|---|---|",
+        "| concepts | settings | cold (bank encoded) | bank features cached on disk | per concept (cached) | rank | peak extra memory (cold) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in r["many"]:
         lines.append(
-            f"| {row['concepts']:,} | {row['cold_s']:.2f} s | {row['bank_cached_s']:.2f} s | "
+            f"| {row['concepts']:,} | {row.get('config', 'default')} | {row['cold_s']:.2f} s | {row['bank_cached_s']:.2f} s | "
             f"{1000 * row['bank_cached_s'] / row['concepts']:.0f} ms | {row['rank']} | "
             f"{row['cold_peak_extra_bytes'] / 2**20:,.0f} MB |"
         )
