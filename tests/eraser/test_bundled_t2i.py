@@ -256,3 +256,21 @@ def test_regression_ridge_grows_only_to_bound_the_edit():
         assert seven.metadata["regression_ridge"] == seven.metadata["config"]["ridge"]
     finally:
         seven.revert(pipe)
+
+
+def test_word_and_pair_forms_are_the_same_erasure():
+    """With no option, erasing a digit's word finds its numeral as a synonym and erases both: the
+    same edit as naming both (so the 50-generation benchmark of one form stands for the other)."""
+    pipe = digits_pipeline()
+    for word, numeral in (("five", "5"), ("two", "2")):
+        a = eraser.erase_concepts(pipe, word)
+        a.revert(pipe)
+        b = eraser.erase_concepts(pipe, [word, numeral])
+        b.revert(pipe)
+        assert a.metadata["concepts"] == b.metadata["concepts"] == [word, numeral]
+        assert a.metadata["retain"] and sorted(a.metadata["retain"]) == sorted(b.metadata["retain"])
+        for name, e in a.edits.items():
+            f = b.edits[name]
+            m_a = e.dual[0].double() @ torch.diag(e.eta[0].double()) @ e.basis[0].double().T
+            m_b = f.dual[0].double() @ torch.diag(f.eta[0].double()) @ f.basis[0].double().T
+            torch.testing.assert_close(m_a, m_b, atol=1e-6, rtol=1e-5)
