@@ -133,13 +133,20 @@ def test_erase_a_cat_edits_the_context_embedder_and_generates(sd3):
     torch.testing.assert_close(generate(sd3), before_img, atol=0, rtol=0)
 
 
+def _cat_and_keep(pipe):
+    """The context embedder, its outputs' inputs for a concept and for two kept prompts, and those
+    prompts as retain rows."""
+    lin = pipe.transformer.context_embedder
+    concept = prompt_rows(pipe, ["a photo of a cat", "a cat"])
+    keep = prompt_rows(pipe, ["a photo of a woman", "a man on a beach"])
+    rows = [PromptRow(prompt=p, case_number=i) for i, p in enumerate(["a photo of a woman", "a man on a beach"])]
+    return lin, concept, keep, rows
+
+
 @torch.no_grad()
 def test_concept_features_lose_their_response_retain_barely_moves(sd3):
-    lin = sd3.transformer.context_embedder
-    concept = prompt_rows(sd3, ["a photo of a cat", "a cat"])
-    keep = prompt_rows(sd3, ["a photo of a woman", "a man on a beach"])
+    lin, concept, keep, rows = _cat_and_keep(sd3)
     c0, r0 = lin(concept), lin(keep)
-    rows = [PromptRow(prompt=p, case_number=i) for i, p in enumerate(["a photo of a woman", "a man on a beach"])]
     # the Rayleigh projection's removal: the bound is stated for it (the default regression fit is
     # checked below)
     patch = eraser.erase_concepts(sd3, "a cat", retain=rows, strength=1.0, variant="rayleigh", ridge=0.1)
@@ -157,12 +164,10 @@ def test_concept_features_lose_their_response_retain_barely_moves(sd3):
         patch.revert(sd3)
 
 
+@torch.no_grad()
 def test_default_regression_edit_moves_the_concept_more_than_retain(sd3):
-    lin = sd3.transformer.context_embedder
-    concept = prompt_rows(sd3, ["a photo of a cat", "a cat"])
-    keep = prompt_rows(sd3, ["a photo of a woman", "a man on a beach"])
+    lin, concept, keep, rows = _cat_and_keep(sd3)
     c0, r0 = lin(concept), lin(keep)
-    rows = [PromptRow(prompt=p, case_number=i) for i, p in enumerate(["a photo of a woman", "a man on a beach"])]
     patch = eraser.erase_concepts(sd3, "a cat", retain=rows)
     try:
         assert patch.metadata["variant"] == "regression"
