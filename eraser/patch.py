@@ -70,6 +70,21 @@ of the weights. A weight is measured as at least
 over the limit is refused; ``apply(force=True)`` is the only way past it (with a warning).
 """
 _RMS_FLOOR = 1e-2
+
+
+def edit_size_ratio(weight: Tensor, basis: Tensor, eta: Tensor, dual: Tensor | None) -> float:
+    """``||update||_F / ||W||_F`` of a low-rank edit (basis, eta, dual: ``(G, D, k)``) of a weight
+    (out, D), as :meth:`ErasurePatch.apply` measures it against :data:`MAX_EDIT_RATIO` (the weight
+    counted as at least ``_RMS_FLOOR`` per entry): for callers that size an edit before making it."""
+    w = weight.detach().to(torch.float64)
+    groups = basis.shape[0]
+    m = w.reshape(groups, -1, basis.shape[1])
+    b = basis.to(torch.float64)
+    a = edit_factor(m, b, eta.to(torch.float64), None if dual is None else dual.to(torch.float64))
+    update = math.sqrt(max(float(((a @ (b.mT @ b)) * a).sum()), 0.0))
+    return update / max(float(w.norm()), _RMS_FLOOR * math.sqrt(w.numel()))
+
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

@@ -15,7 +15,7 @@ from ..capture import collect_grams
 from ..data import DataLike, subsample
 from ..families.clip import ImageEncoder, ZeroShotClassifier
 from ..layers import layer_kind
-from ..patch import MAX_EDIT_RATIO, ErasurePatch, LayerEdit
+from ..patch import MAX_EDIT_RATIO, ErasurePatch, LayerEdit, edit_size_ratio
 from ..registry import register_method
 from ..subspace import (
     Gram,
@@ -502,7 +502,7 @@ def unlink_from_grams(
     for name, mod in targets.items():
         kind, key = layer_kind(mod), keys[name]
         if key not in fitted:
-            sharing = [kind_weight(targets[n]) for n in targets if keys[n] == key]
+            sharing = [layer_kind(targets[n]).weight(targets[n]) for n in targets if keys[n] == key]
             ridge = float(cfg.ridge)
             while True:
                 fit_cfg = replace(cfg, ridge=ridge) if ridge != cfg.ridge else cfg
@@ -528,7 +528,7 @@ def unlink_from_grams(
                 # every sharing layer's edit within the patch size bound (with a margin).
                 if variants[name] != "regression" or ridge >= REGRESSION_MAX_RIDGE:
                     break
-                if max(_edit_ratio(w, basis, eta, dual) for w in sharing) <= EDIT_RATIO_TARGET * MAX_EDIT_RATIO:
+                if max(edit_size_ratio(w, basis, eta, dual) for w in sharing) <= EDIT_RATIO_TARGET * MAX_EDIT_RATIO:
                     break
                 ridge *= 3.0
             if variants[name] == "regression":
@@ -576,22 +576,6 @@ def unlink_from_grams(
 
 REGRESSION_MAX_RIDGE = 1.0  # the ladder's last step: a heavily regularised, small edit
 EDIT_RATIO_TARGET = 0.9  # share of MAX_EDIT_RATIO a regression edit may reach
-
-
-def kind_weight(mod: nn.Module) -> Tensor:
-    """A target layer's weight as a 2-D (out, in) matrix."""
-    return layer_kind(mod).weight(mod)
-
-
-def _edit_ratio(weight: Tensor, basis: Tensor, eta: Tensor, dual: Tensor | None) -> float:
-    """``||W dual diag(eta) basis^T||_F / ||W||_F`` for a (1, D, k) edit of a 2-D weight, as the
-    patch's size check measures it."""
-    if basis.shape[0] != 1 or weight.dim() != 2:
-        return 0.0  # grouped edits (never regression fits) are left to the patch's own check
-    w = weight.detach().to(torch.float64)
-    a = (w @ (basis[0] if dual is None else dual[0])) * eta[0]
-    update = float(torch.trace(a @ (basis[0].T @ basis[0]) @ a.T).clamp_min(0).sqrt())
-    return update / max(float(w.norm()), 1e-300)
 
 
 def _check_weights(targets: dict[str, nn.Module]) -> None:

@@ -310,7 +310,7 @@ def concept_statistics(
     clash = sorted({w.casefold() for w in words} & {r.casefold() for r in keep})
     if clash:
         raise ValueError(f"{clash} are both concepts to erase and retain prompts; remove them from one list.")
-    if mode == "none" and cfg.variant in ("rayleigh", "regression"):
+    if mode == "none" and cfg.variant in PROTECTING:
         raise ValueError(
             f"variant={cfg.variant!r} protects retain concepts, but retain='none' gives none; "
             "drop retain='none' (neighbours are then protected) or use variant='svd'."

@@ -234,12 +234,13 @@ def test_default_erasure_protects_the_declared_digits_and_erases_the_numeral():
 def test_regression_ridge_grows_only_to_bound_the_edit():
     """Erasing eight needs the regression fit's sharpest edit: at the first ridge it would be ~20x
     the K/V weights; the ridge ladder stops at the first step within the patch size bound."""
-    from eraser.methods.unlink import EDIT_RATIO_TARGET, _edit_ratio, kind_weight
-    from eraser.patch import MAX_EDIT_RATIO
+    from eraser.layers import layer_kind
+    from eraser.methods.unlink import EDIT_RATIO_TARGET
+    from eraser.patch import MAX_EDIT_RATIO, edit_size_ratio
 
     pipe = digits_pipeline()
     before = {
-        f"unet.{n}": kind_weight(m).clone()
+        f"unet.{n}": layer_kind(m).weight(m).clone()
         for n, m in pipe.unet.named_modules()
         if n.endswith(("attn2.to_k", "attn2.to_v"))
     }
@@ -247,7 +248,7 @@ def test_regression_ridge_grows_only_to_bound_the_edit():
     try:
         ridge = patch.metadata["regression_ridge"]
         assert patch.metadata["config"]["ridge"] < ridge <= 1.0
-        ratios = [_edit_ratio(before[n], e.basis, e.eta, e.dual) for n, e in patch.edits.items()]
+        ratios = [edit_size_ratio(before[n], e.basis, e.eta, e.dual) for n, e in patch.edits.items()]
         assert max(ratios) <= EDIT_RATIO_TARGET * MAX_EDIT_RATIO
     finally:
         patch.revert(pipe)

@@ -496,3 +496,24 @@ def test_compact_patch_files_hold_no_undo_and_apply_the_same_edit(tmp_path):
     dense = ErasurePatch({}, {"method": "ft"}, deltas={"0.bias": torch.zeros(64)})
     with pytest.raises(PatchError, match="no compact form"):
         dense.save(tmp_path / "d.safetensors", compact=True)
+
+
+@pytest.mark.parametrize("scale", [3.0, 300.0])
+def test_edit_size_ratio_is_what_apply_checks(scale):
+    """``edit_size_ratio`` sizes an edit as ``apply`` does: a ratio under MAX_EDIT_RATIO applies,
+    one over it is refused."""
+    from eraser.patch import edit_size_ratio
+
+    model = nn.Linear(64, 64)
+    u = orthonormal(64, 2)
+    eta = torch.full((1, 2), scale, dtype=torch.float64)
+    ratio = edit_size_ratio(model.weight, u, eta, u)
+    assert 0 < ratio
+    patch = ErasurePatch({"": LayerEdit("", "linear", (64, 64), u, eta, u)}, {})
+    if ratio <= MAX_EDIT_RATIO:
+        patch.apply(model)
+        patch.revert(model)
+    else:
+        with pytest.raises(PatchError, match="times the size of its weight"):
+            patch.apply(model)
+    assert (ratio <= MAX_EDIT_RATIO) == (scale == 3.0)  # the two scales fall on both sides of the bound
