@@ -1,6 +1,12 @@
-"""Train the bundled digits text-to-image UNet on the 10,000 real MNIST training digits.
+"""Train the bundled digits text-to-image UNet (or MMDiT) on the 10,000 real MNIST training digits.
 
     OMP_NUM_THREADS=1 python -m recipes.train_t2i --data ../shared/data/mnist --out eraser/bundled/weights/t2i
+    OMP_NUM_THREADS=1 python -m recipes.train_t2i --arch mmdit --steps 8000 --data ../shared/data/mnist --out eraser/bundled/weights/t2i_mmdit
+
+``--arch mmdit`` trains the SD3-layout transformer of ``eraser.bundled.mmdit`` (6 joint blocks of
+4 heads x 32, 4x4-pixel patches; it reads the tiny CLIP's penultimate hidden states and pooled
+projection as SD3 reads its CLIP towers) with everything else below unchanged: data, captions,
+objective, schedule, optimiser (peak learning rate 5e-4), EMA, checkpoints and evaluation.
 
 Model: ``diffusers.UNet2DConditionModel`` (see ``eraser.bundled.pipeline.unet_config``) on
 1-channel 32x32 pixels: MNIST digits zero-padded from 28x28 (2 pixels per side) and scaled to
@@ -69,14 +75,11 @@ TRAIN_KEYS = (
     "ema",
     "cfg_dropout",
     "seed",
-    "block_out_channels",
-    "layers_per_block",
-    "attention_heads",
-    "attention_levels",
-    "norm_groups",
     "snr_gamma",
     "random_text_encoder",
 )
+UNET_KEYS = ("block_out_channels", "layers_per_block", "attention_heads", "attention_levels", "norm_groups")
+MMDIT_KEYS = ("arch", "patch_size", "mmdit_layers", "attention_heads", "head_dim")
 
 
 def load_digits(path: Path) -> tuple[Tensor, Tensor]:
@@ -247,7 +250,11 @@ def run_eval(out: Path, args, clip_dir: Path | None) -> list[dict] | None:
         print(f"no digit judge in {judge_dir}; skipping the evaluation (rerun with --eval-only once it exists)")
         return None
     judge = load_judge_folder(judge_dir)
-    if args.random_text_encoder:
+    if args.arch == "mmdit":
+        from eraser.bundled.mmdit import digits_mmdit_pipeline
+
+        pipe = digits_mmdit_pipeline(folder=out, clip_folder=clip_dir)
+    elif args.random_text_encoder:
         pipe = _random_text_pipeline(out)
     else:
         pipe = digits_pipeline(folder=out, clip_folder=clip_dir)
@@ -296,6 +303,85 @@ def _text_tower(clip_dir: Path | None, random_init: bool):
     return text_encoder_from_clip(clip), tokenizer
 
 
+class UNetArch:
+    """The UNet digits model: cross-attention to the tiny CLIP's last hidden states (77 x 64)."""
+
+    name = "UNet"
+
+    def __init__(self, args, clip_dir: Path | None) -> None:
+        from diffusers import UNet2DConditionModel
+
+        self.text_encoder, self.tokenizer = _text_tower(clip_dir, args.random_text_encoder)
+        self.cls = UNet2DConditionModel
+        self.config = unet_config(
+            cross_attention_dim=self.text_encoder.config.hidden_size,
+            block_out_channels=tuple(args.block_out_channels),
+            layers_per_block=args.layers_per_block,
+            attention_head_dim=args.attention_heads,
+            attention_levels=args.attention_levels,
+            norm_num_groups=args.norm_groups,
+        )
+        self.description = (
+            "digits text-to-image UNet (diffusers UNet2DConditionModel, pixel space 1x32x32) conditioned on the "
+            "tiny CLIP's text tower"
+        )
+        self.text_description = "eraser.bundled.digits_clip() text tower, last hidden state"
+
+    def encode(self, captions: list[str]) -> list[Tensor]:
+        return [encode_captions(self.text_encoder, self.tokenizer, captions)]
+
+    @staticmethod
+    def predict(model: nn.Module, xt: Tensor, t: Tensor, text: list[Tensor]) -> Tensor:
+        return model(xt, t, encoder_hidden_states=text[0]).sample
+
+
+class MMDiTArch:
+    """The MMDiT digits model (``eraser.bundled.mmdit``): joint attention with the penultimate hidden
+    states of the tiny CLIP's text tower in SD3's two CLIP slots, pooled projections in the modulation."""
+
+    name = "MMDiT"
+
+    def __init__(self, args, clip_dir: Path | None) -> None:
+        from diffusers import SD3Transformer2DModel
+
+        from eraser.bundled.mmdit import mmdit_config, random_digits_mmdit_pipeline
+        from eraser.bundled.models import load_clip_folder
+
+        if clip_dir is None:
+            raise SystemExit("--arch mmdit trains on the tiny CLIP; drop --random-text-encoder")
+        clip, _ = load_clip_folder(clip_dir)
+        self.cls = SD3Transformer2DModel
+        self.config = mmdit_config(
+            clip.config.text_config.hidden_size,
+            clip.config.projection_dim,
+            patch_size=args.patch_size,
+            num_layers=args.mmdit_layers,
+            num_attention_heads=args.attention_heads,
+            attention_head_dim=args.head_dim,
+        )
+        # the pipeline's own prompt encoding, so that training reads what sampling and erasure read
+        self.pipe = random_digits_mmdit_pipeline(clip_model=clip, num_layers=1)
+        self.description = (
+            "digits text-to-image MMDiT (diffusers SD3Transformer2DModel, pixel space 1x32x32) conditioned on the "
+            "tiny CLIP's text tower in both of SD3's CLIP slots"
+        )
+        self.text_description = (
+            "eraser.bundled.digits_clip() text tower, penultimate hidden states (32 positions) in both CLIP slots, "
+            "and its pooled projection"
+        )
+
+    @torch.no_grad()
+    def encode(self, captions: list[str], batch: int = 256) -> list[Tensor]:
+        parts = [
+            self.pipe._encode(captions[i : i + batch], torch.device("cpu")) for i in range(0, len(captions), batch)
+        ]
+        return [torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])]
+
+    @staticmethod
+    def predict(model: nn.Module, xt: Tensor, t: Tensor, text: list[Tensor]) -> Tensor:
+        return model(xt, encoder_hidden_states=text[0], pooled_projections=text[1], timestep=t).sample
+
+
 @torch.no_grad()
 def encode_captions(text_encoder, tokenizer, captions: list[str], batch: int = 256) -> Tensor:
     out = []
@@ -332,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--judge", default=str(WEIGHTS_DIR / "judge"), help="the digit judge folder (evaluation)")
     ap.add_argument("--steps", type=int, default=3200, help="optimiser steps (about 45 min on one core)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: UNet 1e-3, MMDiT 5e-4)")
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay cap")
@@ -347,8 +433,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--block-out-channels", type=_ints, default=[16, 32, 64, 64], help="channels per level (32, 16, 8, 4 px)"
     )
+    ap.add_argument(
+        "--arch",
+        choices=("unet", "mmdit"),
+        default="unet",
+        help="the denoiser: the UNet digits model, or the MMDiT (SD3 layout) one (eraser.bundled.mmdit)",
+    )
     ap.add_argument("--layers-per-block", type=int, default=1)
-    ap.add_argument("--attention-heads", type=int, default=8)
+    ap.add_argument("--attention-heads", type=int, default=None, help="heads per attention (default: UNet 8, MMDiT 4)")
+    ap.add_argument("--patch-size", type=int, default=4, help="MMDiT: pixels per patch side")
+    ap.add_argument("--mmdit-layers", type=int, default=6, help="MMDiT: joint transformer blocks")
+    ap.add_argument("--head-dim", type=int, default=32, help="MMDiT: features per attention head")
     ap.add_argument("--attention-levels", type=int, default=2, help="levels (lowest resolution first) with attention")
     ap.add_argument("--norm-groups", type=int, default=8, help="GroupNorm groups")
     ap.add_argument("--ckpt-every", type=int, default=200, help="checkpoint every N steps")
@@ -375,13 +470,18 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--force", action="store_true", help="retrain even if finished weights with these arguments exist")
     args = ap.parse_args(argv)
+    mmdit = args.arch == "mmdit"
+    if args.attention_heads is None:
+        args.attention_heads = 4 if mmdit else 8
+    if args.lr is None:  # transformers take a smaller step than the UNet (a choice, not a measured optimum)
+        args.lr = 5e-4 if mmdit else 1e-3
 
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
     from tqdm.auto import tqdm
 
     data_dir, out = Path(args.data), Path(args.out)
     clip_dir = None if args.random_text_encoder else Path(args.clip)
-    train_args = {k: getattr(args, k) for k in TRAIN_KEYS}
+    train_args = {k: getattr(args, k) for k in TRAIN_KEYS + (MMDIT_KEYS if args.arch == "mmdit" else UNET_KEYS)}
     ckpt_dir, meta_path = out / "checkpoint", out / "meta.json"
 
     if args.eval_only:
@@ -398,33 +498,25 @@ def main(argv: list[str] | None = None) -> dict:
             return old
 
     x_train, y_train = load_digits(data_dir / FILES[0])
-    text_encoder, tokenizer = _text_tower(clip_dir, args.random_text_encoder)
+    arch = MMDiTArch(args, clip_dir) if args.arch == "mmdit" else UNetArch(args, clip_dir)
     captions = [""] + [c for d in range(10) for c in all_captions(d)]
     index = {c: i for i, c in enumerate(captions)}
-    table = encode_captions(text_encoder, tokenizer, captions)  # (C, 77, D)
+    tables = arch.encode(captions)  # per caption: the text states (and the pooled text)
 
     def caption_rows(labels: Tensor, rng: random.Random) -> list[int]:
         rows = []
         for d in labels.tolist():
             text = "" if rng.random() < args.cfg_dropout else caption(d, rng)
             if text not in index:  # a caption outside all_captions(): encode it once
-                nonlocal table
+                nonlocal tables
                 index[text] = len(index)
-                table = torch.cat([table, encode_captions(text_encoder, tokenizer, [text])])
+                tables = [torch.cat([t, new]) for t, new in zip(tables, arch.encode([text]))]
             rows.append(index[text])
         return rows
 
     torch.manual_seed(args.seed)
-    config = unet_config(
-        cross_attention_dim=table.shape[-1],
-        block_out_channels=tuple(args.block_out_channels),
-        layers_per_block=args.layers_per_block,
-        attention_head_dim=args.attention_heads,
-        attention_levels=args.attention_levels,
-        norm_num_groups=args.norm_groups,
-    )
-    unet = UNet2DConditionModel.from_config(config)
-    ema = UNet2DConditionModel.from_config(config).requires_grad_(False)
+    unet = arch.cls.from_config(arch.config)
+    ema = arch.cls.from_config(arch.config).requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
     scheduler = DDIMScheduler.from_config(scheduler_config())
     alphas = scheduler.alphas_cumprod.float()
@@ -442,7 +534,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps_per_epoch = len(y_train) // args.batch_size
     n_params = sum(p.numel() for p in unet.parameters())
     print(
-        f"UNet {n_params / 1e6:.2f}M params, text states {tuple(table.shape[1:])}, {len(captions)} captions; "
+        f"{arch.name} {n_params / 1e6:.2f}M params, text states {tuple(tables[0].shape[1:])}, {len(captions)} captions; "
         f"{total} steps of {args.batch_size} ({total * args.batch_size / len(y_train):.1f} epochs), "
         f"{torch.get_num_threads()} thread(s)",
         flush=True,
@@ -452,7 +544,7 @@ def main(argv: list[str] | None = None) -> dict:
     ema_params = list(ema.parameters())
     live_params = list(unet.parameters())
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=step, desc="digits UNet", dynamic_ncols=True, mininterval=5)
+    bar = tqdm(total=total, initial=step, desc=f"digits {arch.name}", dynamic_ncols=True, mininterval=5)
     perm_epoch, perm = -1, None
     while step < stop:
         epoch, i = divmod(step, steps_per_epoch)
@@ -463,14 +555,15 @@ def main(argv: list[str] | None = None) -> dict:
         x0, labels = x_train[idx], y_train[idx]
         rng = random.Random(args.seed * 1_000_003 + step)
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        text = table[caption_rows(labels, rng)]
+        rows = caption_rows(labels, rng)
+        text = [t[rows] for t in tables]
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, n_train, (len(idx),), generator=g)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, args.lr, args.warmup)
-        pred = unet(xt, t, encoder_hidden_states=text).sample
+        pred = arch.predict(unet, xt, t, text)
         if not args.snr_gamma:
             loss = nn.functional.mse_loss(pred, noise)
         else:
@@ -501,15 +594,12 @@ def main(argv: list[str] | None = None) -> dict:
     save_checkpoint(ckpt_dir, unet, ema, opt, step, train_args, total, elapsed, loss_ema)
 
     meta = {
-        "model": "digits text-to-image UNet (diffusers UNet2DConditionModel, pixel space 1x32x32) conditioned on the "
-        "tiny CLIP's text tower",
+        "model": arch.description,
         "params": n_params,
         "weights": "EMA weights, float16 on disk (loaded as float32)",
         "data": {FILES[0]: {"sha256": file_sha256(data_dir / FILES[0])}},
         "clip_weights_sha256": None if clip_dir is None else file_sha256(clip_dir / "model.safetensors"),
-        "text_encoder": "random (development)"
-        if clip_dir is None
-        else "eraser.bundled.digits_clip() text tower, last hidden state",
+        "text_encoder": "random (development)" if clip_dir is None else arch.text_description,
         "train_args": train_args,
         "steps": total,
         "epochs": round(total * args.batch_size / len(y_train), 2),
@@ -526,14 +616,18 @@ def main(argv: list[str] | None = None) -> dict:
             "diffusers": __import__("diffusers").__version__,
             "transformers": __import__("transformers").__version__,
         },
-        "rebuild": f"python -m recipes.train_t2i --data {args.data} --out {args.out}",
+        "rebuild": f"python -m recipes.train_t2i{' --arch mmdit' if args.arch == 'mmdit' else ''} --data {args.data} --out {args.out}",
     }
     save_t2i_folder(ema, scheduler, out, meta)
     if not args.keep_checkpoint:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    size = (out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    size = (
+        (out / ("transformer" if args.arch == "mmdit" else "unet") / "diffusion_pytorch_model.safetensors")
+        .stat()
+        .st_size
+    )
     print(
-        f"digits UNet: {n_params} params, {size / 1e6:.2f} MB, {total} steps in {elapsed / 60:.1f} min "
+        f"digits {arch.name}: {n_params} params, {size / 1e6:.2f} MB, {total} steps in {elapsed / 60:.1f} min "
         f"(final loss {loss_ema:.4f}); written to {out}",
         flush=True,
     )

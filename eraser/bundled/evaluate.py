@@ -105,7 +105,7 @@ def judge_digits(
     jobs = [(d, i) for d in range(10) for i in range(per_digit)]
     # the ten prompts (and the unconditional one) are encoded once; each image picks its digit's row
     cfg = guidance > 1.0
-    cond, uncond = pipe.encode_prompt([digit_prompt(d) for d in range(10)], None, 1, cfg)
+    encoded = pipe.prompt_kwargs([digit_prompt(d) for d in range(10)], cfg)
     kw = {} if steps is None else {"num_inference_steps": steps}
     preds, probs, images = [], [], []
     desc = progress if isinstance(progress, str) else "judge digits"
@@ -114,11 +114,9 @@ def judge_digits(
             chunk = jobs[start : start + batch]
             digits = torch.tensor([d for d, _ in chunk])
             gens = [torch.Generator().manual_seed(image_seed(seed, d, i)) for d, i in chunk]
-            extra = {"negative_prompt_embeds": uncond[digits]} if cfg else {}
+            rows = {k: v[digits] for k, v in encoded.items()}
             with images_progress(pipe, bar, len(chunk)):
-                x: Tensor = pipe(
-                    prompt_embeds=cond[digits], guidance_scale=guidance, generator=gens, output_type="pt", **extra, **kw
-                ).images
+                x: Tensor = pipe(guidance_scale=guidance, generator=gens, output_type="pt", **rows, **kw).images
             p = judge(x.to(device)).softmax(-1).cpu()
             preds.append(p.argmax(-1))
             probs.append(p.gather(1, digits[:, None])[:, 0])

@@ -56,11 +56,13 @@ __all__ = [
     "random_digits_pipeline",
     "save_t2i_folder",
     "load_t2i_unet",
+    "load_denoiser",
 ]
 
 T2I_DIR = WEIGHTS_DIR / "t2i"
 T2I_REBUILD = "python -m recipes.train_t2i --data ../shared/data/mnist --out eraser/bundled/weights/t2i"
 UNET_DIR, UNET_CONFIG, UNET_WEIGHTS = "unet", "config.json", "diffusion_pytorch_model.safetensors"
+TRANSFORMER_DIR = "transformer"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 DEFAULT_GUIDANCE = 4.0
 DEFAULT_STEPS = 20
@@ -204,15 +206,7 @@ class DigitsPipeline(DiffusionPipeline):
         if not do_classifier_free_guidance:
             return prompt_embeds, None
         if negative_prompt_embeds is None:
-            if negative_prompt is None:
-                negatives = [""] * batch
-            else:
-                negatives = _as_list(negative_prompt, "negative_prompt")
-                if len(negatives) == 1:
-                    negatives = negatives * batch
-                if len(negatives) != batch:
-                    raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {batch}")
-            negative_prompt_embeds = self._encode(negatives, device)
+            negative_prompt_embeds = self._encode(_negatives(negative_prompt, batch), device)
         negative_prompt_embeds = negative_prompt_embeds.to(device, dtype).repeat_interleave(
             num_images_per_prompt, dim=0
         )
@@ -222,6 +216,12 @@ class DigitsPipeline(DiffusionPipeline):
                 f"prompt_embeds {tuple(prompt_embeds.shape)}"
             )
         return prompt_embeds, negative_prompt_embeds
+
+    def prompt_kwargs(self, prompts: list[str], guidance: bool) -> dict[str, Tensor]:
+        """The encoded ``prompts`` as keyword arguments of ``__call__``, one row per prompt (index the
+        rows to pick prompts): encode once, generate many times."""
+        cond, uncond = self.encode_prompt(prompts, None, 1, guidance)
+        return {"prompt_embeds": cond, **({"negative_prompt_embeds": uncond} if guidance else {})}
 
     def prepare_extra_step_kwargs(self, generator, eta: float) -> dict[str, Any]:
         params = set(inspect.signature(self.scheduler.step).parameters)
@@ -262,55 +262,97 @@ class DigitsPipeline(DiffusionPipeline):
         ``"pil"`` (grayscale "L" images), ``"np"`` ((B, 32, 32, 1) float in [0, 1]), ``"pt"``
         ((B, 1, 32, 32) float tensor in [0, 1]) or ``"latent"`` (the raw [-1, 1] samples).
         """
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent'; got {output_type!r}")
-        if int(num_inference_steps) < 1:
-            raise ValueError(f"num_inference_steps must be >= 1; got {num_inference_steps}")
-        if int(num_images_per_prompt) < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1; got {num_images_per_prompt}")
-        if prompt is None and prompt_embeds is None:
-            raise ValueError("give a prompt (use '' for unconditional generation) or prompt_embeds")
-        device = self._execution_device
+        _check_call(output_type, num_inference_steps, num_images_per_prompt, prompt, prompt_embeds)
         cfg = guidance_scale > 1.0
         cond, uncond = self.encode_prompt(
-            prompt, device, num_images_per_prompt, cfg, negative_prompt, prompt_embeds, negative_prompt_embeds
+            prompt,
+            self._execution_device,
+            num_images_per_prompt,
+            cfg,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
         )
         embeds = torch.cat([uncond, cond]) if cfg else cond
-        batch = cond.shape[0]
+
+        def predict(x: Tensor, t: Tensor) -> Tensor:
+            return self.unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+
+        images = self._sample(
+            self.unet, predict, cond.shape[0], num_inference_steps, guidance_scale, generator, eta, latents, output_type
+        )
+        return DigitsPipelineOutput(images=images) if return_dict else (images,)
+
+    def _sample(
+        self,
+        denoiser: Any,
+        predict: Any,
+        batch: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        generator: torch.Generator | list[torch.Generator] | None,
+        eta: float,
+        latents: Tensor | None,
+        output_type: str,
+    ) -> Any:
+        """The sampling loop shared by the bundled pipelines: ``predict(x, t)`` is the denoiser's
+        noise prediction for the (with guidance: unconditional then conditional) batch ``x``."""
+        device = self._execution_device
+        cfg = guidance_scale > 1.0
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images")
-
         self.scheduler.set_timesteps(int(num_inference_steps), device=device)
-        shape = (batch, self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        size = denoiser.config.sample_size
+        shape = (batch, denoiser.config.in_channels, size, size)
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=denoiser.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}; got {tuple(latents.shape)}")
-        latents = latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        latents = latents.to(device, denoiser.dtype) * self.scheduler.init_noise_sigma
         extra = self.prepare_extra_step_kwargs(generator, eta)
 
         with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
             for t in self.scheduler.timesteps:
                 x_in = torch.cat([latents] * 2) if cfg else latents
                 x_in = self.scheduler.scale_model_input(x_in, t)
-                eps = self.unet(x_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+                eps = predict(x_in, t)
                 if cfg:
                     eps_u, eps_c = eps.chunk(2)
                     eps = eps_u + guidance_scale * (eps_c - eps_u)
                 latents = self.scheduler.step(eps, t, latents, **extra, return_dict=False)[0]
                 bar.update()
 
-        if output_type == "latent":
-            images: Any = latents
-        else:
-            x = (latents.float() / 2 + 0.5).clamp(0, 1)
-            if output_type == "pt":
-                images = x
-            else:
-                arr = x.permute(0, 2, 3, 1).cpu().numpy()
-                images = arr if output_type == "np" else _to_pil(arr)
         self.maybe_free_model_hooks()
-        return DigitsPipelineOutput(images=images) if return_dict else (images,)
+        if output_type == "latent":
+            return latents
+        x = (latents.float() / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return x
+        arr = x.permute(0, 2, 3, 1).cpu().numpy()
+        return arr if output_type == "np" else _to_pil(arr)
+
+
+def _check_call(output_type: str, steps: int, per_prompt: int, prompt: Any, prompt_embeds: Any) -> None:
+    if output_type not in ("pil", "np", "pt", "latent"):
+        raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent'; got {output_type!r}")
+    if int(steps) < 1:
+        raise ValueError(f"num_inference_steps must be >= 1; got {steps}")
+    if int(per_prompt) < 1:
+        raise ValueError(f"num_images_per_prompt must be >= 1; got {per_prompt}")
+    if prompt is None and prompt_embeds is None:
+        raise ValueError("give a prompt (use '' for unconditional generation) or prompt_embeds")
+
+
+def _negatives(negative_prompt: str | list[str] | None, batch: int) -> list[str]:
+    """The unconditional prompts of a batch: ``""`` each, or ``negative_prompt`` (one, or one per prompt)."""
+    if negative_prompt is None:
+        return [""] * batch
+    negatives = _as_list(negative_prompt, "negative_prompt")
+    if len(negatives) == 1:
+        negatives = negatives * batch
+    if len(negatives) != batch:
+        raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {batch}")
+    return negatives
 
 
 def _as_list(prompt, name: str) -> list[str]:
@@ -331,67 +373,69 @@ def _to_pil(arr: np.ndarray) -> list:
 # bundled files
 
 
-def _need(path: Path) -> Path:
+def _need(path: Path, rebuild: str = T2I_REBUILD) -> Path:
     if not path.is_file():
-        raise BundledWeightsError(f"bundled text-to-image file {path} is missing; rebuild it with `{T2I_REBUILD}`")
+        raise BundledWeightsError(f"bundled text-to-image file {path} is missing; rebuild it with `{rebuild}`")
     return path
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, rebuild: str = T2I_REBUILD) -> dict:
     try:
-        data = json.loads(_need(path).read_text(encoding="utf-8"))
+        data = json.loads(_need(path, rebuild).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundledWeightsError(f"bundled file {path} is damaged ({err}); rebuild it with `{T2I_REBUILD}`") from None
+        raise BundledWeightsError(f"bundled file {path} is damaged ({err}); rebuild it with `{rebuild}`") from None
     if not isinstance(data, dict):
-        raise BundledWeightsError(
-            f"bundled file {path} is damaged (not a JSON object); rebuild it with `{T2I_REBUILD}`"
-        )
+        raise BundledWeightsError(f"bundled file {path} is damaged (not a JSON object); rebuild it with `{rebuild}`")
     return data
 
 
 def load_t2i_unet(folder: str | Path = T2I_DIR, check_sha: bool = True) -> UNet2DConditionModel:
     """The UNet of a folder written by ``train_t2i`` (float32, eval mode), with clear errors."""
+    return load_denoiser(folder, UNet2DConditionModel, UNET_DIR, T2I_REBUILD, check_sha)
+
+
+def load_denoiser(folder: str | Path, cls: type, sub: str, rebuild: str, check_sha: bool = True) -> Any:
+    """The ``cls`` model in ``folder/sub`` of a folder written by ``save_t2i_folder`` (float32, eval
+    mode), its weights checked against ``meta.json``; errors name the file and the ``rebuild`` command."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    cfg_path, w_path = folder / UNET_DIR / UNET_CONFIG, folder / UNET_DIR / UNET_WEIGHTS
-    config = _read_json(cfg_path)
-    _need(w_path)
-    meta = _read_json(folder / "meta.json")
+    cfg_path, w_path = folder / sub / UNET_CONFIG, folder / sub / UNET_WEIGHTS
+    config = _read_json(cfg_path, rebuild)
+    _need(w_path, rebuild)
+    meta = _read_json(folder / "meta.json", rebuild)
     expected = meta.get("weights_sha256")
     if check_sha and expected and file_sha256(w_path) != expected:
         raise BundledWeightsError(
             f"bundled weight file {w_path} is damaged (sha256 differs from {folder / 'meta.json'}); "
-            f"rebuild it with `{T2I_REBUILD}`"
+            f"rebuild it with `{rebuild}`"
         )
     try:
         state = load_file(str(w_path))
     except Exception as err:  # SafetensorError / OSError on damaged files
         raise BundledWeightsError(
-            f"bundled weight file {w_path} is damaged ({err}); rebuild it with `{T2I_REBUILD}`"
+            f"bundled weight file {w_path} is damaged ({err}); rebuild it with `{rebuild}`"
         ) from None
     try:
-        unet = UNet2DConditionModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     except Exception as err:
-        raise BundledWeightsError(
-            f"bundled file {cfg_path} is damaged ({err}); rebuild it with `{T2I_REBUILD}`"
-        ) from None
+        raise BundledWeightsError(f"bundled file {cfg_path} is damaged ({err}); rebuild it with `{rebuild}`") from None
     try:
-        unet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as err:
         raise BundledWeightsError(
-            f"bundled weight file {w_path} does not fit {cfg_path} ({str(err)[:300]}); rebuild it with `{T2I_REBUILD}`"
+            f"bundled weight file {w_path} does not fit {cfg_path} ({str(err)[:300]}); rebuild it with `{rebuild}`"
         ) from None
-    return unet.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
-def _load_scheduler(folder: Path) -> DDIMScheduler:
+def _load_scheduler(folder: Path, rebuild: str = T2I_REBUILD) -> DDIMScheduler:
     path = folder / SCHEDULER_CONFIG
-    config = _read_json(path)
+    config = _read_json(path, rebuild)
     try:
         return DDIMScheduler.from_config(config)
     except Exception as err:
-        raise BundledWeightsError(f"bundled file {path} is damaged ({err}); rebuild it with `{T2I_REBUILD}`") from None
+        raise BundledWeightsError(f"bundled file {path} is damaged ({err}); rebuild it with `{rebuild}`") from None
 
 
 def digits_pipeline(
@@ -446,25 +490,28 @@ def random_digits_pipeline(text_hidden: int = 64, seed: int = 0, **unet_kwargs) 
     return DigitsPipeline(unet=unet, text_encoder=text_encoder, tokenizer=clip_tokenizer(), scheduler=scheduler)
 
 
-def save_t2i_folder(unet: UNet2DConditionModel, scheduler, folder: str | Path, meta: dict[str, Any]) -> Path:
-    """Write the bundled layout: ``unet/`` (config + float16 safetensors), ``scheduler/`` and
-    ``meta.json`` (``meta`` plus the weights' sha256). The text encoder is not written."""
+def save_t2i_folder(model: Any, scheduler, folder: str | Path, meta: dict[str, Any]) -> Path:
+    """Write the bundled layout: ``unet/`` (or ``transformer/`` for an MMDiT; config + float16
+    safetensors), ``scheduler/`` and ``meta.json`` (``meta`` plus the weights' sha256). The text
+    encoder is not written."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    (folder / UNET_DIR).mkdir(parents=True, exist_ok=True)
-    w_path = folder / UNET_DIR / UNET_WEIGHTS
+    cls = type(model).__name__
+    sub = UNET_DIR if isinstance(model, UNet2DConditionModel) else TRANSFORMER_DIR
+    (folder / sub).mkdir(parents=True, exist_ok=True)
+    w_path = folder / sub / UNET_WEIGHTS
     tmp = w_path.with_name(w_path.name + ".tmp")
     save_file(
-        {k: v.detach().to(torch.float16).contiguous() for k, v in unet.state_dict().items()},
+        {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()},
         str(tmp),
-        metadata={"format": "pt", "model": "diffusers UNet2DConditionModel (eraser.bundled digits text-to-image)"},
+        metadata={"format": "pt", "model": f"diffusers {cls} (eraser.bundled digits text-to-image)"},
     )
     tmp.replace(w_path)
     w_path.chmod(0o644)
-    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-    config = {"_class_name": "UNet2DConditionModel", **config}
-    (folder / UNET_DIR / UNET_CONFIG).write_text(json.dumps(config, indent=2, default=list) + "\n")
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    config = {"_class_name": cls, **config}
+    (folder / sub / UNET_CONFIG).write_text(json.dumps(config, indent=2, default=list) + "\n")
     scheduler.save_config(str(folder / "scheduler"))
     meta = {**meta, "weights_sha256": file_sha256(w_path)}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
@@ -448,6 +448,30 @@ def unlink_rayleigh(model, forget, retain, *, config: RayleighUnlinkConfig | Non
     return unlink(model, forget, retain, config=config or RayleighUnlinkConfig(), **kw)
 
 
+def bounded_fit(
+    fit: Callable[[UnlinkConfig], tuple[Tensor, Tensor, Tensor | None]],
+    cfg: UnlinkConfig,
+    variant: str,
+    weights: Sequence[Tensor],
+) -> tuple[tuple[Tensor, Tensor, Tensor | None], float]:
+    """``fit(cfg)`` (a layer edit's basis, eta, dual), with the regression variant's ridge raised
+    until the edit of every weight in ``weights`` is within the patch size bound; returns the edit
+    and the ridge used.
+
+    The least-squares edit grows where the features have little energy; a larger ridge bounds it
+    (docs/defaults.md): the smallest ridge of a x3 ladder that keeps every edit within
+    ``EDIT_RATIO_TARGET * MAX_EDIT_RATIO``, at most ``REGRESSION_MAX_RIDGE``. Other variants: one fit.
+    """
+    ridge = float(cfg.ridge)
+    while True:
+        edit = fit(replace(cfg, ridge=ridge) if ridge != cfg.ridge else cfg)
+        if variant != "regression" or ridge >= REGRESSION_MAX_RIDGE:
+            return edit, ridge
+        if max(edit_size_ratio(w, *edit) for w in weights) <= EDIT_RATIO_TARGET * MAX_EDIT_RATIO:
+            return edit, ridge
+        ridge *= 3.0
+
+
 def unlink_from_grams(
     model: nn.Module,
     forget: dict[str, list[Gram]],
@@ -503,9 +527,8 @@ def unlink_from_grams(
         kind, key = layer_kind(mod), keys[name]
         if key not in fitted:
             sharing = [layer_kind(targets[n]).weight(targets[n]) for n in targets if keys[n] == key]
-            ridge = float(cfg.ridge)
-            while True:
-                fit_cfg = replace(cfg, ridge=ridge) if ridge != cfg.ridge else cfg
+
+            def fit(fit_cfg: UnlinkConfig, name: str = name) -> tuple[Tensor, Tensor, Tensor | None]:
                 subs = []
                 for g, fg in enumerate(forget[name]):
                     try:
@@ -522,15 +545,9 @@ def unlink_from_grams(
                     except ValueError as err:
                         raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
                 basis, eta, dual = _stack(subs)
-                eta = eta * float(cfg.strength)
-                # The least-squares edit grows where the features have little energy; a larger
-                # ridge bounds it (docs/defaults.md): the smallest ridge of the ladder that keeps
-                # every sharing layer's edit within the patch size bound (with a margin).
-                if variants[name] != "regression" or ridge >= REGRESSION_MAX_RIDGE:
-                    break
-                if max(edit_size_ratio(w, basis, eta, dual) for w in sharing) <= EDIT_RATIO_TARGET * MAX_EDIT_RATIO:
-                    break
-                ridge *= 3.0
+                return basis, eta * float(fit_cfg.strength), dual
+
+            (basis, eta, dual), ridge = bounded_fit(fit, cfg, variants[name], sharing)
             if variants[name] == "regression":
                 ridges.update({n: ridge for n in targets if keys[n] == key})
             fitted[key] = (basis, eta, dual)

@@ -60,7 +60,7 @@ from ..subspace import (
     with_cut,
 )
 from ..training.soft_prompts import SoftPromptConfig, check_pipeline, check_scheduler, learn_soft_prompt
-from .unlink import _stack, fit_subspace
+from .unlink import _stack, bounded_fit, fit_subspace
 from .unlink_diffusion import ConceptUnlinkConfig, concept_statistics, pipeline_id
 
 __all__ = ["CLOSURES", "RobustUnlinkConfig", "unlink_robust_concepts", "closure_cut"]
@@ -262,40 +262,55 @@ def _with_found(stats: Any, found: list[Tensor], cfg: RobustUnlinkConfig) -> dic
     return {**stats.forget, **{name: [merged] for name in stats.kv}}
 
 
+def _key(forget_grams: dict[str, list[Gram]], stats: Any, name: str) -> tuple:
+    """Which statistics a layer is fitted on: layers with the same key share one fit."""
+    return tuple(id(g) for g in forget_grams[name]) + tuple(id(g) for g in stats.retain[name])
+
+
 def _fitted_patch(
     pipe: Any, stats: Any, cfg: RobustUnlinkConfig, forget_grams: dict[str, list[Gram]], extra_k: int
 ) -> ErasurePatch:
     """The robust edit fitted on ``forget_grams`` (rank: the default plus ``extra_k``), applied to ``pipe``."""
     t0 = time.perf_counter()
-    strength = float(cfg.strength)
     edits: dict[str, LayerEdit] = {}
     found: dict[str, list[dict[str, Any]]] = {}
+    ridges: dict[str, float] = {}
     default_k = stats.default_k(cfg) + int(extra_k)
     # Layers fed the same statistics (every K/V projection) share one fit and one stored basis.
     fitted: dict[tuple, tuple[tuple[Tensor, Tensor, Tensor | None], list[dict[str, Any]]]] = {}
     for name, mod in stats.modules.items():
         forget, retain_g = forget_grams[name], stats.retain[name]
-        key = tuple(id(g) for g in forget) + tuple(id(g) for g in retain_g)
+        key = _key(forget_grams, stats, name)
         if key not in fitted:
-            subs, infos = [], []
-            for fg, rg in zip(forget, retain_g):
-                try:
-                    cut, info = closure_cut(fg, rg, cfg)
-                    # Unlink's fit on what the cut leaves of the concept: reflecting directions
-                    # the cut already removed would weaken the reflection of the rest.
-                    rest = gram_without(fg, cut)
-                    if cut.shape[1] and float(torch.trace(rest.matrix)) <= 1e-12 * float(torch.trace(fg.matrix)):
-                        sub = Subspace(
-                            fg.matrix.new_zeros(fg.dim, 0), fg.matrix.new_zeros(0), fg.matrix.new_zeros(fg.dim, 0)
-                        )
-                    else:
-                        sub = fit_subspace(rest, rg, cfg, default_k=min(default_k, fg.dim // 2))
-                        sub = Subspace(sub.basis, sub.eta * strength, sub.dual, sub.spectrum)
-                except ValueError as err:
-                    raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
-                subs.append(with_cut(sub, cut))
-                infos.append({**info, "reflected_rank": sub.k})
-            fitted[key] = (_stack(subs), infos)
+            infos: list[dict[str, Any]] = []
+
+            def fit(fit_cfg: RobustUnlinkConfig, name=name, forget=forget, retain_g=retain_g, infos=infos):
+                subs = []
+                infos.clear()
+                for fg, rg in zip(forget, retain_g):
+                    try:
+                        cut, info = closure_cut(fg, rg, fit_cfg)
+                        # Unlink's fit on what the cut leaves of the concept: reflecting directions
+                        # the cut already removed would weaken the reflection of the rest.
+                        rest = gram_without(fg, cut)
+                        if cut.shape[1] and float(torch.trace(rest.matrix)) <= 1e-12 * float(torch.trace(fg.matrix)):
+                            sub = Subspace(
+                                fg.matrix.new_zeros(fg.dim, 0), fg.matrix.new_zeros(0), fg.matrix.new_zeros(fg.dim, 0)
+                            )
+                        else:
+                            sub = fit_subspace(rest, rg, fit_cfg, default_k=min(default_k, fg.dim // 2))
+                            sub = Subspace(sub.basis, sub.eta * float(fit_cfg.strength), sub.dual, sub.spectrum)
+                    except ValueError as err:
+                        raise ValueError(f"layer {name!r}: {err} The model was not changed.") from None
+                    subs.append(with_cut(sub, cut))
+                    infos.append({**info, "reflected_rank": sub.k})
+                return _stack(subs)
+
+            sharing = [layer_kind(m).weight(m) for n, m in stats.modules.items() if _key(forget_grams, stats, n) == key]
+            edit, ridge = bounded_fit(fit, cfg, stats.variant, sharing)
+            if stats.variant == "regression":
+                ridges[name] = ridge
+            fitted[key] = (edit, infos)
         (basis, eta, dual), infos = fitted[key]
         kind = layer_kind(mod)
         edits[name] = LayerEdit(name, kind.name, tuple(kind.weight(mod).shape), basis, eta, dual)
@@ -320,6 +335,8 @@ def _fitted_patch(
                 **({"per_layer": found} if len(fitted) > 1 else {}),
             },
             **stats.metadata(pipe, cfg),
+            # the regression fit's ridge after the size ladder (see eraser.methods.unlink.bounded_fit)
+            **({"regression_ridge": max(ridges.values())} if ridges else {}),
         },
     )
     t1 = time.perf_counter()

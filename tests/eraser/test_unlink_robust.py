@@ -193,6 +193,29 @@ def test_closure_none_is_unlinks_edit_and_settings_reach_the_config(pipe):
         full.revert(pipe)
 
 
+def test_on_the_regression_fit_closure_none_is_the_default_erasure_with_its_ridge_ladder(pipe):
+    # eight needs the ladder (test_bundled_t2i): the robust fit bounds its edit the same way
+    plain = eraser.erase_concepts(pipe, "eight")
+    w_plain = kv_weights(pipe)
+    plain.revert(pipe)
+    none = eraser.erase_concepts(
+        pipe,
+        "eight",
+        method="unlink_robust",
+        variant="regression",
+        strength=2.0,
+        ridge=1e-3,
+        closure="none",
+        adversarial_rounds=0,
+    )
+    try:
+        assert none.metadata["variant"] == "regression"
+        assert none.metadata["regression_ridge"] == plain.metadata["regression_ridge"] > 1e-3
+        assert all(torch.allclose(w_plain[n], w, atol=1e-6) for n, w in kv_weights(pipe).items())
+    finally:
+        none.revert(pipe)
+
+
 @pytest.mark.parametrize(
     "kwargs, error",
     [
