@@ -11,6 +11,7 @@ only the weights ``w`` of ``delta(w) = sum_k w_k delta_k`` over a bank's class v
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Sequence
@@ -269,7 +270,8 @@ def build_bank(
         old = VectorBank.load(path)
         old_fp = old.metadata.get("model_fingerprint")
         for key, same in (
-            ("config", old.metadata.get("config") == meta["config"]),
+            # as stored (JSON): a tuple setting reads back as a list
+            ("config", old.metadata.get("config") == json.loads(json.dumps(meta["config"]))),
             ("model", old_fp == model_fingerprint(model, like=old_fp)),
         ):
             if not same:

@@ -200,6 +200,18 @@ def test_bank_is_resumable_and_combines_only_its_classes(toy_model, toy_task, tm
         build_bank(toy_model, data, ForgetVectorConfig(max_steps=6), path=path, progress=False)
 
 
+def test_bank_with_tuple_settings_resumes(toy_model, toy_task, tmp_path):
+    # normalisation given as tuples (as the classify bench passes a dataset's mean/std) reads back
+    # from the file's JSON as lists: still the same configuration
+    x, y = toy_task["forget"]
+    n = x.shape[1]
+    cfg = ForgetVectorConfig(**{**FAST, "max_steps": 2}, mean=(0.0,) * n, std=(1.0,) * n)
+    path = tmp_path / "bank.safetensors"
+    data = (torch.cat([x, toy_task["retain"][0]]), torch.cat([y, toy_task["retain"][1]]))
+    build_bank(toy_model, data, cfg, classes=[0], path=path, progress=False)
+    assert build_bank(toy_model, data, cfg, path=path, progress=False).classes == [0, 1, 2, 3]
+
+
 def test_composition_learns_weights_that_forget_a_random_subset(toy_model, toy_task):
     data = (
         torch.cat([toy_task["forget"][0], toy_task["retain"][0]]),
