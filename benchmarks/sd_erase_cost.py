@@ -3,6 +3,10 @@ weights exist offline; timing and memory depend on shapes, not on weight values)
 
     python benchmarks/sd_erase_cost.py --arch sd-v1-4 --out docs/results/sd_erase/sd-v1-4.json
     python benchmarks/sd_erase_cost.py --arch sdxl-base-1.0 --dtype bfloat16 --out docs/results/sd_erase/sdxl.json
+    python benchmarks/sd_erase_cost.py --arch sd3-medium --dtype bfloat16 --repeats 1 --out docs/results/sd_erase/sd3-medium.json
+
+SD3 is built without its T5 encoder (the pipeline supports that; the transformer then reads zeros
+in T5's 256 positions): on a CPU the 4.7B-parameter T5 would be nearly all of the cost.
 
 Measures, in one run on one pipeline (model building excluded):
 - Unlink erase time per concept (text encoding of its prompts included): the first erasure on a
@@ -11,10 +15,10 @@ Measures, in one run on one pipeline (model building excluded):
 - the peak extra resident memory during a (later) erasure, against the model's size, with the
   default ``exact_revert="auto"`` (originals kept only within 5% of the model) and with
   ``exact_revert=True`` (the edited layers' original weights always kept in memory);
-- one UNet forward pass at the architecture's resolution (batch 1), and the cheapest optimisation
+- one denoiser (UNet, or SD3's transformer) forward pass at the architecture's resolution (batch 1), and the cheapest optimisation
   step of ESD (esd_x, with ``--esd``): no DDIM sampling of x_t, only its forward/backward passes;
-- the patch file size against the UNet's;
-- the UNet step at generation (batch 2, classifier-free guidance) before and after erasure
+- the patch file size against the denoiser's;
+- the denoiser step at generation (batch 2, classifier-free guidance) before and after erasure
   (interleaved), whose ratio shows whether erasure adds inference cost.
 
 With ``--many 1,10,100,1000`` it measures instead many concepts erased in one call (default
@@ -94,15 +98,27 @@ def module_bytes(*mods: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
 
 
+def denoiser(pipe) -> torch.nn.Module:
+    """The pipeline's UNet, or its transformer (SD3, FLUX)."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+
+
 @torch.no_grad()
 def unet_inputs(pipe, batch: int, dtype: torch.dtype, resolution: int | None = None) -> tuple:
-    unet = pipe.unet
-    size = resolution // 8 if resolution else unet.config.sample_size
-    latents = torch.randn(batch, unet.config.in_channels, size, size, dtype=dtype)
-    text = torch.randn(batch, 77, unet.config.cross_attention_dim, dtype=dtype)
+    """Random inputs of one denoiser call at ``resolution`` pixels (VAE factor 8): latents, timestep,
+    text states and the architecture's extra conditioning (SDXL's pooled text and time ids, SD3's
+    pooled text; SD3's text sequence is 77 CLIP positions plus the 256 of T5 or of its zeros)."""
+    model = denoiser(pipe)
+    size = resolution // 8 if resolution else model.config.sample_size
+    latents = torch.randn(batch, model.config.in_channels, size, size, dtype=dtype)
     kw = {}
-    if getattr(unet.config, "addition_embed_type", None) == "text_time":
-        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    if getattr(pipe, "unet", None) is None:  # SD3
+        text = torch.randn(batch, 77 + 256, model.config.joint_attention_dim, dtype=dtype)
+        kw["pooled_projections"] = torch.randn(batch, model.config.pooled_projection_dim, dtype=dtype)
+        return latents, torch.tensor([500.0] * batch), text, kw
+    text = torch.randn(batch, 77, model.config.cross_attention_dim, dtype=dtype)
+    if getattr(model.config, "addition_embed_type", None) == "text_time":
+        pooled = model.config.projection_class_embeddings_input_dim - 6 * model.config.addition_time_embed_dim
         res = size * 8
         kw["added_cond_kwargs"] = {
             "text_embeds": torch.randn(batch, pooled, dtype=dtype),
@@ -113,9 +129,14 @@ def unet_inputs(pipe, batch: int, dtype: torch.dtype, resolution: int | None = N
 
 @torch.no_grad()
 def unet_forward_s(pipe, inputs: tuple) -> float:
+    """Seconds of one denoiser forward pass on ``inputs``."""
     latents, t, text, kw = inputs
+    model = denoiser(pipe)
     t0 = time.perf_counter()
-    pipe.unet(latents, t, encoder_hidden_states=text, **kw)
+    if getattr(pipe, "unet", None) is None:
+        model(latents, encoder_hidden_states=text, timestep=t, **kw)
+    else:
+        model(latents, t, encoder_hidden_states=text, **kw)
     return time.perf_counter() - t0
 
 
@@ -123,11 +144,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="sd-v1-4")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--repeats", type=int, default=3, help="UNet forward passes per measurement (default 3)")
+    ap.add_argument("--repeats", type=int, default=3, help="denoiser forward passes per measurement (default 3)")
     ap.add_argument("--esd", action="store_true", help="also time one ESD step (esd_x)")
-    ap.add_argument("--no-forward", action="store_true", help="skip the UNet forward and generation-step timings")
+    ap.add_argument("--no-forward", action="store_true", help="skip the denoiser forward and generation-step timings")
     ap.add_argument(
-        "--resolution", type=int, default=None, help="UNet forward at this many pixels (default: the architecture's)"
+        "--resolution",
+        type=int,
+        default=None,
+        help="denoiser forward at this many pixels (default: the architecture's)",
     )
     ap.add_argument("--many", default=None, help="concept counts erased in one call, e.g. 1,10,100,1000")
     ap.add_argument(
@@ -142,12 +166,13 @@ def main() -> None:
     torch.manual_seed(0)
 
     t0 = time.perf_counter()
-    comps = tuple(n for n in ("unet", "text_encoder", "text_encoder_2") if n in architecture(args.arch))  # no VAE
+    # no VAE, and no T5 (SD3 runs without it; on a CPU a 4.7B-parameter T5 would be the whole cost)
+    comps = tuple(n for n in ("unet", "transformer", "text_encoder", "text_encoder_2") if n in architecture(args.arch))
     pipe = build_pipeline(args.arch, dtype=dtype, components=comps)
     build_s = time.perf_counter() - t0
     text_encoders = [m for n, m in eraser.as_module(pipe).items() if n.startswith("text_encoder")]
-    model_bytes = module_bytes(pipe.unet, *text_encoders)
-    unet_bytes = module_bytes(pipe.unet)
+    model_bytes = module_bytes(denoiser(pipe), *text_encoders)
+    unet_bytes = module_bytes(denoiser(pipe))
     res = {
         "arch": args.arch,
         "dtype": args.dtype,
@@ -216,19 +241,22 @@ def main() -> None:
         res["patch_bytes"] = path.stat().st_size
         res["compact_patch_bytes"] = patch.save(Path(d) / "compact.safetensors", compact=True).stat().st_size
         for fmt in ("peft", "kohya"):
-            res[f"lora_{fmt}_bytes"] = patch.to_lora(Path(d) / f"lora_{fmt}.safetensors", format=fmt)["bytes"]
+            try:
+                res[f"lora_{fmt}_bytes"] = patch.to_lora(Path(d) / f"lora_{fmt}.safetensors", format=fmt)["bytes"]
+            except ValueError as err:  # kohya names UNet and text-encoder layers only
+                res[f"lora_{fmt}_bytes"], res[f"lora_{fmt}_refused"] = None, str(err)
     res["patch_pct_of_unet"] = 100 * res["patch_bytes"] / unet_bytes
     patch.revert(pipe)
 
     if args.no_forward:
         finish(res, args.out)
         return
-    # -- UNet forward and generation step before/after ----------------------------------------------
-    res["resolution"] = args.resolution or pipe.unet.config.sample_size * 8
+    # -- denoiser forward and generation step before/after ----------------------------------------------
+    res["resolution"] = args.resolution or denoiser(pipe).config.sample_size * 8
     one = unet_inputs(pipe, 1, dtype, args.resolution)
     unet_forward_s(pipe, one)  # warm-up
     res["unet_forward_s"] = statistics.median(unet_forward_s(pipe, one) for _ in range(args.repeats))
-    note(f"UNet forward {res['unet_forward_s']:.1f} s")
+    note(f"denoiser forward {res['unet_forward_s']:.1f} s")
     two = unet_inputs(pipe, 2, dtype, args.resolution)
     before, after = [], []
     for _ in range(args.repeats):
@@ -335,7 +363,7 @@ def table(r: dict) -> str:
     rows = [
         (
             "architecture",
-            f"{r['arch']} ({r['dtype']}, random weights; UNet + text encoders {r['model_bytes'] * mb:,.0f} MB)",
+            f"{r['arch']} ({r['dtype']}, random weights; denoiser + text encoders {r['model_bytes'] * mb:,.0f} MB)",
         ),
         (
             "Unlink erase, one concept: median of later erasures",
@@ -371,7 +399,7 @@ def table(r: dict) -> str:
         ),
         (
             "patch file, one concept",
-            f"{r['patch_bytes'] / 1024:,.0f} KB = {r['patch_pct_of_unet']:.4f}% of the UNet ({r['unet_bytes'] * mb:,.0f} MB)",
+            f"{r['patch_bytes'] / 1024:,.0f} KB = {r['patch_pct_of_unet']:.4f}% of the denoiser ({r['unet_bytes'] * mb:,.0f} MB)",
         ),
     ]
     if "compact_patch_bytes" in r:
@@ -379,15 +407,18 @@ def table(r: dict) -> str:
             ("compact patch file (`save(compact=True)`), one concept", f"{r['compact_patch_bytes'] / 1024:,.0f} KB"),
             (
                 "LoRA file (`to_lora`), one concept: peft / kohya",
-                f"{r['lora_peft_bytes'] / 1024:,.0f} KB / {r['lora_kohya_bytes'] / 1024:,.0f} KB",
+                " / ".join(
+                    "refused" if r[f"lora_{f}_bytes"] is None else f"{r[f'lora_{f}_bytes'] / 1024:,.0f} KB"
+                    for f in ("peft", "kohya")
+                ),
             ),
         ]
     if "unet_forward_s" in r:
         rows += [
-            (f"UNet forward, batch 1, {r['resolution']} px", f"{r['unet_forward_s']:.3f} s"),
-            ("erase / UNet forward", f"{r['erase_over_unet_forward']:.3f}"),
+            (f"denoiser forward (UNet or transformer), batch 1, {r['resolution']} px", f"{r['unet_forward_s']:.3f} s"),
+            ("erase / denoiser forward", f"{r['erase_over_unet_forward']:.3f}"),
             (
-                "generation step (UNet, batch 2) before / after",
+                "generation step (denoiser, batch 2) before / after",
                 f"{r['gen_step_before_s']:.3f} s / {r['gen_step_after_s']:.3f} s (ratio {r['gen_step_ratio']:.3f})",
             ),
         ]
