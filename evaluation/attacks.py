@@ -556,11 +556,15 @@ class TextualInversionConfig(SearchBudget):
     erased model frozen (Pham et al., "Circumventing concept erasure methods"): each image of a step
     is conditioned on a random one of ``templates`` (and "{prompt} {}") with the token in place of
     ``{}``. The tokenizer is never changed: the embedding is injected where a placeholder token sits.
-    Budget, draws, probe and ``seed``: :class:`eraser.training.soft_prompts.SearchBudget`; the probe
-    scores "{prompt} <token>", what the result generates with."""
+    Budget (320 steps by default), draws, probe and ``seed``: :class:`eraser.training.soft_prompts.SearchBudget`;
+    the probe scores "{prompt} <token>", what the result generates with."""
 
     init_word: str = "object"
     templates: tuple[str, ...] = TEXTUAL_INVERSION_TEMPLATES
+    # one token from one neutral word needs longer than the soft prompt's 160 steps: at 160 one of
+    # two runs stalled on nine against the original model (docs/benchmarks.md, "Textual inversion
+    # at 320 steps")
+    steps: int = 320
 
     ATTACK = "textual_inversion"
 
