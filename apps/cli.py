@@ -219,14 +219,17 @@ class _Look:
     each phase of generations behind one progress bar over its images."""
 
     def __init__(self, pipe, args: argparse.Namespace, concepts: list, seeds: list[int]) -> None:
-        if args.check and args.model != "bundled:digits":
-            raise ValueError("--check runs the digit judge, so it needs --model bundled:digits")
+        from eraser.loading import DIGIT_MODELS
+
+        if args.check and args.model not in DIGIT_MODELS:
+            raise ValueError(f"--check runs the digit judge, so it needs --model {' or '.join(DIGIT_MODELS)}")
         if not seeds:
             raise ValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2,3")
         if args.check and args.check_images < 1:
             raise ValueError(f"--check-images must be >= 1; got {args.check_images}")
         self.args, self.seeds = args, seeds
-        self.erased = _erased_digits(concepts) if args.model == "bundled:digits" else []
+        self.digits_model = args.model in DIGIT_MODELS  # small: the whole grid in one call
+        self.erased = _erased_digits(concepts) if self.digits_model else []
         self.prompts = args.prompt or _default_prompts(args.model, concepts, args.retain)
         self.before_images = self._images(pipe, "grid: original") if args.grid else None
         self.before_judge = self._judge(pipe, "check: original") if args.check else None
@@ -241,7 +244,7 @@ class _Look:
 
         steps = {} if self.args.steps is None else {"num_inference_steps": self.args.steps}
         jobs = [(p, s) for p in self.prompts for s in self.seeds]
-        per_call = len(jobs) if self.args.model == "bundled:digits" else len(self.seeds)
+        per_call = len(jobs) if self.digits_model else len(self.seeds)
         images: list = []
         with tqdm(total=len(jobs), desc=desc, unit="img", dynamic_ncols=True) as bar:
             for start in range(0, len(jobs), per_call):
@@ -295,7 +298,9 @@ def _default_prompts(model: str, concepts: list, retain: list | None) -> list[st
     from prompts import GENERIC_RETAIN
 
     words = [c for c in concepts if isinstance(c, str)][:3]
-    if model == "bundled:digits":
+    from eraser.loading import DIGIT_MODELS
+
+    if model in DIGIT_MODELS:
         from eraser.bundled import digit_prompt
 
         erased = _erased_digits(concepts)
@@ -485,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         help="hub id, local pipeline folder, bundled:digits (the bundled digits "
-        "model), or random:<arch> (sd-v1-4, sd-v2-1, sdxl-base-1.0, sd3-medium, tiny-sd, tiny-sdxl, tiny-sd3, tiny-flux: published or tiny config, random weights)",
+        "model), bundled:digits-mmdit (its MMDiT counterpart), or random:<arch> (sd-v1-4, sd-v2-1, sdxl-base-1.0, sd3-medium, tiny-sd, tiny-sdxl, tiny-sd3, tiny-flux: published or tiny config, random weights)",
     )
     er.add_argument("--concept", action="append", help="a word or prompt to erase (repeatable), e.g. --concept nude")
     er.add_argument(

@@ -50,9 +50,10 @@ import torch
 from PIL import Image
 
 import eraser
-from eraser.bundled import DIGIT_WORDS, digit_prompt, digits_judge, digits_pipeline
+from eraser.bundled import DIGIT_WORDS, digit_prompt, digits_judge
 from eraser.bundled.captions import CANONICAL_TEMPLATE, concept_templates
 from eraser.bundled.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from eraser.loading import load_pipeline
 from evaluation.erasure_bench import parse_bench_method
 from evaluation.grids import save_image_grid
 from evaluation.report import write_report
@@ -194,6 +195,12 @@ def main() -> None:
     ap.add_argument(
         "--paraphrases", action="store_true", help="also report UA on PARAPHRASES (wordings no default was tuned on)"
     )
+    ap.add_argument(
+        "--model",
+        default="bundled:digits",
+        choices=("bundled:digits", "bundled:digits-mmdit"),
+        help="the bundled digits model: the UNet one, or its MMDiT (SD3 layout) counterpart",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/digit_erasure", help="report folder")
     args = ap.parse_args()
@@ -213,7 +220,7 @@ def main() -> None:
     if not forms or any(f not in FORMS for f in forms):
         raise SystemExit(f"--forms takes {FORMS}; got {args.forms!r}")
     torch.manual_seed(args.seed)
-    pipe = digits_pipeline()
+    pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
     judge = digits_judge()
@@ -387,6 +394,7 @@ def main() -> None:
 
     settings = {
         "command": "python benchmarks/digit_erasure.py " + " ".join(sys.argv[1:]),
+        "model": args.model,
         "digits": [label_of(g) for g in groups],
         "methods": [s[0] for s in specs],
         "options": {s[0]: s[3] for s in specs},
@@ -418,7 +426,7 @@ def main() -> None:
         list(rows[0]),
         rows,
         settings,
-        title="Digit erasure on the bundled text-to-image model, per digit",
+        title=f"Digit erasure on the bundled text-to-image model ({args.model}), per digit",
     )
     paths = write_report(
         out,
@@ -426,7 +434,7 @@ def main() -> None:
         list(summary[0]),
         summary,
         settings,
-        title="Digit erasure on the bundled text-to-image model",
+        title=f"Digit erasure on the bundled text-to-image model ({args.model})",
         notes=[
             "UA and retained accuracy: the bundled digit judge on generations (percent).",
             "UA min: the worst erased digit. worst drop: the largest loss of any kept digit's accuracy "

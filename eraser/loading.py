@@ -14,9 +14,11 @@ from .bundled import digits_pipeline
 from .families.architectures import build_pipeline, names
 from .families.diffusion import text_towers
 
-__all__ = ["BUNDLED_DIGITS", "load_pipeline"]
+__all__ = ["BUNDLED_DIGITS", "BUNDLED_DIGITS_MMDIT", "DIGIT_MODELS", "load_pipeline"]
 
 BUNDLED_DIGITS = "bundled:digits"
+BUNDLED_DIGITS_MMDIT = "bundled:digits-mmdit"  # the same digits, an SD3-layout transformer (eraser.bundled.mmdit)
+DIGIT_MODELS = (BUNDLED_DIGITS, BUNDLED_DIGITS_MMDIT)  # the models the digit judge evaluates
 
 
 def load_pipeline(
@@ -27,13 +29,18 @@ def load_pipeline(
     local_files_only: bool | None = None,
 ) -> Any:
     """A diffusers pipeline from a local folder (with ``model_index.json``), a hub id,
-    ``bundled:digits`` (the bundled digits text-to-image model) or ``random:<arch>`` (a published
+    ``bundled:digits`` (the bundled digits text-to-image model), ``bundled:digits-mmdit`` (its MMDiT
+    counterpart) or ``random:<arch>`` (a published
     architecture with random weights, for tests), with clear errors for paths that do not exist or
     are not pipelines. Honours ``HF_HUB_OFFLINE``."""
     from diffusers import DiffusionPipeline
 
     if model == BUNDLED_DIGITS:
         return digits_pipeline(device=device or "cpu", dtype=dtype or torch.float32)
+    if model == BUNDLED_DIGITS_MMDIT:
+        from .bundled.mmdit import digits_mmdit_pipeline
+
+        return digits_mmdit_pipeline(device=device or "cpu", dtype=dtype or torch.float32)
     if model.startswith("random:"):
         arch = model.split(":", 1)[1]
         if arch not in names():

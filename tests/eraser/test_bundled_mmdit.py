@@ -111,3 +111,32 @@ def test_bundled_files_round_trip_and_damage_names_the_rebuild(pipe, tmp_path):
     (folder / "meta.json").unlink()
     with pytest.raises(BundledWeightsError, match=r"meta\.json is missing"):
         digits_mmdit_pipeline(folder=folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# the shipped weights (eraser/bundled/weights/t2i_mmdit, trained by recipes/train_t2i.py --arch mmdit)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from eraser.loading import load_pipeline
+
+    p = load_pipeline("bundled:digits-mmdit")
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_shipped_model_loads_in_the_sd3_layout(shipped):
+    from eraser.bundled.mmdit import MMDIT_DIR
+
+    cfg = shipped.transformer.config
+    assert (cfg.in_channels, cfg.out_channels, cfg.sample_size) == (1, 1, 32)
+    assert cfg.joint_attention_dim == 2 * shipped.text_encoder.config.hidden_size
+    assert shipped.tokenizer.model_max_length == CONTEXT_LENGTH and not shipped.transformer.training
+    files = [f for f in MMDIT_DIR.rglob("*") if f.is_file() and "checkpoint" not in f.relative_to(MMDIT_DIR).parts]
+    assert sum(f.stat().st_size for f in files) <= 10e6
+
+
+def test_shipped_model_draws_the_asked_digit(shipped):
+    ev = judge_digits(shipped, 4, seed=7)
+    assert sum(ev["accuracy"].values()) / 10 >= 85, ev["accuracy"]
