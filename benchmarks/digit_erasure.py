@@ -148,7 +148,8 @@ def real_reference(n: int) -> torch.Tensor:
 
 
 def snapshot(pipe) -> dict[str, torch.Tensor]:
-    return {f"{c}.{k}": v.clone() for c in ("unet", "text_encoder") for k, v in getattr(pipe, c).state_dict().items()}
+    """Every model weight of the pipeline (denoiser and text encoders), copied."""
+    return {k: v.clone() for k, v in eraser.as_module(pipe).state_dict().items()}
 
 
 def main() -> None:
