@@ -379,7 +379,9 @@ class MMDiTArch:
 
     @staticmethod
     def predict(model: nn.Module, xt: Tensor, t: Tensor, text: list[Tensor]) -> Tensor:
-        return model(xt, encoder_hidden_states=text[0], pooled_projections=text[1], timestep=t).sample
+        from eraser.bundled.mmdit import predict_noise
+
+        return predict_noise(model, xt, t, text[0], text[1])
 
 
 @torch.no_grad()

@@ -61,6 +61,7 @@ __all__ = [
     "CONTEXT_LENGTH",
     "DigitsMMDiTPipeline",
     "mmdit_config",
+    "predict_noise",
     "text_encoder_with_projection",
     "digits_mmdit_pipeline",
     "random_digits_mmdit_pipeline",
@@ -205,11 +206,6 @@ class DigitsMMDiTPipeline(DigitsPipeline):
             out.update({"negative_prompt_embeds": uncond, "negative_pooled_prompt_embeds": upooled})
         return out
 
-    def predict_noise(self, x: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
-        """The transformer's noise prediction for pixels ``x`` at timestep ``t`` (training and sampling)."""
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        return self.transformer(x, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t).sample
-
     @torch.no_grad()
     def __call__(
         self,
@@ -247,7 +243,7 @@ class DigitsMMDiTPipeline(DigitsPipeline):
         pooled_all = torch.cat([upooled, pooled]) if cfg else pooled
 
         def predict(x: Tensor, t: Tensor) -> Tensor:
-            return self.predict_noise(x, t, embeds, pooled_all)
+            return predict_noise(self.transformer, x, t, embeds, pooled_all)
 
         images = self._sample(
             self.transformer,
@@ -261,6 +257,12 @@ class DigitsMMDiTPipeline(DigitsPipeline):
             output_type,
         )
         return DigitsPipelineOutput(images=images) if return_dict else (images,)
+
+
+def predict_noise(transformer: SD3Transformer2DModel, x: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
+    """The transformer's noise prediction for pixels ``x`` at timestep(s) ``t`` (sampling and the recipe's training)."""
+    t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+    return transformer(x, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t).sample
 
 
 def _pipeline(transformer: SD3Transformer2DModel, clip_model, tokenizer, scheduler) -> DigitsMMDiTPipeline:
