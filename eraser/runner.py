@@ -132,10 +132,8 @@ def _check_pipeline_family(pipe: Any, method: str) -> None:
     if supported is not None and method not in supported:
         raise ValueError(
             f"method {method!r} is not supported on {type(pipe).__name__} ({fam.name} family: an MMDiT "
-            f"transformer, no UNet); supported there: {list(supported)}. The UNet methods edit or train "
-            "cross-attention (attn2), which this model does not have; trained baselines (ESD-x) need a "
-            "parameter selection over the joint blocks' context projections and a flow-matching loss, "
-            "not implemented yet. The pipeline was not changed."
+            f"transformer, no UNet); supported there: {list(supported)}. The other methods edit or train "
+            "a UNet's cross-attention (attn2), which this model does not have. The pipeline was not changed."
         )
 
 

@@ -157,6 +157,8 @@ class DigitsMMDiTPipeline(DigitsPipeline):
     def encode_prompt(
         self,
         prompt: str | list[str] | None,
+        prompt_2: str | list[str] | None = None,
+        prompt_3: str | list[str] | None = None,
         device: torch.device | str | None = None,
         num_images_per_prompt: int = 1,
         do_classifier_free_guidance: bool = True,
@@ -167,8 +169,16 @@ class DigitsMMDiTPipeline(DigitsPipeline):
         negative_pooled_prompt_embeds: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
         """``(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)``
-        as in diffusers' SD3 pipeline; the unconditional ones are those of ``""`` (or of
-        ``negative_prompt``) when ``do_classifier_free_guidance``, else None."""
+        as in diffusers' SD3 pipeline (same signature); the unconditional ones are those of ``""`` (or
+        of ``negative_prompt``) when ``do_classifier_free_guidance``, else None. Both CLIP towers read
+        ``prompt`` (they are copies of one tower): ``prompt_2`` may only repeat it, and there is no T5
+        tower for ``prompt_3``."""
+        for name, other in (("prompt_2", prompt_2), ("prompt_3", prompt_3)):
+            if other is not None and other != prompt:
+                raise ValueError(
+                    f"the bundled MMDiT's two CLIP towers are one tower and it has no T5: {name} must be None "
+                    f"(or repeat prompt); got {other!r}"
+                )
         device = torch.device(device) if device is not None else self._execution_device
         dtype, n = self.transformer.dtype, num_images_per_prompt
         if prompt_embeds is None:
@@ -200,7 +210,7 @@ class DigitsMMDiTPipeline(DigitsPipeline):
 
     def prompt_kwargs(self, prompts: list[str], guidance: bool) -> dict[str, Tensor]:
         """The encoded ``prompts`` as keyword arguments of ``__call__``, one row per prompt."""
-        cond, uncond, pooled, upooled = self.encode_prompt(prompts, None, 1, guidance)
+        cond, uncond, pooled, upooled = self.encode_prompt(prompts, device=None, do_classifier_free_guidance=guidance)
         out = {"prompt_embeds": cond, "pooled_prompt_embeds": pooled}
         if guidance:
             out.update({"negative_prompt_embeds": uncond, "negative_pooled_prompt_embeds": upooled})
@@ -230,14 +240,14 @@ class DigitsMMDiTPipeline(DigitsPipeline):
         cfg = guidance_scale > 1.0
         cond, uncond, pooled, upooled = self.encode_prompt(
             prompt,
-            self._execution_device,
-            num_images_per_prompt,
-            cfg,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            pooled_prompt_embeds,
-            negative_pooled_prompt_embeds,
+            device=self._execution_device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
         embeds = torch.cat([uncond, cond]) if cfg else cond
         pooled_all = torch.cat([upooled, pooled]) if cfg else pooled

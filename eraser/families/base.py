@@ -25,7 +25,7 @@ from torch import nn
 from ..patch import register_components
 from ..targets import Preset, register_preset
 
-__all__ = ["FamilyAdapter", "FAMILY_ADAPTERS", "register_family", "get_family", "pipeline_family"]
+__all__ = ["FamilyAdapter", "FAMILY_ADAPTERS", "register_family", "get_family", "pipeline_family", "parameters_where"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ class FamilyAdapter:
 
 
 FAMILY_ADAPTERS: dict[str, FamilyAdapter] = {}
+
+
+def parameters_where(keep: Callable[[str], bool]) -> Callable[[nn.Module], list[str]]:
+    """A ``train_selections`` entry: the names of a module's parameters for which ``keep(name)`` holds."""
+    return lambda module: [n for n, _ in module.named_parameters() if keep(n)]
 
 
 def register_family(adapter: FamilyAdapter) -> FamilyAdapter:

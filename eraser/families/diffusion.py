@@ -18,7 +18,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,7 +33,7 @@ from ..layers import KeptModes
 from ..patch import as_module, parameters_fingerprint
 from ..subspace import Gram
 from ..targets import resolve_targets
-from .base import FamilyAdapter, pipeline_family, register_family
+from .base import FamilyAdapter, parameters_where, pipeline_family, register_family
 from .clip_text import encode_with_shared_prefixes, is_causal_clip
 
 __all__ = [
@@ -87,10 +87,6 @@ PADDING_MODES = ("concept_padding", "prompt_padding")
 _NOXATTN_EXCLUDED = ("time_embedding.", "add_embedding.", "conv_norm_out.", "conv_out.")
 
 
-def _unet_parameters(keep: Callable[[str], bool]) -> Callable[[nn.Module], list[str]]:
-    return lambda unet: [n for n, _ in unet.named_parameters() if keep(n)]
-
-
 DIFFUSION = register_family(
     FamilyAdapter(
         name="diffusion",
@@ -108,10 +104,10 @@ DIFFUSION = register_family(
         # ESD's train_method: "xattn": every parameter of cross-attention ("attn2"); "noxattn": all but
         # those, the time embedding and the output head; "kv": the cross-attention key/value weights.
         train_selections={
-            "xattn": _unet_parameters(lambda n: "attn2" in n),
-            "noxattn": _unet_parameters(lambda n: "attn2" not in n and not n.startswith(_NOXATTN_EXCLUDED)),
-            "kv": _unet_parameters(lambda n: n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))),
-            "full": _unet_parameters(lambda n: True),
+            "xattn": parameters_where(lambda n: "attn2" in n),
+            "noxattn": parameters_where(lambda n: "attn2" not in n and not n.startswith(_NOXATTN_EXCLUDED)),
+            "kv": parameters_where(lambda n: n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))),
+            "full": parameters_where(lambda n: True),
         },
     )
 )

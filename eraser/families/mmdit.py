@@ -36,6 +36,7 @@ its pooled vector (``time_text_embed.text_embedder``). Unlink edits the context 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import FamilyAdapter, register_family
+from .base import FamilyAdapter, parameters_where, register_family
 from .diffusion import PADDING_MODES, ConceptPrompts, concept_token_mask, text_towers
 
 __all__ = [
@@ -76,7 +77,7 @@ class SD3Conditioning:
     """SD3's text features: the ``prompt_embeds`` of ``StableDiffusion3Pipeline.encode_prompt``."""
 
     default_targets = "context_embedder"
-    methods = ("unlink", "unlink_rayleigh")
+    methods = ("unlink", "unlink_rayleigh", "esd_x", "esd_u", "esd_x_strict")
 
     @staticmethod
     def _towers(pipe: Any) -> list[tuple[str, Any, nn.Module]]:
@@ -152,6 +153,22 @@ def _t5_mask(ids: Tensor, eos: int, mode: str) -> Tensor:
     return torch.ones_like(pos, dtype=torch.bool) if mode in PADDING_MODES else pos <= end
 
 
+# ESD's train methods on an SD3 transformer. Joint attention (``transformer_blocks.N.attn``, where the
+# image tokens read the text tokens) stands in for a UNet's cross-attention; its context key/value
+# projections (``add_k_proj``/``add_v_proj``) for ``attn2.to_k``/``to_v``. ``noxattn`` leaves out, as
+# on the UNet, the time (and pooled text) embedding and the output head, and also the context
+# embedder (it reads only text). SD3.5's ``attn2`` is image-only self-attention: not joint attention.
+_JOINT_ATTN = re.compile(r"transformer_blocks\.\d+\.attn\.")
+_SD3_NOXATTN_EXCLUDED = ("time_text_embed.", "context_embedder.", "norm_out.", "proj_out.")
+SD3_TRAIN_SELECTIONS = {
+    "xattn": parameters_where(lambda n: _JOINT_ATTN.match(n) is not None),
+    "noxattn": parameters_where(lambda n: _JOINT_ATTN.match(n) is None and not n.startswith(_SD3_NOXATTN_EXCLUDED)),
+    "kv": parameters_where(
+        lambda n: _JOINT_ATTN.match(n) is not None and n.endswith(("add_k_proj.weight", "add_v_proj.weight"))
+    ),
+    "full": parameters_where(lambda n: True),
+}
+
 SD3 = register_family(
     FamilyAdapter(
         name="sd3",
@@ -168,6 +185,7 @@ SD3 = register_family(
             ("tokenizer_3", "text_encoder_3"),
         ),
         text_reading=r"transformer\.context_embedder",
+        train_selections=SD3_TRAIN_SELECTIONS,
         matches=is_sd3,
         conditioning=SD3Conditioning(),
     )

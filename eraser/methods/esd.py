@@ -16,7 +16,10 @@ cycled in order (the reference draws one at random per step); the target is the 
 ``esd_sd.py``/``esd_sdxl.py`` sample x_t with the frozen model (the CompVis and first diffusers
 scripts, followed here, with the model being trained). SDXL: x_t is sampled against the
 pipeline's own negative conditioning (zeros), the frozen "" prediction uses the encoded empty
-prompt, as ``esd_sdxl.py`` does.
+prompt, as ``esd_sdxl.py`` does. SD3-layout transformers (the reference code has none): joint
+attention stands in for cross-attention (:func:`eraser.training.diffusion.select_parameters`), x_t
+comes from the pipeline's own rectified-flow Euler sampler, and the target is the same combination
+of the frozen model's velocity predictions.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from ..patch import ErasurePatch
 from ..registry import register_method
 from ..training.diffusion import (
     TRAIN_METHODS,
+    DenoiserTrainer,
     DiffusionTrainConfig,
-    UNetTrainer,
     concept_lists,
     patch_metadata,
-    select_unet_parameters,
+    select_parameters,
 )
 
 __all__ = ["ESDConfig", "ESDUConfig", "ESDXStrictConfig", "esd_erase"]
@@ -48,7 +51,7 @@ class ESDConfig(DiffusionTrainConfig):
 
     negative_guidance: eta, how far the target is pushed away from the concept.
     train_method: the UNet parameters trained (``xattn``, ``noxattn``, ``kv``, ``full``; see
-        :func:`eraser.training.diffusion.select_unet_parameters`).
+        :func:`eraser.training.diffusion.select_parameters`).
     guidance_scale: classifier-free guidance used to make x_t (the paper's start guidance).
     The reference scripts use other values: ``esd_diffusers.py`` lr 2e-5 and 200 iterations,
     ``esd_sd.py`` lr 5e-5, 200 iterations and eta 2 on its anchored target, ``esd_sdxl.py``
@@ -96,8 +99,8 @@ def esd_erase(
     words, _, keep = concept_lists(concepts, retain)
     if keep:
         warnings.warn("ESD has no retain term; the retain prompts are ignored.", stacklevel=3)
-    names = select_unet_parameters(pipe.unet, cfg.train_method)
-    with UNetTrainer(pipe, names, cfg, device=device, progress=progress) as tr:
+    names = select_parameters(pipe, cfg.train_method)
+    with DenoiserTrainer(pipe, names, cfg, device=device, progress=progress) as tr:
         concept = tr.encode(words)
         null = tr.encode([""])
         uncond = tr.unconditional(1)

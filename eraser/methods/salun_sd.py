@@ -34,11 +34,11 @@ from ..training import top_fraction_mask
 from ..training.diffusion import (
     TRAIN_METHODS,
     Conditioning,
+    DenoiserTrainer,
     DiffusionTrainConfig,
-    UNetTrainer,
     concept_lists,
     patch_metadata,
-    select_unet_parameters,
+    select_parameters,
 )
 
 __all__ = ["SalUnSDConfig", "salun_sd", "DEFAULT_RETAIN_PROMPTS"]
@@ -87,7 +87,7 @@ class SalUnSDConfig(DiffusionTrainConfig):
             raise ValueError("surrogate must be a prompt (or None for the first retain prompt)")
 
 
-def _generate(tr: UNetTrainer, cond: Conditioning, n: int, batch: int) -> tuple[torch.Tensor, list[int]]:
+def _generate(tr: DenoiserTrainer, cond: Conditioning, n: int, batch: int) -> tuple[torch.Tensor, list[int]]:
     """``n`` latents sampled round-robin from the rows of ``cond``, and which row each came from."""
     rows = [i % len(cond) for i in range(n)]
     out = [tr.sample(cond[rows[i : i + batch]]) for i in range(0, n, batch)]
@@ -111,9 +111,9 @@ def salun_sd(
     surrogate = cfg.surrogate.strip() if cfg.surrogate else keep_prompts[0]
     if surrogate.casefold() in {w.casefold() for w in words}:
         raise ValueError(f"the surrogate prompt {surrogate!r} is one of the concepts to erase.")
-    names = select_unet_parameters(pipe.unet, cfg.train_method)
+    names = select_parameters(pipe, cfg.train_method)
     b = cfg.batch_size
-    with UNetTrainer(pipe, names, cfg, device=device, progress=progress) as tr:
+    with DenoiserTrainer(pipe, names, cfg, device=device, progress=progress) as tr:
         concept, kept = tr.encode(words), tr.encode(keep_prompts)
         sur, null = tr.encode([surrogate]), tr.encode([""])
         # Before any update the UNet is the original one.

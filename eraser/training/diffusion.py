@@ -1,19 +1,27 @@
 """The one training loop of the trained diffusion methods (ESD, SalUn, ...).
 
-A method picks UNet parameters (:func:`select_unet_parameters`), opens a :class:`UNetTrainer` on
-the pipeline, encodes its prompts (:meth:`UNetTrainer.encode`) and calls
-:meth:`UNetTrainer.fit` with a per-step loss. The trainer owns the plumbing: ``accelerate``
+A method picks denoiser parameters (:func:`select_parameters`), opens a :class:`DenoiserTrainer`
+on the pipeline, encodes its prompts (:meth:`DenoiserTrainer.encode`) and calls
+:meth:`DenoiserTrainer.fit` with a per-step loss. The trainer owns the plumbing: ``accelerate``
 (mixed precision, and DDP when run under ``accelerate launch``), gradient checkpointing, the
-optimiser, parameter masks, NaN stops, progress bars, DDIM sampling, the frozen model's
-predictions (:meth:`UNetTrainer.original`, without a second UNet) and the dense patch of the
-change (:meth:`UNetTrainer.patch`). If anything fails inside the ``with`` block, the pipeline's
+optimiser, parameter masks, NaN stops, progress bars, sampling, the frozen model's predictions
+(:meth:`DenoiserTrainer.original`, without a second denoiser) and the dense patch of the change
+(:meth:`DenoiserTrainer.patch`). If anything fails inside the ``with`` block, the pipeline's
 weights, devices and flags are restored before the error propagates.
 
-    names = select_unet_parameters(pipe.unet, "xattn")
-    with UNetTrainer(pipe, names, cfg) as tr:
+    names = select_parameters(pipe, "xattn")
+    with DenoiserTrainer(pipe, names, cfg) as tr:
         cond = tr.encode(["a cat"])
         losses = tr.fit(lambda step: ...)
     patch = tr.patch({"method": "..."})
+
+The denoiser is the pipeline's ``unet`` (SD 1.x/2.x, SDXL, the bundled digits model) or an SD3
+``transformer`` (diffusers SD3, the bundled digits MMDiT), whose text conditioning is the
+pipeline's own ``encode_prompt`` (sequence plus pooled text). Samplers: DDIM on the pipeline's
+noise schedule, or, for a rectified-flow scheduler (SD3's ``FlowMatchEulerDiscreteScheduler``),
+that scheduler's Euler steps; the forward process and training target follow the schedule
+(x_t = (1 - s) x0 + s noise and target noise - x0, s = t / num_train_timesteps, for the flow).
+FLUX transformers (packed latents, position ids, guidance embedding) are not supported.
 """
 
 from __future__ import annotations
@@ -31,25 +39,27 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..families.diffusion import DIFFUSION, concept_texts, encode_prompts, pipeline_id, text_towers, tokenize_prompts
+from ..families.base import pipeline_family
+from ..families.diffusion import concept_texts, encode_prompts, pipeline_id, text_towers, tokenize_prompts
+from ..families.mmdit import SD3
 from ..layers import KeptModes
 from .masks import masked_step, trained_parameters
 
 __all__ = [
     "DiffusionTrainConfig",
     "Conditioning",
-    "UNetTrainer",
-    "train_unet",
+    "DenoiserTrainer",
+    "train_denoiser",
     "TRAIN_METHODS",
     "MIXED_PRECISION",
     "DIFFUSION_OPTIMIZERS",
-    "select_unet_parameters",
+    "select_parameters",
     "resolve_mixed_precision",
     "concept_lists",
     "patch_metadata",
 ]
 
-TRAIN_METHODS = tuple(DIFFUSION.train_selections)
+TRAIN_METHODS = ("xattn", "noxattn", "kv", "full")  # every family's train_selections offer these
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 DIFFUSION_OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -63,12 +73,12 @@ class DiffusionTrainConfig:
     optimizer: ``adam``, ``adamw`` (decoupled ``weight_decay``) or ``sgd``.
     weight_decay: L2 (adam, sgd) or decoupled (adamw) weight decay.
     batch_size: latents per step.
-    mixed_precision: ``auto`` (a half-precision UNet's own precision; else bf16 on CUDA if
+    mixed_precision: ``auto`` (a half-precision denoiser's own precision; else bf16 on CUDA if
         supported, fp16 on older GPUs, ``no`` on CPU), ``no``, ``fp16`` or ``bf16``. Trained
         parameters are float32 while training (master weights) and get their dtype back after.
-    gradient_checkpointing: recompute UNet activations in the backward pass (saves memory).
+    gradient_checkpointing: recompute denoiser activations in the backward pass (saves memory).
     seed: seeds the latents, noise and timesteps (each process adds its rank).
-    resolution: image side in pixels (None: the UNet's ``sample_size`` times the VAE's scale).
+    resolution: image side in pixels (None: the denoiser's ``sample_size`` times the VAE's scale).
     ddim_steps: DDIM steps of the sampler that makes training latents.
     guidance_scale: classifier-free guidance of that sampler.
     grad_clip: clip the gradient norm of the trained parameters to this (None: no clipping).
@@ -103,20 +113,39 @@ class DiffusionTrainConfig:
             raise ValueError(f"grad_clip must be positive or None; got {self.grad_clip}")
 
 
-def select_unet_parameters(unet: nn.Module, method: str) -> list[str]:
-    """Names of the UNet parameters ESD's ``train_method`` trains.
+def select_parameters(pipe: Any, method: str) -> list[str]:
+    """Names of the denoiser parameters (``unet`` or ``transformer`` relative) ESD's ``train_method`` trains.
 
-    ``xattn``: every parameter whose name contains ``attn2`` (cross-attention); ``noxattn``: all
-    but those, the time embedding and the output head (ESD's CompVis rule in diffusers names);
-    ``kv``: the cross-attention key/value weights (``attn2.to_k``/``attn2.to_v``); ``full``: all
-    (the diffusion family adapter's ``train_selections``).
+    On a UNet, ``xattn``: every parameter whose name contains ``attn2`` (cross-attention);
+    ``noxattn``: all but those, the time embedding and the output head (ESD's CompVis rule in
+    diffusers names); ``kv``: the cross-attention key/value weights (``attn2.to_k``/``to_v``);
+    ``full``: all. On an SD3 transformer, joint attention stands in for cross-attention and its
+    context key/value projections for ``to_k``/``to_v`` (the family adapters' ``train_selections``).
     """
     if method not in TRAIN_METHODS:
         raise ValueError(f"train_method must be one of {TRAIN_METHODS}; got {method!r}")
-    out = DIFFUSION.train_selections[method](unet)
+    name, denoiser = denoiser_of(pipe)
+    out = pipeline_family(pipe).train_selections[method](denoiser)
     if not out:
-        raise ValueError(f"the UNet has no parameters for train_method={method!r} (no cross-attention 'attn2' layers?)")
+        raise ValueError(
+            f"the {name} has no parameters for train_method={method!r} (no cross-attention or joint attention layers?)"
+        )
     return out
+
+
+def denoiser_of(pipe: Any) -> tuple[str, nn.Module]:
+    """``("unet", pipe.unet)`` or, for an SD3-family pipeline, ``("transformer", pipe.transformer)``."""
+    unet = getattr(pipe, "unet", None)
+    if isinstance(unet, nn.Module):
+        return "unet", unet
+    transformer = getattr(pipe, "transformer", None)
+    if isinstance(transformer, nn.Module) and pipeline_family(pipe) is SD3:
+        return "transformer", transformer
+    raise NotImplementedError(
+        f"{type(pipe).__name__} has neither a UNet nor an SD3 transformer; the trained methods support "
+        "UNet pipelines (SD 1.x/2.x, SDXL) and SD3-layout transformers. FLUX (packed latents, position ids, "
+        "guidance embedding) is not supported: erase it with unlink. The pipeline was not changed."
+    )
 
 
 def resolve_mixed_precision(mode: str, device: torch.device, weights: torch.dtype = torch.float32) -> str:
@@ -163,8 +192,9 @@ def patch_metadata(
 
 @dataclass
 class Conditioning:
-    """The UNet's text conditioning for a batch: hidden states (B, L, D) and, for SDXL-style
-    UNets, the added conditioning (``text_embeds``: pooled projection, ``time_ids``)."""
+    """The denoiser's text conditioning for a batch: hidden states (B, L, D) and the added
+    conditioning: SDXL's (``text_embeds``: pooled projection, ``time_ids``) or SD3's
+    (``pooled_projections``)."""
 
     hidden: Tensor
     added: dict[str, Tensor] | None = None
@@ -206,7 +236,7 @@ def _new_accelerator(mixed_precision: str, cpu: bool) -> Any:
 
 @dataclass
 class _Saved:
-    """What the trainer changes on the UNet besides the trained values, to put back."""
+    """What the trainer changes on the denoiser besides the trained values, to put back."""
 
     device: torch.device
     modes: KeptModes
@@ -216,10 +246,11 @@ class _Saved:
     instance_attrs: dict[str, Any] = field(default_factory=dict)
 
 
-class UNetTrainer:
-    """A pipeline's UNet prepared to train the parameters ``names`` (UNet-relative). Use it as a
-    context manager; on an error inside the block every trained parameter gets its original value
-    back. ``before`` holds those original values (the frozen model)."""
+class DenoiserTrainer:
+    """A pipeline's denoiser (UNet or SD3 transformer) prepared to train the parameters ``names``
+    (denoiser-relative, :func:`select_parameters`). Use it as a context manager; on an error inside
+    the block every trained parameter gets its original value back. ``before`` holds those original
+    values (the frozen model)."""
 
     def __init__(
         self,
@@ -231,14 +262,15 @@ class UNetTrainer:
         progress: bool = False,
     ) -> None:
         text_towers(pipe)  # a text-to-image pipeline?
-        self.pipe, self.unet, self.cfg, self.progress = pipe, pipe.unet, config, progress
-        named = dict(self.unet.named_parameters())
+        self.pipe, self.cfg, self.progress = pipe, config, progress
+        self.component, self.denoiser = denoiser_of(pipe)
+        named = dict(self.denoiser.named_parameters())
         self.names = list(dict.fromkeys(names))
         unknown = [n for n in self.names if n not in named]
         if unknown:
-            raise ValueError(f"parameters {unknown[:4]} are not in the UNet")
+            raise ValueError(f"parameters {unknown[:4]} are not in the {self.component}")
         if not self.names:
-            raise ValueError("no UNet parameters to train")
+            raise ValueError(f"no {self.component} parameters to train")
         self.params: dict[str, nn.Parameter] = {n: named[n] for n in self.names}
         self._device_arg = torch.device(device) if device is not None else None
         self.before: dict[str, Tensor] = {}
@@ -248,7 +280,7 @@ class UNetTrainer:
         self._t0 = 0.0
 
     # -- set-up and tear-down ------------------------------------------------------------------
-    def __enter__(self) -> UNetTrainer:
+    def __enter__(self) -> DenoiserTrainer:
         self._t0 = time.perf_counter()
         try:
             self._setup()
@@ -267,14 +299,14 @@ class UNetTrainer:
 
         from .processes import process_state
 
-        cfg, unet = self.cfg, self.unet
+        cfg, unet = self.cfg, self.denoiser
         state = process_state(self._device_arg)  # before any Accelerator: joins accelerate launch's processes
         device = torch.device(self._device_arg) if self._device_arg is not None else state.device
         dtype = next(unet.parameters()).dtype
         precision = resolve_mixed_precision(cfg.mixed_precision, device, dtype)
         if precision == "no" and dtype in (torch.float16, torch.bfloat16):
             raise ValueError(
-                f"the UNet is in {dtype}; train it with mixed_precision='fp16' or 'bf16', or load it in float32."
+                f"the {self.component} is in {dtype}; train it with mixed_precision='fp16' or 'bf16', or load it in float32."
             )
         self.accelerator = _new_accelerator(precision, cpu=device.type == "cpu")
         self.device, self.precision, self.dtype = device, precision, dtype
@@ -297,7 +329,15 @@ class UNetTrainer:
             unet.enable_gradient_checkpointing()
         # accelerate wraps the forward in autocast (and in DDP when several processes run).
         self.model = self.accelerator.prepare(unet)
-        self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)
+        own = self.pipe.scheduler
+        self.flow = type(own).__name__.startswith("FlowMatch")
+        if self.flow and getattr(own.config, "use_dynamic_shifting", False):
+            raise NotImplementedError(
+                "the pipeline's flow-matching scheduler shifts its timesteps by image size "
+                "(use_dynamic_shifting, FLUX-style); the trainer samples with a fixed shift only."
+            )
+        # the pipeline's own rectified-flow sampler, else DDIM on the pipeline's noise schedule
+        self.scheduler = type(own).from_config(own.config) if self.flow else DDIMScheduler.from_config(own.config)
         self.scheduler.set_timesteps(cfg.ddim_steps, device=device)
         scale = int(getattr(self.pipe, "vae_scale_factor", 8) or 8)
         self.resolution = cfg.resolution or int(unet.config.sample_size) * scale
@@ -313,7 +353,7 @@ class UNetTrainer:
         self._step_kwargs = {"use_clipped_model_output": True} if clips and takes else {}
 
     def _teardown(self, failed: bool) -> None:
-        saved, unet = self._saved, self.unet
+        saved, unet = self._saved, self.denoiser
         if saved is None:
             return
         with torch.no_grad():
@@ -341,7 +381,18 @@ class UNetTrainer:
     # -- text conditioning ----------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> Conditioning:
-        """The pipeline's conditioning for ``prompts`` (SDXL: with pooled text and time ids)."""
+        """The pipeline's conditioning for ``prompts`` (SDXL: with pooled text and time ids; SD3:
+        the pipeline's ``encode_prompt``, sequence and pooled text)."""
+        if self.component == "transformer":
+            hidden, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=list(prompts),
+                prompt_2=None,
+                prompt_3=None,
+                device=self.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+            )
+            return Conditioning(hidden.to(self.device), {"pooled_projections": pooled.to(self.device)})
         hidden = encode_prompts(self.pipe, list(prompts)).to(self.device)
         return Conditioning(hidden, self._added(prompts))
 
@@ -359,7 +410,7 @@ class UNetTrainer:
         return null[[0] * n]
 
     def _added(self, prompts: Sequence[str]) -> dict[str, Tensor] | None:
-        config = self.unet.config
+        config = self.denoiser.config
         kind = getattr(config, "addition_embed_type", None)
         if kind is None:
             return None
@@ -397,10 +448,16 @@ class UNetTrainer:
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """x_t of the forward process."""
+        if self.flow:
+            s = (t.to(x0.device, torch.float32) / int(self.scheduler.config.num_train_timesteps)).reshape(-1, 1, 1, 1)
+            return (1.0 - s) * x0 + s * noise
         return self.scheduler.add_noise(x0, noise, t)
 
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """What the UNet is trained to predict (noise, velocity or sample, by the scheduler's type)."""
+        """What the denoiser is trained to predict (noise, velocity or sample, by the scheduler's
+        type; the flow's velocity noise - x0 for rectified flow)."""
+        if self.flow:
+            return noise - x0
         kind = self.scheduler.config.prediction_type
         if kind == "epsilon":
             return noise
@@ -408,9 +465,9 @@ class UNetTrainer:
             return self.scheduler.get_velocity(x0, noise, t)
         return x0
 
-    # -- the UNet -----------------------------------------------------------------------------
+    # -- the denoiser -------------------------------------------------------------------------
     def predict(self, latents: Tensor, t: Tensor | int, cond: Conditioning) -> Tensor:
-        """The UNet's output (float32) for ``latents`` at timesteps ``t`` under ``cond``; records
+        """The denoiser's output (float32) for ``latents`` at timesteps ``t`` under ``cond``; records
         gradients unless called under ``torch.no_grad()``."""
         t = torch.as_tensor(t, device=self.device)
         if t.ndim == 0:
@@ -418,19 +475,28 @@ class UNetTrainer:
         dtype = self.dtype if self.precision == "no" else torch.float32
         added = {k: v.to(dtype) for k, v in cond.added.items()} if cond.added else None
         with self.accelerator.autocast():
-            out = self.model(
-                latents.to(dtype),
-                t,
-                encoder_hidden_states=cond.hidden.to(dtype),
-                added_cond_kwargs=added,
-                return_dict=False,
-            )[0]
+            if self.component == "transformer":
+                out = self.model(
+                    hidden_states=latents.to(dtype),
+                    encoder_hidden_states=cond.hidden.to(dtype),
+                    pooled_projections=added["pooled_projections"],
+                    timestep=t,
+                    return_dict=False,
+                )[0]
+            else:
+                out = self.model(
+                    latents.to(dtype),
+                    t,
+                    encoder_hidden_states=cond.hidden.to(dtype),
+                    added_cond_kwargs=added,
+                    return_dict=False,
+                )[0]
         return out.float()
 
     @contextmanager
     def original(self) -> Iterator[None]:
         """Inside, the trained parameters hold their original values and no gradients are
-        recorded: the frozen model's predictions, without a second copy of the UNet."""
+        recorded: the frozen model's predictions, without a second copy of the denoiser."""
         current = {}
         with torch.no_grad():
             try:
@@ -454,15 +520,20 @@ class UNetTrainer:
     ) -> Tensor:
         """Latents after the first ``steps`` (None: all) of ``ddim_steps`` DDIM steps from noise
         (or from ``latents``), with classifier-free guidance against ``uncond`` (default: the
-        pipeline's), using the UNet's current weights."""
+        pipeline's), using the denoiser's current weights."""
         n = len(cond)
         scale = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
-        x = latents if latents is not None else self.noise(n) * self.scheduler.init_noise_sigma
+        if self.flow:  # the Euler scheduler counts its steps: start it afresh
+            self.scheduler.set_timesteps(self.cfg.ddim_steps, device=self.device)
+        sigma = float(getattr(self.scheduler, "init_noise_sigma", 1.0))
+        x = latents if latents is not None else self.noise(n) * sigma
         guided = scale > 1.0
         both = Conditioning.cat([uncond if uncond is not None else self.unconditional(n), cond]) if guided else cond
         for t in self.scheduler.timesteps[: self.cfg.ddim_steps if steps is None else steps]:
             inp = torch.cat([x, x]) if guided else x
-            out = self.predict(self.scheduler.scale_model_input(inp, t), t, both)
+            if not self.flow:
+                inp = self.scheduler.scale_model_input(inp, t)
+            out = self.predict(inp, t, both)
             if guided:
                 out_u, out_c = out.chunk(2)
                 out = out_u + scale * (out_c - out_u)
@@ -470,7 +541,7 @@ class UNetTrainer:
         return x
 
     def timestep(self, index: int) -> Tensor:
-        """The timestep of DDIM step ``index`` (0: the noisiest)."""
+        """The timestep of sampler step ``index`` (0: the noisiest)."""
         return self.scheduler.timesteps[index]
 
     # -- optimisation -------------------------------------------------------------------------
@@ -522,7 +593,7 @@ class UNetTrainer:
             if self.cfg.grad_clip is not None
             else None
         )
-        self.unet.train()
+        self.denoiser.train()
         bar = tqdm(
             range(self.cfg.steps),
             desc=desc,
@@ -572,7 +643,7 @@ class UNetTrainer:
         meta["final_loss"] = self.losses[-1] if self.losses else None
         meta["mixed_precision"] = getattr(self, "precision", None)
         meta["num_processes"] = self.accelerator.num_processes if hasattr(self, "accelerator") else 1
-        patch = ErasurePatch.from_changes(self.pipe, {f"unet.{n}": t for n, t in self.before.items()}, meta)
+        patch = ErasurePatch.from_changes(self.pipe, {f"{self.component}.{n}": t for n, t in self.before.items()}, meta)
         if not patch.deltas:
             warnings.warn(
                 "training left every parameter unchanged (lr=0 or steps=0?); the patch is empty.", stacklevel=2
@@ -580,10 +651,10 @@ class UNetTrainer:
         return patch
 
 
-def train_unet(
+def train_denoiser(
     pipe: Any,
     names: Iterable[str],
-    loss_fn: Callable[[UNetTrainer, int], Tensor],
+    loss_fn: Callable[[DenoiserTrainer, int], Tensor],
     config: DiffusionTrainConfig,
     *,
     metadata: dict[str, Any] | None = None,
@@ -592,10 +663,10 @@ def train_unet(
     progress: bool = False,
     desc: str = "train",
 ) -> Any:
-    """Train the UNet parameters ``names`` on ``loss_fn(trainer, step)``; returns the applied
+    """Train the denoiser parameters ``names`` on ``loss_fn(trainer, step)``; returns the applied
     dense patch (the pipeline is restored if anything fails). For set-up work before training
-    (encoding prompts, sampling data, masks), use :class:`UNetTrainer` directly."""
-    with UNetTrainer(pipe, names, config, device=device, progress=progress) as tr:
+    (encoding prompts, sampling data, masks), use :class:`DenoiserTrainer` directly."""
+    with DenoiserTrainer(pipe, names, config, device=device, progress=progress) as tr:
         tr.fit(lambda step: loss_fn(tr, step), masks=masks, desc=desc)
     return tr.patch(metadata or {"method": desc})
 

@@ -46,7 +46,7 @@ def test_reads_text_as_the_sd3_adapter_does(pipe):
     adapter's T5 stand-in zeros are not fed here: an edit of the context embedder keeps zeros)."""
     assert pipeline_family(pipe) is SD3
     prompts = [digit_prompt(7), "handwritten 3"]
-    ours, _, pooled, _ = pipe.encode_prompt(prompts, "cpu", 1, False)
+    ours, _, pooled, _ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
     conditioning = SD3.conditioning
     theirs = conditioning.encode(pipe, conditioning.tokenize(pipe, prompts))
     assert theirs.shape[1] == CONTEXT_LENGTH + 256 and ours.shape[1] == CONTEXT_LENGTH
@@ -72,7 +72,7 @@ def test_generates_deterministically_with_guidance_and_embeddings(pipe):
 
 
 def test_embeddings_without_their_pooled_part_are_refused(pipe):
-    cond = pipe.encode_prompt(["seven"], "cpu", 1, False)[0]
+    cond = pipe.encode_prompt(["seven"], device="cpu", do_classifier_free_guidance=False)[0]
     with pytest.raises(ValueError, match="pooled_prompt_embeds"):
         pipe(prompt_embeds=cond, num_inference_steps=2)
 
@@ -140,3 +140,20 @@ def test_shipped_model_loads_in_the_sd3_layout(shipped):
 def test_shipped_model_draws_the_asked_digit(shipped):
     ev = judge_digits(shipped, 4, seed=7)
     assert sum(ev["accuracy"].values()) / 10 >= 85, ev["accuracy"]
+
+
+def test_esd_x_runs_on_it_and_reverts(pipe):
+    """ESD-x trains the MMDiT's joint attention with the digits model's DDIM sampler."""
+    from conftest import same_state, state
+
+    saved = state(pipe.transformer)
+    patch = eraser.erase_concepts(pipe, digit_prompt(7), method="esd_x", steps=2, ddim_steps=3)
+    try:
+        assert patch.deltas and all(
+            n.startswith("transformer.transformer_blocks.") and ".attn." in n for n in patch.deltas
+        )
+        assert patch.metadata["config"]["train_method"] == "xattn"
+        assert not same_state(pipe.transformer, saved)
+    finally:
+        patch.revert(pipe)
+    assert same_state(pipe.transformer, saved)

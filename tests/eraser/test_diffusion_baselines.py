@@ -10,10 +10,10 @@ from eraser.families.architectures import build_pipeline
 from eraser.methods.uce import kv_projections, last_token_features
 from eraser.patch import ErasurePatch
 from eraser.training.diffusion import (
+    DenoiserTrainer,
     DiffusionTrainConfig,
-    UNetTrainer,
-    select_unet_parameters,
-    train_unet,
+    select_parameters,
+    train_denoiser,
 )
 
 FAST = dict(steps=2, ddim_steps=3, resolution=32)
@@ -113,19 +113,19 @@ def test_changes_only_its_parameters_and_patch_round_trips(method, arch, tmp_pat
     assert same(fresh, before)
 
 
-def test_select_unet_parameters_rules():
-    unet = build_pipeline("tiny-sd").unet
-    every = [n for n, _ in unet.named_parameters()]
-    xattn = select_unet_parameters(unet, "xattn")
-    noxattn = select_unet_parameters(unet, "noxattn")
-    kv = select_unet_parameters(unet, "kv")
+def test_select_parameters_rules():
+    pipe = build_pipeline("tiny-sd")
+    every = [n for n, _ in pipe.unet.named_parameters()]
+    xattn = select_parameters(pipe, "xattn")
+    noxattn = select_parameters(pipe, "noxattn")
+    kv = select_parameters(pipe, "kv")
     assert xattn and all("attn2" in n for n in xattn) and len(xattn) == sum("attn2" in n for n in every)
     assert kv and all(is_kv_weight(n) for n in kv) and set(kv) < set(xattn)
     assert not set(noxattn) & set(xattn) and "conv_in.weight" in noxattn
     assert not [n for n in noxattn if n.startswith(EXCLUDED_BY_ESD_U)]
-    assert select_unet_parameters(unet, "full") == every
+    assert select_parameters(pipe, "full") == every
     with pytest.raises(ValueError, match="train_method"):
-        select_unet_parameters(unet, "selfattn")
+        select_parameters(pipe, "selfattn")
 
 
 @pytest.mark.parametrize("arch", ["tiny-sd", "tiny-sdxl"])
@@ -218,12 +218,12 @@ def test_bf16_mixed_precision_on_cpu_runs_a_step():
 
 
 def _trainer(pipe, names, **cfg):
-    return UNetTrainer(pipe, names, DiffusionTrainConfig(**{**FAST, "mixed_precision": "no", **cfg}))
+    return DenoiserTrainer(pipe, names, DiffusionTrainConfig(**{**FAST, "mixed_precision": "no", **cfg}))
 
 
 def test_loop_masks_original_swap_and_restoration():
     pipe = build_pipeline("tiny-sd", seed=7)
-    names = select_unet_parameters(pipe.unet, "kv")
+    names = select_parameters(pipe, "kv")
     flags = {n: p.requires_grad for n, p in pipe.unet.named_parameters()}
     before = unet_state(pipe)
     mask = {n: torch.rand(before[n].shape, generator=torch.Generator().manual_seed(0)) < 0.5 for n in names}
@@ -249,7 +249,7 @@ def test_loop_masks_original_swap_and_restoration():
 
 def test_loop_nan_loss_stops_and_restores_weights():
     pipe = build_pipeline("tiny-sd", seed=8)
-    names = select_unet_parameters(pipe.unet, "xattn")
+    names = select_parameters(pipe, "xattn")
     before = unet_state(pipe)
     steps = []
 
@@ -266,9 +266,9 @@ def test_loop_nan_loss_stops_and_restores_weights():
     assert same(pipe, before), "the pipeline was not restored after the failure"
 
 
-def test_train_unet_function_returns_patch_of_chosen_parameters():
+def test_train_denoiser_function_returns_patch_of_chosen_parameters():
     pipe = build_pipeline("tiny-sd", seed=9)
-    names = select_unet_parameters(pipe.unet, "kv")
+    names = select_parameters(pipe, "kv")
     state: dict = {}
 
     def loss(tr, step):
@@ -276,7 +276,7 @@ def test_train_unet_function_returns_patch_of_chosen_parameters():
             state["cond"] = tr.encode(["a cat"])
         return tr.predict(tr.noise(1), tr.timestep(0), state["cond"]).pow(2).mean()
 
-    patch = train_unet(
+    patch = train_denoiser(
         pipe,
         names,
         loss,

@@ -222,8 +222,8 @@ def test_without_t5():
 
 def test_trained_and_unet_methods_refuse_clearly(sd3):
     saved = state(sd3.transformer)
-    with pytest.raises(ValueError, match=r"esd_x.*not supported.*StableDiffusion3Pipeline.*unlink"):
-        eraser.erase_concepts(sd3, "a cat", method="esd_x")
+    with pytest.raises(ValueError, match=r"salun_sd.*not supported.*StableDiffusion3Pipeline.*unlink"):
+        eraser.erase_concepts(sd3, "a cat", method="salun_sd")
     with pytest.raises(ValueError, match="UNet preset.*context_embedder"):
         eraser.erase_concepts(sd3, "a cat", targets="cross_attn_v")
     with pytest.raises(ValueError, match="do not read the prompt's sequence features"):
@@ -231,3 +231,70 @@ def test_trained_and_unet_methods_refuse_clearly(sd3):
     with pytest.raises(ValueError, match="do not read the prompt's sequence features"):
         eraser.erase_concepts(sd3, "a cat", targets="text_encoder_mlp")
     assert same_state(sd3.transformer, saved)
+
+
+def test_trained_methods_select_joint_attention_on_sd3(sd3):
+    from eraser.training.diffusion import select_parameters
+
+    every = [n for n, _ in sd3.transformer.named_parameters()]
+    xattn, noxattn, kv = (select_parameters(sd3, m) for m in ("xattn", "noxattn", "kv"))
+    assert xattn and all(n.startswith("transformer_blocks.") and ".attn." in n for n in xattn)
+    assert len(xattn) == sum(".attn." in n for n in every)
+    assert kv and set(kv) < set(xattn) and all(n.endswith(("add_k_proj.weight", "add_v_proj.weight")) for n in kv)
+    assert len(kv) == 2 * len(sd3.transformer.transformer_blocks)
+    assert not set(noxattn) & set(xattn) and any(n.startswith("pos_embed.") for n in noxattn)
+    excluded = ("time_text_embed.", "context_embedder.", "norm_out.", "proj_out.")
+    assert not [n for n in noxattn if n.startswith(excluded)]
+    assert select_parameters(sd3, "full") == every
+
+
+def test_esd_trains_the_context_key_values_of_sd3_and_reverts(sd3):
+    saved = state(sd3.transformer)
+    fast = {"steps": 2, "ddim_steps": 3, "resolution": 32}
+    patch = eraser.erase_concepts(sd3, "a cat", method="esd_x_strict", **fast)
+    try:
+        assert len(patch.deltas) == 2 * len(sd3.transformer.transformer_blocks) and all(
+            n.startswith("transformer.transformer_blocks.") and n.endswith(("add_k_proj.weight", "add_v_proj.weight"))
+            for n in patch.deltas
+        )
+        assert not same_state(sd3.transformer, saved)
+        assert len(patch.metadata["losses"]) == 2 and all(torch.isfinite(torch.tensor(patch.metadata["losses"])))
+        assert torch.isfinite(generate(sd3)).all()
+    finally:
+        patch.revert(sd3)
+    assert same_state(sd3.transformer, saved)
+
+
+def test_the_trainer_follows_sd3s_rectified_flow(sd3):
+    """The trainer's sampler is the pipeline's Euler flow sampler, and its forward process the flow's
+    interpolation (equal to the scheduler's own ``scale_noise`` at a sampler timestep)."""
+    from eraser.training.diffusion import DenoiserTrainer, DiffusionTrainConfig, select_parameters
+
+    cfg = DiffusionTrainConfig(steps=0, ddim_steps=4, resolution=32, mixed_precision="no", guidance_scale=1.0)
+    with DenoiserTrainer(sd3, select_parameters(sd3, "kv"), cfg) as tr:
+        assert tr.flow and type(tr.scheduler) is type(sd3.scheduler)
+        x0, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+        t = tr.timestep(1).expand(2)
+        reference = sd3.scheduler.__class__.from_config(sd3.scheduler.config)
+        reference.set_timesteps(4)
+        torch.testing.assert_close(tr.add_noise(x0, noise, t), reference.scale_noise(x0, t, noise))
+        torch.testing.assert_close(tr.target(x0, noise, t), noise - x0)
+        cond = tr.encode(["a cat"])
+        assert set(cond.added) == {"pooled_projections"}
+        # two partial samples from the same latents agree: the Euler scheduler's step count restarts
+        start = tr.noise(1)
+        a, b = tr.sample(cond, steps=2, latents=start), tr.sample(cond, steps=2, latents=start)
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        # and they are the pipeline's own steps: two Euler steps of the transformer's prediction
+        ref = start.clone()
+        reference.set_timesteps(4)
+        for step_t in reference.timesteps[:2]:
+            with torch.no_grad():
+                v = sd3.transformer(
+                    hidden_states=ref,
+                    encoder_hidden_states=cond.hidden,
+                    pooled_projections=cond.added["pooled_projections"],
+                    timestep=step_t.expand(1),
+                ).sample
+            ref = reference.step(v, step_t, ref).prev_sample
+        torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
