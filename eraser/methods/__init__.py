@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     activation_pruning,
+    advunlearn,
     ascent,
     boundary,
     esd,

@@ -59,6 +59,7 @@ __all__ = [
     "patch_metadata",
 ]
 
+TEXT_PREFIX = "text_encoder."  # trained text-encoder parameters' keys in DenoiserTrainer.params
 TRAIN_METHODS = ("xattn", "noxattn", "kv", "full")  # every family's train_selections offer these
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 DIFFUSION_OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -244,13 +245,17 @@ class _Saved:
     requires_grad: list[tuple[nn.Parameter, bool]]
     dtypes: dict[str, torch.dtype]
     instance_attrs: dict[str, Any] = field(default_factory=dict)
+    text_device: torch.device | None = None
+    text_modes: KeptModes | None = None
 
 
 class DenoiserTrainer:
     """A pipeline's denoiser (UNet or SD3 transformer) prepared to train the parameters ``names``
-    (denoiser-relative, :func:`select_parameters`). Use it as a context manager; on an error inside
-    the block every trained parameter gets its original value back. ``before`` holds those original
-    values (the frozen model)."""
+    (denoiser-relative, :func:`select_parameters`) and, with ``text_names``, parameters of a
+    single-tower pipeline's ``text_encoder`` (keyed ``"text_encoder.<name>"`` in ``params`` and
+    ``before``; AdvUnlearn trains them). Use it as a context manager; on an error inside the block
+    every trained parameter gets its original value back. ``before`` holds those original values
+    (the frozen model)."""
 
     def __init__(
         self,
@@ -258,10 +263,11 @@ class DenoiserTrainer:
         names: Iterable[str],
         config: DiffusionTrainConfig,
         *,
+        text_names: Iterable[str] = (),
         device: torch.device | str | None = None,
         progress: bool = False,
     ) -> None:
-        text_towers(pipe)  # a text-to-image pipeline?
+        towers = text_towers(pipe)  # a text-to-image pipeline?
         self.pipe, self.cfg, self.progress = pipe, config, progress
         self.component, self.denoiser = denoiser_of(pipe)
         named = dict(self.denoiser.named_parameters())
@@ -269,9 +275,23 @@ class DenoiserTrainer:
         unknown = [n for n in self.names if n not in named]
         if unknown:
             raise ValueError(f"parameters {unknown[:4]} are not in the {self.component}")
-        if not self.names:
-            raise ValueError(f"no {self.component} parameters to train")
         self.params: dict[str, nn.Parameter] = {n: named[n] for n in self.names}
+        text_names = list(dict.fromkeys(text_names))
+        self.text_encoder: nn.Module | None = None
+        if text_names:
+            if len(towers) != 1 or towers[0][0] != "text_encoder":
+                raise NotImplementedError(
+                    f"training text-encoder parameters supports single-text-encoder pipelines (SD 1.x/2.x, the "
+                    f"bundled digits model); {type(pipe).__name__} has {[t[0] for t in towers]}"
+                )
+            self.text_encoder = towers[0][2]
+            text_named = dict(self.text_encoder.named_parameters())
+            missing = [n for n in text_names if n not in text_named]
+            if missing:
+                raise ValueError(f"parameters {missing[:4]} are not in the text encoder")
+            self.params.update({f"{TEXT_PREFIX}{n}": text_named[n] for n in text_names})
+        if not self.params:
+            raise ValueError(f"no {self.component} parameters to train")
         self._device_arg = torch.device(device) if device is not None else None
         self.before: dict[str, Tensor] = {}
         self.losses: list[float] = []
@@ -318,6 +338,17 @@ class DenoiserTrainer:
             dtypes={n: p.dtype for n, p in self.params.items()},
             instance_attrs={k: unet.__dict__[k] for k in ("forward", "_original_forward") if k in unet.__dict__},
         )
+        enc = self.text_encoder
+        if enc is not None:
+            if self.accelerator.num_processes > 1:
+                raise NotImplementedError(
+                    "text-encoder parameters train in one process (DDP wraps only the denoiser); run without "
+                    "accelerate launch."
+                )
+            self._saved.text_device = next(enc.parameters()).device
+            self._saved.text_modes = KeptModes(enc)
+            self._saved.requires_grad += [(p, p.requires_grad) for p in enc.parameters()]
+            enc.to(device).requires_grad_(False)
         unet.to(device)
         self.before = {n: p.detach().clone() for n, p in self.params.items()}
         unet.requires_grad_(False)
@@ -374,6 +405,9 @@ class DenoiserTrainer:
             unet.disable_gradient_checkpointing()
         saved.modes.restore()
         unet.to(saved.device)
+        if self.text_encoder is not None and saved.text_device is not None:
+            saved.text_modes.restore()
+            self.text_encoder.to(saved.text_device)
         if self.before and next(iter(self.before.values())).device != saved.device:
             self.before = {n: t.to(saved.device) for n, t in self.before.items()}
         self._saved = None
@@ -643,7 +677,8 @@ class DenoiserTrainer:
         meta["final_loss"] = self.losses[-1] if self.losses else None
         meta["mixed_precision"] = getattr(self, "precision", None)
         meta["num_processes"] = self.accelerator.num_processes if hasattr(self, "accelerator") else 1
-        patch = ErasurePatch.from_changes(self.pipe, {f"{self.component}.{n}": t for n, t in self.before.items()}, meta)
+        before = {n if n.startswith(TEXT_PREFIX) else f"{self.component}.{n}": t for n, t in self.before.items()}
+        patch = ErasurePatch.from_changes(self.pipe, before, meta)
         if not patch.deltas:
             warnings.warn(
                 "training left every parameter unchanged (lr=0 or steps=0?); the patch is empty.", stacklevel=2
