@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..families.base import pipeline_family
-from ..families.diffusion import concept_texts, encode_prompts, pipeline_id, text_towers, tokenize_prompts
+from ..families.diffusion import DIFFUSION, concept_texts, encode_prompts, pipeline_id, text_towers, tokenize_prompts
 from ..families.mmdit import SD3
 from ..layers import KeptModes
 from .masks import masked_step, trained_parameters
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 TEXT_PREFIX = "text_encoder."  # trained text-encoder parameters' keys in DenoiserTrainer.params
-TRAIN_METHODS = ("xattn", "noxattn", "kv", "full")  # every family's train_selections offer these
+TRAIN_METHODS = tuple(DIFFUSION.train_selections)  # the SD3 family offers the same names
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 DIFFUSION_OPTIMIZERS = ("adam", "adamw", "sgd")
 
