@@ -85,9 +85,10 @@ class RobustUnlinkConfig(ConceptUnlinkConfig):
         weigh as one more concept, with ``rank_per_concept`` more directions) and the edit is fitted
         again. Only the part of those features outside the subspace holding
         ``adversarial_protected_energy`` of the protected statistics is added. 0: no rounds (the
-        closure alone). Two rounds (default) took soft_prompt's ASR from 20 to 0 and
-        textual_inversion's from 40 to 10 over five digits (docs/benchmarks.md, "Self-red-teaming"),
-        at about 20 s per erasure on this CPU instead of 0.02 s. Optimisation and image seeds start
+        closure alone). The default (two rounds of 30 steps on 8 images) held soft_prompt and
+        textual_inversion to ASR 20 mean over five digits, against 90 for plain Unlink, in 7-8 s
+        per erasure on one core of this CPU; 16 images and 60 steps held them to 0 and 10 in about
+        20 s (docs/benchmarks.md, "A robust Unlink under 10 s"). Optimisation and image seeds start
         at ``adversarial_seed``. The search supports single-text-encoder pipelines (SD 1.x/2.x, the
         bundled digits model); on others (SDXL, SD3, FLUX) pass ``adversarial_rounds=0``.
     """
@@ -102,8 +103,8 @@ class RobustUnlinkConfig(ConceptUnlinkConfig):
     adversarial_rounds: int = 2
     adversarial_protected_energy: float = 0.99
     adversarial_prompt: str = "a photo of"
-    adversarial_images: int = 16
-    adversarial_steps: int = 60
+    adversarial_images: int = 8
+    adversarial_steps: int = 30
     adversarial_seed: int = 1000
 
     def __post_init__(self) -> None:
