@@ -31,7 +31,7 @@ from ..capture import GramAccumulator, capture_features
 from ..hashing import cache_dir
 from ..layers import KeptModes
 from ..patch import as_module, parameters_fingerprint
-from ..subspace import Gram
+from ..subspace import Gram, mean_outer_sum
 from ..targets import resolve_targets
 from .base import FamilyAdapter, parameters_where, pipeline_family, register_family
 from .clip_text import encode_with_shared_prefixes, is_causal_clip
@@ -668,8 +668,7 @@ def _write_bank_file(path: Path, feats: TextFeatures) -> None:
 def balanced_gram(rows: Sequence[Tensor]) -> Gram:
     """A retain Gram in which each concept weighs the same: the sum of each concept's mean outer
     product of its rows, with ``n`` the number of concepts (so ``covariance()`` is their average)."""
-    m = sum(r.double().T @ r.double() / max(r.shape[0], 1) for r in rows)
-    return Gram(m, len(rows))
+    return Gram(mean_outer_sum(rows), len(rows))
 
 
 def text_similarity(

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from eraser import Gram, forget_basis, forget_subspace, rayleigh_basis, rayleigh_subspace
-from eraser.subspace import as_gram
+from eraser.subspace import as_gram, regression_subspace
 
 
 def planted(n=200, d=16, k=3, noise=1e-3, seed=0):
@@ -271,3 +271,24 @@ def test_regression_subspace_removes_forget_and_keeps_orthogonal_retain():
         regression_subspace(f, r, 2, retain_weight=0.0)
     with pytest.raises(ValueError, match="k="):
         regression_subspace(f, r, 3)  # the forget features have rank 2
+
+
+@pytest.mark.parametrize("with_rows", [True, False])
+def test_regression_edit_on_zero_padded_features_equals_the_full_solve(with_rows):
+    # SD3 pads CLIP features with zeros to T5's width: the fit solves on the occupied coordinates
+    # only, and must give the edit the full d x d solve gives.
+    g = torch.Generator().manual_seed(0)
+    d, used = 24, 10
+    xf = torch.zeros(6 if with_rows else 40, d, dtype=torch.float64)
+    xr = torch.zeros(50, d, dtype=torch.float64)
+    xf[:, :used] = torch.randn(xf.shape[0], used, generator=g, dtype=torch.float64)
+    xr[:, :used] = torch.randn(50, used, generator=g, dtype=torch.float64)
+    sub = regression_subspace(xf, xr, 3, retain_weight=0.5, ridge=0.1)
+    c_ff, c_rr = xf.T @ xf / xf.shape[0], xr.T @ xr / xr.shape[0]
+    a = c_ff + 0.5 * c_rr
+    a = a + (0.1 + 1e-9) * float(torch.trace(a)) / d * torch.eye(d, dtype=torch.float64)
+    v = torch.linalg.eigh(c_ff).eigenvectors.flip(-1)[:, :3]
+    want = v @ torch.linalg.solve(a, c_ff @ v).T
+    torch.testing.assert_close(sub.dual @ sub.basis.T, want, atol=1e-10, rtol=1e-8)
+    assert sub.basis[used:].abs().max() == 0 and sub.dual[used:].abs().max() == 0
+    assert sub.spectrum.shape == (d,)
