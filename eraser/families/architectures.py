@@ -1,7 +1,7 @@
 """Stable Diffusion pipelines with random weights: the published architectures, and tiny ones.
 
 No Stable Diffusion checkpoint is available offline, so this module rebuilds the models from their
-published ``config.json`` files (``ARCHITECTURES``: SD v1.4, SD v2.1, SDXL base 1.0, SD3 medium) with random
+published ``config.json`` files (``ARCHITECTURES``: SD v1.4, SD v2.1, SDXL base 1.0, SD3 medium, FLUX.1-dev) with random
 weights. Those pipelines have the real layer shapes and parameter counts, so they are good for timing
 and memory benchmarks (never for judging image quality). ``TINY`` holds the same classes at tiny
 sizes (``tiny-sd``, ``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux``) for fast functional tests. Every pipeline uses the real CLIP
@@ -390,6 +390,48 @@ ARCHITECTURES["sd3-medium"] = {
 }
 
 
+# Mirrors the hub repo black-forest-labs/FLUX.1-dev (the hub is unreachable here: the sizes are the
+# published ones, checked against public copies of its configs). A 12B-parameter transformer of 19
+# double-stream and 38 single-stream blocks of width 3072; text towers CLIP ViT-L/14 (pooled vector
+# only, 768) and T5 v1.1 XXL, whose 512 positions (FluxPipeline's max_sequence_length) enter through
+# ``transformer.context_embedder`` (4096 -> 3072). 1024 px images are 128 x 128 latents of 16
+# channels, packed 2 x 2 into 4096 tokens of 64. In bfloat16 the whole pipeline needs about 33 GB:
+# on this machine build it with fewer blocks (``build_pipeline(..., overrides={"transformer":
+# {"num_layers": 2, "num_single_layers": 4}})``), as benchmarks/sd_erase_cost.py's ``--depth`` does.
+ARCHITECTURES["flux-dev"] = {
+    "hub_id": "black-forest-labs/FLUX.1-dev",
+    "pipeline": "FluxPipeline",
+    "transformer": {
+        "_class_name": "FluxTransformer2DModel",
+        "attention_head_dim": 128,
+        "axes_dims_rope": [16, 56, 56],
+        "guidance_embeds": True,
+        "in_channels": 64,
+        "joint_attention_dim": 4096,
+        "num_attention_heads": 24,
+        "num_layers": 19,
+        "num_single_layers": 38,
+        "patch_size": 1,
+        "pooled_projection_dim": 768,
+    },
+    "text_encoder": dict(_CLIP_VIT_L),
+    "text_encoder_2": dict(ARCHITECTURES["sd3-medium"]["text_encoder_3"]),
+    "tokenizer": {"pad_token": "<|endoftext|>", "model_max_length": 77},
+    "tokenizer_2": {"kind": "t5", "model_max_length": 512},
+    "vae": {**_SD3_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159},
+    "scheduler": {
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "base_image_seq_len": 256,
+        "base_shift": 0.5,
+        "max_image_seq_len": 4096,
+        "max_shift": 1.15,
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+        "use_dynamic_shifting": True,
+    },
+}
+
+
 def _tiny_t5(width: int) -> dict[str, Any]:
     """A 2-layer T5 encoder of ``width`` (the joint attention width, as SD3's and FLUX's 4096) whose
     table fits the offline tokenizer's ids."""
@@ -639,6 +681,7 @@ def build_pipeline(
     seed: int = 0,
     components: tuple[str, ...] | None = None,
     tokenizer_dir: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> DiffusionPipeline:
     """A ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline`` of ``arch`` with random weights.
 
@@ -651,8 +694,18 @@ def build_pipeline(
     CLIP one, its vocabulary files kept in ``tokenizer_dir`` or a per-process temporary folder) and
     the scheduler are always included; there is no safety checker. ``pipe.name_or_path`` is
     ``"random:<hub id>"`` for the published architectures and the arch name for tiny ones.
+    ``overrides`` updates models' configurations (e.g. ``{"transformer": {"num_layers": 2}}`` for a
+    reduced depth); the name then gains a ``+reduced`` suffix, so such a pipeline is never taken
+    for the published one.
     """
     spec = architecture(arch)
+    for name, changes in (overrides or {}).items():
+        if name not in spec or not isinstance(spec[name], dict) or "_class_name" not in spec[name]:
+            raise ValueError(f"overrides: {arch!r} has no model {name!r}")
+        unknown = sorted(set(changes) - set(spec[name]))
+        if unknown:
+            raise ValueError(f"overrides: {name} of {arch!r} has no setting {unknown[0]!r}")
+        spec[name].update(changes)
     import diffusers
 
     pipeline_cls = getattr(diffusers, spec["pipeline"])
@@ -685,5 +738,6 @@ def build_pipeline(
     kwargs.update(spec.get("pipeline_kwargs", {}))
     pipe = pipeline_cls(**kwargs)
     # DiffusionPipeline.name_or_path is a read-only property over config._name_or_path.
-    pipe.register_to_config(_name_or_path=f"random:{spec['hub_id']}" if spec["hub_id"] else arch)
+    name = f"random:{spec['hub_id']}" if spec["hub_id"] else arch
+    pipe.register_to_config(_name_or_path=name + ("+reduced" if overrides else ""))
     return pipe

@@ -30,6 +30,7 @@ def test_names_and_descriptions():
         "sd-v2-1",
         "sdxl-base-1.0",
         "sd3-medium",
+        "flux-dev",
         "tiny-sd",
         "tiny-sdxl",
         "tiny-sd3",
@@ -134,3 +135,30 @@ def test_sdxl_unet_parameter_count():
     assert pipe.name_or_path == "random:stabilityai/stable-diffusion-xl-base-1.0"
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}
     assert n_params(pipe.unet) == 2_567_463_684
+
+
+def test_flux_dev_has_the_published_sizes():
+    # Built on the meta device: shapes and parameter counts without allocating 17B parameters.
+    import diffusers
+    import transformers
+
+    spec = architecture("flux-dev")
+    with torch.device("meta"):
+        transformer = diffusers.FluxTransformer2DModel(**{k: v for k, v in spec["transformer"].items() if k[0] != "_"})
+        t5_config = {k: v for k, v in spec["text_encoder_2"].items() if k[0] != "_"}
+        t5 = transformers.T5EncoderModel(transformers.T5Config(**t5_config))
+    assert n_params(transformer) == 11_901_408_320  # FLUX.1-dev's 11.9B
+    assert n_params(t5) == 4_762_310_656  # T5 v1.1 XXL's encoder
+    assert transformer.context_embedder.in_features == 4096
+    assert spec["tokenizer_2"]["model_max_length"] == 512
+
+
+def test_overrides_reduce_a_model_and_rename_the_pipeline():
+    pipe = build_pipeline("tiny-flux", overrides={"transformer": {"num_single_layers": 2}})
+    assert len(pipe.transformer.single_transformer_blocks) == 2
+    assert pipe.name_or_path == "tiny-flux+reduced"
+    assert TINY["tiny-flux"]["transformer"]["num_single_layers"] == 1  # the table is untouched
+    with pytest.raises(ValueError, match="no model 'unet'"):
+        build_pipeline("tiny-flux", overrides={"unet": {"num_layers": 1}})
+    with pytest.raises(ValueError, match="no setting 'depth'"):
+        build_pipeline("tiny-flux", overrides={"transformer": {"depth": 1}})
