@@ -30,7 +30,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     pipe = digits_pipeline()
     cfg = ConceptUnlinkConfig()
-    kv, text, _ = resolve_concept_targets(pipe, cfg.layers)
+    kv, text, *_ = resolve_concept_targets(pipe, cfg.layers)
     bank = tuple(pipe.concept_bank)
     feats = bank_features(pipe, bank, hidden_layer=cfg.hidden_layer)
     print("| digit | lambda_1 .. lambda_%d | protected |" % args.top)

@@ -45,7 +45,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     judge = digits_image_judge()
     cfg = ConceptUnlinkConfig()
-    kv, _, _ = resolve_concept_targets(pipe, cfg.layers)
+    kv = resolve_concept_targets(pipe, cfg.layers).kv
     energies = [float(e) for e in args.energy.split(",")]
     prefix = len(pipe.tokenizer(args.prompt).input_ids) - 1  # start-of-text and the prefix, without end-of-text
     n = args.images

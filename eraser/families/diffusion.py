@@ -228,11 +228,13 @@ def concept_token_mask(
 
 class ConceptTargets(NamedTuple):
     """The layers a concept erasure edits: those that read text features (``kv``: cross-attention
-    key/value projections, by name), text-encoder layers (``text``) and all of them (``modules``)."""
+    key/value projections, by name), text-encoder layers (``text``), all of them (``modules``), and
+    those that read the pooled text vector (``pooled``: an MMDiT's pooled text embedder)."""
 
     kv: list[str]
     text: dict[str, nn.Module]
     modules: dict[str, nn.Module]
+    pooled: tuple[str, ...] = ()
 
 
 def resolve_concept_targets(pipe: Any, targets: str | Sequence[str]) -> ConceptTargets:
@@ -271,17 +273,19 @@ def _resolve_family_targets(pipe: Any, family: FamilyAdapter, view: nn.Module, t
         )
     resolved = resolve_targets(view, targets)
     reading = re.compile(family.text_reading)
+    pooled_reading = getattr(family.conditioning, "pooled_reading", None)
     kv = [n for n in resolved if reading.fullmatch(n)]
-    other = [n for n in resolved if n not in kv]
+    pooled = tuple(n for n in resolved if pooled_reading and re.fullmatch(pooled_reading, n))
+    other = [n for n in resolved if n not in kv and n not in pooled]
     if other:
         raise ValueError(
             f"targets {other[:4]} do not read the prompt's sequence features directly: on the {family.name} "
-            f"family concept erasure edits the layers matching {family.text_reading!r} (preset "
-            f"{family.conditioning.default_targets!r}); per-block context projections read context tokens "
-            "that depend on the timestep and the image, the pooled embedder reads one pooled vector, and "
+            f"family concept erasure edits the layers matching {family.text_reading!r} and "
+            f"{pooled_reading!r} (preset {family.conditioning.default_targets!r}); per-block context "
+            "projections read context tokens that depend on the timestep and the image, and "
             "text-encoder targets are not supported on this family yet."
         )
-    return ConceptTargets(kv, {}, resolved)
+    return ConceptTargets(kv, {}, resolved, pooled)
 
 
 def _hidden(out: Any, hidden_layer: str) -> Tensor:
@@ -338,9 +342,11 @@ def encode_ids(
     hidden_layer: str = "auto",
     device: torch.device | str | None = None,
     prefix_lengths: Sequence[int] | None = None,
+    pooled_out: list[Tensor] | None = None,
 ) -> Tensor:
     """The UNet's text conditioning (B, L, D: the towers' hidden states side by side) for token ids
-    (an MMDiT's: the context embedder's input).
+    (an MMDiT's: the context embedder's input; its pooled text embedder's input, B x P, is appended
+    to ``pooled_out`` when given).
 
     ``prefix_lengths``: how many leading tokens of each row other rows share (the start-of-text
     token and a template's prefix); causal CLIP towers then compute each distinct prefix once
@@ -349,7 +355,11 @@ def encode_ids(
     """
     cond = _conditioning(pipe)
     if cond is not None:
+        if pooled_out is not None:
+            return cond.encode(pipe, ids, hidden_layer=hidden_layer, device=device, pooled_out=pooled_out)
         return cond.encode(pipe, ids, hidden_layer=hidden_layer, device=device)
+    if pooled_out is not None:
+        raise ValueError(f"{type(pipe).__name__} has no pooled text layer that erasure edits")
     layer = _hidden_layer(pipe, hidden_layer)
     hidden = []
     if prefix_lengths is not None and not _prefixes_pay(ids[0], prefix_lengths):
@@ -412,6 +422,7 @@ def concept_grams(
     context: Gram | None = None,
     pooled: dict[int, Tensor] | None = None,
     rows_out: dict[int, Tensor] | None = None,
+    pooled_embeds_out: dict[int, Tensor] | None = None,
 ) -> tuple[dict[str, list[Gram]], list[int]]:
     """Gram matrices of the concept tokens' features for every target (the K/V targets share one),
     and the number of feature rows (tokens) each concept contributed.
@@ -425,6 +436,8 @@ def concept_grams(
     ``rows_out``, when given (an empty dict to fill), receives each concept's K/V feature rows
     (float32, on the CPU; a few MB for a thousand concepts) instead of their Gram, which the
     returned statistics then leave out: for callers that weigh the concepts themselves.
+    ``pooled_embeds_out``, when given (an empty dict to fill), receives each concept's pooled text
+    vectors (one row per prompt; MMDiT families), the input of their pooled text embedder.
     """
     state: dict[str, Tensor] = {}
     kv_acc = GramAccumulator()
@@ -441,6 +454,7 @@ def concept_grams(
     pool_sums: dict[int, Tensor] = {}
     pool_counts: dict[int, int] = {}
     kept_rows: dict[int, list[Tensor]] = {}
+    kept_pooled: dict[int, list[Tensor]] = {}
     modes = [KeptModes(enc) for _, _, enc in towers]
     for _, _, enc in towers:
         enc.eval()
@@ -452,7 +466,13 @@ def concept_grams(
                 state["mask"] = mask  # read by the text-encoder hooks
                 # the hooks inside the text encoder need whole prompts; K/V features do not
                 prefixes = None if text_targets else [s + 1 for s in cp.starts[sl]]
-                hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device, prefix_lengths=prefixes)
+                got: list[Tensor] | None = [] if pooled_embeds_out is not None else None
+                hidden = encode_ids(
+                    pipe, ids, hidden_layer=hidden_layer, device=device, prefix_lengths=prefixes, pooled_out=got
+                )
+                if got is not None:
+                    for owner, vec in zip(cp.owners[sl], got[0].float().cpu()):
+                        kept_pooled.setdefault(owner, []).append(vec)
                 mask = mask.to(hidden.device)
                 if rows_out is None:
                     kv_acc.update(hidden[mask].unsqueeze(0))
@@ -479,6 +499,8 @@ def concept_grams(
         pooled.update({owner: pool_sums[owner] / pool_counts[owner] for owner in pool_sums})
     if rows_out is not None:
         rows_out.update({owner: torch.cat(r) for owner, r in kept_rows.items()})
+    if pooled_embeds_out is not None:
+        pooled_embeds_out.update({owner: torch.stack(r) for owner, r in kept_pooled.items()})
     grams: dict[str, list[Gram]] = {}
     if kv_targets and rows_out is None:
         if kv_acc.nonfinite:
@@ -566,10 +588,13 @@ BANK_TEMPLATES = ("{}", "a photo of {}")
 @dataclass
 class TextFeatures:
     """K/V input features of some texts: per text, its rows (the tokens of the text and the
-    end-of-text token, under each template; float32, n_i x D) and their mean (N x D, float64)."""
+    end-of-text token, under each template; float32, n_i x D) and their mean (N x D, float64);
+    on families with a pooled text layer (MMDiT), per text its pooled text vectors (one per
+    template, float32)."""
 
     rows: list[Tensor]
     pooled: Tensor
+    pooled_embeds: list[Tensor] | None = None
 
 
 @torch.no_grad()
@@ -588,15 +613,23 @@ def concept_features(
     tokenizer = text_towers(pipe)[0][1]
     cp = expand_concepts(tokenizer, list(texts), tuple(templates), verbatim)
     rows: list[list[Tensor]] = [[] for _ in texts]
+    with_pooled = getattr(_conditioning(pipe), "pooled_reading", None) is not None
+    pooled_rows: list[list[Tensor]] = [[] for _ in texts]
     for sl in _batches(cp.prompts, batch_size):
         ids = tokenize_prompts(pipe, cp.prompts[sl], shortest=True)
         mask = _mask(pipe, ids, cp, sl, "concept_eot")
         prefixes = [s + 1 for s in cp.starts[sl]]
-        hidden = encode_ids(pipe, ids, hidden_layer=hidden_layer, device=device, prefix_lengths=prefixes).float().cpu()
-        for owner, h, m in zip(cp.owners[sl], hidden, mask):
+        got: list[Tensor] | None = [] if with_pooled else None
+        hidden = encode_ids(
+            pipe, ids, hidden_layer=hidden_layer, device=device, prefix_lengths=prefixes, pooled_out=got
+        ).float()
+        for i, (owner, h, m) in enumerate(zip(cp.owners[sl], hidden.cpu(), mask)):
             rows[owner].append(h[m])
+            if got is not None:
+                pooled_rows[owner].append(got[0][i].float().cpu())
     per_text = [torch.cat(r) for r in rows]
-    return TextFeatures(per_text, torch.stack([r.double().mean(0) for r in per_text]))
+    embeds = [torch.stack(r) for r in pooled_rows] if with_pooled else None
+    return TextFeatures(per_text, torch.stack([r.double().mean(0) for r in per_text]), embeds)
 
 
 def bank_features(pipe: Any, bank: Sequence[str], *, hidden_layer: str = "auto", device: Any = None) -> TextFeatures:
@@ -612,7 +645,7 @@ def bank_features(pipe: Any, bank: Sequence[str], *, hidden_layer: str = "auto",
         return cached[1]
     blob = json.dumps(
         {
-            "format": 1,
+            "format": 2,
             "bank": list(bank),
             "templates": list(BANK_TEMPLATES),
             "layer": layer,
@@ -621,6 +654,8 @@ def bank_features(pipe: Any, bank: Sequence[str], *, hidden_layer: str = "auto",
     )
     path = cache_dir("bank_features") / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.safetensors"
     feats = _read_bank_file(path, len(bank))
+    if feats is not None and feats.pooled_embeds is None and getattr(_conditioning(pipe), "pooled_reading", None):
+        feats = None  # written without the pooled vectors this family needs
     if feats is None:
         feats = concept_features(pipe, bank, hidden_layer=hidden_layer, device=device)
         _write_bank_file(path, feats)
@@ -641,11 +676,17 @@ def _read_bank_file(path: Path, n: int) -> TextFeatures | None:
         ok = counts.dtype == torch.int64 and counts.shape == (n,) and bool((counts > 0).all())
         ok = ok and rows.dim() == 2 and int(counts.sum()) == rows.shape[0] and pooled.shape == (n, rows.shape[1])
         ok = ok and bool(torch.isfinite(rows).all()) and bool(torch.isfinite(pooled).all())
+        embeds = None
+        if "pooled_embeds" in t:
+            embeds, per = t["pooled_embeds"], t["pooled_embeds_counts"]
+            ok = ok and per.dtype == torch.int64 and per.shape == (n,) and bool((per > 0).all())
+            ok = ok and embeds.dim() == 2 and int(per.sum()) == embeds.shape[0] and bool(torch.isfinite(embeds).all())
+            embeds = list(embeds.split(per.tolist())) if ok else None
     except Exception:
         return None
     if not ok:
         return None
-    return TextFeatures(list(rows.split(counts.tolist())), pooled)
+    return TextFeatures(list(rows.split(counts.tolist())), pooled, embeds)
 
 
 def _write_bank_file(path: Path, feats: TextFeatures) -> None:
@@ -656,6 +697,9 @@ def _write_bank_file(path: Path, feats: TextFeatures) -> None:
         "counts": torch.tensor([r.shape[0] for r in feats.rows], dtype=torch.int64),
         "pooled": feats.pooled.contiguous(),
     }
+    if feats.pooled_embeds is not None:
+        tensors["pooled_embeds"] = torch.cat(feats.pooled_embeds).contiguous()
+        tensors["pooled_embeds_counts"] = torch.tensor([r.shape[0] for r in feats.pooled_embeds], dtype=torch.int64)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")

@@ -15,12 +15,17 @@ An SD3 transformer reads text in three places:
   pooled text, and, from the second block on, after the earlier blocks' joint attention with the
   image tokens. Their input for a prompt is not fixed: it changes with the timestep and the image.
 
-Unlink edits the context embedder (preset ``context_embedder``, the default on this family): the
-one layer whose input is the text features and nothing else, and through which every sequence
-feature of the prompt reaches every block. ``context_kv`` and ``pooled_text_embedder`` are presets
-for inspection and for trained methods; concept erasure refuses them (their inputs are not the
-prompt's sequence features). ``tests/eraser/test_mmdit.py`` measures how much the per-block context
-projections' inputs move with the timestep and the image latents for one fixed prompt.
+Unlink edits the two layers whose input is a fixed function of the prompt and nothing else (preset
+``text_inputs``, the default on this family): the context embedder, through which every sequence
+feature of the prompt reaches every block, and the pooled text embedder's first layer
+(``time_text_embed.text_embedder.linear_1``, preset ``pooled_text_embedder``), whose input is the
+pooled CLIP vector (one row per prompt). The pooled vector carries the concept too: on the bundled
+MMDiT digits model the pooled vector of "a photo of the digit zero" beside a neutral sequence draws
+zeros about twice as often as the neutral prompt (docs/benchmarks.md, "The pooled text path").
+``context_embedder`` alone is the earlier default. ``context_kv`` is a preset for inspection and for
+trained methods; concept erasure refuses it (its input depends on the timestep and the image).
+``tests/eraser/test_mmdit.py`` measures how much the per-block context projections' inputs move
+with the timestep and the image latents for one fixed prompt.
 
 Which positions are a concept's features: on the CLIP part the UNet families' token modes (CLIP is
 causal: the concept's tokens and those after it, up to the end-of-text token); on the T5 part every
@@ -31,7 +36,7 @@ pipeline's default ``max_sequence_length`` (256), as its padding changes the pro
 
 FLUX reads text the same way, with one sequence source: ``transformer.context_embedder`` takes the
 T5 encoder's last hidden states (512 positions, FluxPipeline's default), and CLIP contributes only
-its pooled vector (``time_text_embed.text_embedder``). Unlink edits the context embedder there too.
+its pooled vector (``time_text_embed.text_embedder``). Unlink edits both there too.
 """
 
 from __future__ import annotations
@@ -60,6 +65,13 @@ __all__ = [
 
 SD3_MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default max_sequence_length for T5
 _CLIP_TOWERS = ("text_encoder", "text_encoder_2")
+# The layer that reads the pooled CLIP vector (SD3 and FLUX alike), and the presets over the text inputs.
+POOLED_READING = r"transformer\.time_text_embed\.text_embedder\.linear_1"
+_TEXT_PRESETS = {
+    "text_inputs": r"transformer\.(context_embedder|time_text_embed\.text_embedder\.linear_1)",
+    "context_embedder": r"transformer\.context_embedder",
+    "pooled_text_embedder": POOLED_READING,
+}
 
 
 def is_sd3(pipe: Any) -> bool:
@@ -74,9 +86,11 @@ def is_sd3(pipe: Any) -> bool:
 
 
 class SD3Conditioning:
-    """SD3's text features: the ``prompt_embeds`` of ``StableDiffusion3Pipeline.encode_prompt``."""
+    """SD3's text features: the ``prompt_embeds`` of ``StableDiffusion3Pipeline.encode_prompt``, and
+    its ``pooled_prompt_embeds`` (the CLIP towers' projected end-of-text features side by side)."""
 
-    default_targets = "context_embedder"
+    default_targets = "text_inputs"
+    pooled_reading = POOLED_READING
     methods = ("unlink", "unlink_rayleigh", "esd_x", "esd_u", "esd_x_strict")
 
     @staticmethod
@@ -105,20 +119,32 @@ class SD3Conditioning:
 
     @torch.no_grad()
     def encode(
-        self, pipe: Any, ids: list[Tensor], *, hidden_layer: str = "auto", device: torch.device | str | None = None
+        self,
+        pipe: Any,
+        ids: list[Tensor],
+        *,
+        hidden_layer: str = "auto",
+        device: torch.device | str | None = None,
+        pooled_out: list[Tensor] | None = None,
     ) -> Tensor:
-        """The context embedder's input (B, L_clip + 256, joint width) for token ids."""
+        """The context embedder's input (B, L_clip + 256, joint width) for token ids; the pooled
+        text embedder's input (B, pooled width) is appended to ``pooled_out`` when given (CLIP is
+        causal and pools its end-of-text token, so padding to the batch's longest changes neither)."""
         if hidden_layer not in ("auto", "penultimate"):
             raise ValueError(
                 f"SD3 reads CLIP's penultimate layer and T5's last; hidden_layer must be 'auto' (got {hidden_layer!r})"
             )
         towers = self._towers(pipe)
         dtype = next(towers[0][2].parameters()).dtype
-        clip = []
+        clip, pooled = [], []
         for (_, _, enc), tower_ids in zip(towers[:2], ids[:2]):
             dev = torch.device(device) if device is not None else next(enc.parameters()).device
-            clip.append(enc(tower_ids.to(dev), output_hidden_states=True).hidden_states[-2].to(dtype))
+            out = enc(tower_ids.to(dev), output_hidden_states=True)
+            clip.append(out.hidden_states[-2].to(dtype))
+            pooled.append(out.text_embeds.to(dtype=dtype, device=clip[0].device))
         hidden = torch.cat(clip, dim=-1)
+        if pooled_out is not None:
+            pooled_out.append(torch.cat(pooled, dim=-1))
         width = pipe.transformer.config.joint_attention_dim
         hidden = F.pad(hidden, (0, width - hidden.shape[-1]))
         if len(towers) > 2:
@@ -127,6 +153,16 @@ class SD3Conditioning:
         else:  # no T5: the pipeline feeds zeros in its place
             t5 = hidden.new_zeros(hidden.shape[0], SD3_MAX_SEQUENCE_LENGTH, width)
         return torch.cat([hidden, t5], dim=-2)
+
+    @torch.no_grad()
+    def encode_pooled(self, pipe: Any, prompts: Sequence[str], *, device: torch.device | str | None = None) -> Tensor:
+        """The pooled text embedder's input (B, pooled width) for prompts, from the CLIP towers alone."""
+        pooled = []
+        for _, tok, enc in self._towers(pipe)[:2]:
+            ids = tok(list(prompts), padding="longest", truncation=True, return_tensors="pt").input_ids
+            dev = torch.device(device) if device is not None else next(enc.parameters()).device
+            pooled.append(enc(ids.to(dev)).text_embeds.float().cpu())
+        return torch.cat(pooled, dim=-1)
 
     def mask(self, pipe: Any, ids: list[Tensor], cp: ConceptPrompts, sl: slice, mode: str) -> Tensor:
         """Boolean (B, L_clip + 256) mask of the positions that carry each prompt's concept (see the
@@ -174,8 +210,7 @@ SD3 = register_family(
         name="sd3",
         summary="MMDiT text-to-image pipelines (diffusers SD3): text features enter through the transformer's context embedder",
         presets={
-            "context_embedder": r"transformer\.context_embedder",
-            "pooled_text_embedder": r"transformer\.time_text_embed\.text_embedder\.linear_1",
+            **_TEXT_PRESETS,
             "context_kv": r"transformer\.transformer_blocks\.\d+\.attn\.add_[kv]_proj",
         },
         components=("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"),
@@ -215,7 +250,8 @@ class FluxConditioning:
     pipeline runs it (no attention mask, so the padding changes nothing before it only in CLIP).
     """
 
-    default_targets = "context_embedder"
+    default_targets = "text_inputs"
+    pooled_reading = POOLED_READING
     methods = ("unlink", "unlink_rayleigh")
 
     @staticmethod
@@ -230,21 +266,56 @@ class FluxConditioning:
 
     def tokenize(self, pipe: Any, prompts: Sequence[str], *, shortest: bool = False) -> list[Tensor]:
         """T5 token ids padded to ``FLUX_MAX_SEQUENCE_LENGTH`` (``shortest`` does not apply: T5
-        attends both ways, so its padding changes the prompt's features)."""
+        attends both ways, so its padding changes the prompt's features), then, when the pipeline
+        has its CLIP tower, CLIP's (for the pooled vector; padded to the longest: CLIP is causal)."""
         tok, _ = self._t5(pipe)
         kw = dict(padding="max_length", max_length=FLUX_MAX_SEQUENCE_LENGTH, truncation=True, return_tensors="pt")
-        return [tok(list(prompts), **kw).input_ids]
+        ids = [tok(list(prompts), **kw).input_ids]
+        clip_tok = getattr(pipe, "tokenizer", None)
+        if clip_tok is not None and isinstance(getattr(pipe, "text_encoder", None), nn.Module):
+            ids.append(clip_tok(list(prompts), padding="longest", truncation=True, return_tensors="pt").input_ids)
+        return ids
 
     @torch.no_grad()
     def encode(
-        self, pipe: Any, ids: list[Tensor], *, hidden_layer: str = "auto", device: torch.device | str | None = None
+        self,
+        pipe: Any,
+        ids: list[Tensor],
+        *,
+        hidden_layer: str = "auto",
+        device: torch.device | str | None = None,
+        pooled_out: list[Tensor] | None = None,
     ) -> Tensor:
-        """The context embedder's input (B, 512, joint width) for T5 token ids."""
+        """The context embedder's input (B, 512, joint width) for token ids; the pooled text
+        embedder's input (CLIP's pooled output, B x 768) is appended to ``pooled_out`` when given."""
         if hidden_layer not in ("auto", "last"):
             raise ValueError(f"FLUX reads T5's last layer; hidden_layer must be 'auto' (got {hidden_layer!r})")
         _, enc = self._t5(pipe)
         dev = torch.device(device) if device is not None else next(enc.parameters()).device
-        return enc(ids[0].to(dev))[0]
+        hidden = enc(ids[0].to(dev))[0]
+        if pooled_out is not None:
+            if len(ids) < 2:
+                raise ValueError(
+                    f"{type(pipe).__name__} has no CLIP tower (tokenizer/text_encoder), which gives FLUX its pooled "
+                    "vector; load the pipeline with it, or erase with layers='context_embedder'."
+                )
+            clip = pipe.text_encoder
+            clip_dev = torch.device(device) if device is not None else next(clip.parameters()).device
+            pooled_out.append(clip(ids[1].to(clip_dev)).pooler_output.to(dtype=hidden.dtype, device=hidden.device))
+        return hidden
+
+    @torch.no_grad()
+    def encode_pooled(self, pipe: Any, prompts: Sequence[str], *, device: torch.device | str | None = None) -> Tensor:
+        """The pooled text embedder's input (B, 768: CLIP's pooled output) for prompts, CLIP alone."""
+        ids = self.tokenize(pipe, prompts)
+        if len(ids) < 2:
+            raise ValueError(
+                f"{type(pipe).__name__} has no CLIP tower (tokenizer/text_encoder), which gives FLUX its pooled "
+                "vector; load the pipeline with it, or erase with layers='context_embedder'."
+            )
+        clip = pipe.text_encoder
+        dev = torch.device(device) if device is not None else next(clip.parameters()).device
+        return clip(ids[1].to(dev)).pooler_output.float().cpu()
 
     def mask(self, pipe: Any, ids: list[Tensor], cp: ConceptPrompts, sl: slice, mode: str) -> Tensor:
         """Boolean (B, 512) mask of the T5 positions that carry each prompt."""
@@ -257,8 +328,7 @@ FLUX = register_family(
         name="flux",
         summary="FLUX text-to-image pipelines (diffusers FluxPipeline): T5 features enter through the transformer's context embedder",
         presets={
-            "context_embedder": r"transformer\.context_embedder",
-            "pooled_text_embedder": r"transformer\.time_text_embed\.text_embedder\.linear_1",
+            **_TEXT_PRESETS,
             "context_kv": r"transformer\.transformer_blocks\.\d+\.attn\.add_[kv]_proj",
         },
         components=("transformer", "text_encoder", "text_encoder_2", "vae"),

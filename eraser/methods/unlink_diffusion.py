@@ -177,6 +177,14 @@ def _retain_key(
     )
 
 
+def pooled_context(pipe: Any, cfg: ConceptUnlinkConfig, device: Any = None) -> Tensor:
+    """Pooled text vectors every erasure keeps (MMDiT): the empty prompt, which classifier-free
+    guidance reads at every step, and each template without a concept. Their pooled vectors share
+    most of a concept prompt's, so an unprotected fit would move them too."""
+    prompts = list(dict.fromkeys(["", *(t.replace("{}", "").strip() for t in cfg.templates)]))
+    return pipeline_family(pipe).conditioning.encode_pooled(pipe, prompts, device=device)
+
+
 def generic_retain_for(concepts: list[str]) -> list[str]:
     """``GENERIC_RETAIN`` without the entries that share a word with a concept (erasing "dog" must
     not protect "a dog")."""
@@ -239,7 +247,7 @@ class ConceptStatistics:
         """The rank when ``k`` is not set: ``rank_per_concept`` for each concept (a group of
         synonyms counts once), at most half the text-feature dimension (a fit that keeps the other
         half for everything else)."""
-        dim = next(iter(self.forget.values()))[0].dim
+        dim = self.forget[self.kv[0] if self.kv else next(iter(self.forget))][0].dim
         return max(1, min(cfg.rank_per_concept * max(len(self.groups), 1), dim // 2))
 
     def metadata(self, pipe: Any, cfg: ConceptUnlinkConfig) -> dict[str, Any]:
@@ -315,7 +323,7 @@ def concept_statistics(
             f"variant={cfg.variant!r} protects retain concepts, but retain='none' gives none; "
             "drop retain='none' (neighbours are then protected) or use variant='svd'."
         )
-    kv, text, modules = resolve_concept_targets(pipe, cfg.layers)
+    kv, text, modules, pooled_targets = resolve_concept_targets(pipe, cfg.layers)
     tokenizer = towers[0][1]
     found, search = None, False
     if keep:
@@ -337,10 +345,12 @@ def concept_statistics(
     reuse = search and cfg.tokens == "concept_eot" and set(BANK_TEMPLATES) <= set(cfg.templates)
     pooled: dict[int, Tensor] = {}
     rows: dict[int, Tensor] = {}  # each concept's K/V rows: the Gram is built once the weights are known
+    embeds: dict[int, Tensor] = {}  # each concept's pooled text vectors (MMDiT), one per prompt
 
     def forget_pass(texts: list[str], as_is: set[int], offset: int) -> tuple[dict[str, list[Gram]], list[int]]:
         got_pooled: dict[int, Tensor] = {}
         got_rows: dict[int, Tensor] = {}
+        got_embeds: dict[int, Tensor] | None = {} if pooled_targets else None
         grams, counts = concept_grams(
             pipe,
             expand_concepts(tokenizer, texts, cfg.templates, as_is),
@@ -350,10 +360,12 @@ def concept_statistics(
             context=context,
             pooled=got_pooled,
             rows_out=got_rows,
+            pooled_embeds_out=got_embeds,
             **kw,
         )
         pooled.update({offset + i: v for i, v in got_pooled.items()})
         rows.update({offset + i: v for i, v in got_rows.items()})
+        embeds.update({offset + i: v for i, v in (got_embeds or {}).items()})
         return grams, counts
 
     f_grams, counts = forget_pass(words, verbatim, 0)
@@ -379,8 +391,8 @@ def concept_statistics(
             f_grams = {name: [a + b for a, b in zip(f_grams[name], more[name])] for name in f_grams}
             words, counts = words + extra, counts + more_counts
     groups = [[w] for w in words]
+    weights = [1.0] * len(words)
     if kv:
-        weights = [1.0]
         if len(words) > 1:
             for i, x in rows.items():  # a concept with no prompt in BANK_TEMPLATES: its mean over all
                 if i not in pooled and x.shape[0]:
@@ -394,7 +406,30 @@ def concept_statistics(
             raise ValueError("the text encoder produced NaN or Inf for the concept prompts; the model was not changed.")
         shared = acc.compute()  # one Gram object for all K/V layers: fitted once
         f_grams.update({name: shared for name in kv})
+    if pooled_targets:
+        # One pooled vector per prompt, each concept weighed as its K/V rows are (concept_weights:
+        # the second moment is the sum over synonym groups of each group's mean).
+        # Only what tells a concept's pooled vector from the context's (the empty prompt and the bare
+        # templates) is the concept's: its rows are taken off the context's span first.
+        ctx = pooled_context(pipe, cfg, device).double()
+        basis = torch.linalg.svd(ctx, full_matrices=False)[2]
+        acc, n_rows, total = GramAccumulator(), sum(len(e) for e in embeds.values()), max(sum(counts), 1)
+        for i in sorted(embeds):
+            w = n_rows * weights[i] * counts[i] / (len(embeds[i]) * total)
+            rows_i = embeds[i].double()
+            rows_i = rows_i - rows_i @ basis.T @ basis
+            acc.update((rows_i * w**0.5).unsqueeze(0))
+        if acc.nonfinite:
+            raise ValueError("the text encoder produced NaN or Inf for the concept prompts; the model was not changed.")
+        f_grams.update({name: acc.compute() for name in pooled_targets})
     variant = cfg.resolved_variant(bool(keep))
+    if pooled_targets and variant not in PROTECTING:
+        # Without retain statistics the pooled fit would also move the empty prompt's pooled vector,
+        # which classifier-free guidance reads at every step: the svd variant leaves that layer alone.
+        for name in pooled_targets:
+            f_grams.pop(name, None)
+            modules = {n: m for n, m in modules.items() if n != name}
+        pooled_targets = ()
     empty = [w for w, n in zip(words, counts) if n == 0]
     if empty:
         raise ValueError(f"concepts {empty} have no tokens left to erase (cut off by truncation?); shorten them.")
@@ -410,7 +445,7 @@ def concept_statistics(
         if found is not None:
             bank = _bank(pipe, cfg)
             feats = bank_features(pipe, bank, hidden_layer=cfg.hidden_layer, device=device)
-            parts = [feats.rows[bank.index(n)] for n in keep]
+            picked = [bank.index(n) for n in keep]
         else:
             key = ("rows",) + _retain_key(pipe, keep, keep_verbatim, kv, text, cfg)
             cache = pipe.__dict__.get(_RETAIN_CACHE)
@@ -424,29 +459,45 @@ def concept_statistics(
                         verbatim=keep_verbatim,
                         hidden_layer=cfg.hidden_layer,
                         device=device,
-                    ).rows,
+                    ),
                 )
                 pipe.__dict__[_RETAIN_CACHE] = cache  # a user's list is often reused for many erasures
-            parts = cache[1]
-        shared = balanced_gram(parts)
-        ctx = context if context is not None and context.n else None
-        matrix = shared.matrix + (ctx.covariance() if ctx is not None else 0)
-        merged = Gram(matrix, shared.n + (ctx is not None), parts=parts, shared=ctx)
-        r_grams = {name: [merged] for name in kv}
+            feats, picked = cache[1], list(range(len(keep)))
+        r_grams = {}
+        if kv:
+            parts = [feats.rows[i] for i in picked]
+            shared = balanced_gram(parts)
+            ctx = context if context is not None and context.n else None
+            matrix = shared.matrix + (ctx.covariance() if ctx is not None else 0)
+            merged = Gram(matrix, shared.n + (ctx is not None), parts=parts, shared=ctx)
+            r_grams.update({name: [merged] for name in kv})
+        if pooled_targets:
+            # the context weighs as much as all retain concepts together: every generation reads it
+            parts = [feats.pooled_embeds[i] for i in picked]
+            parts += [pooled_context(pipe, cfg, device)] * max(len(parts), 1)
+            g = balanced_gram(parts)
+            r_grams.update({name: [Gram(g.matrix, g.n, parts=parts)] for name in pooled_targets})
     elif variant in PROTECTING:
         key = _retain_key(pipe, keep, keep_verbatim, kv, text, cfg)
         cache = pipe.__dict__.get(_RETAIN_CACHE)
         if cache is not None and cache[0] == key:
             r_grams = cache[1]
         else:
+            got: dict[int, Tensor] | None = {} if pooled_targets else None
             r_grams, _ = concept_grams(
                 pipe,
                 expand_concepts(tokenizer, keep, cfg.templates, keep_verbatim),
                 kv,
                 text,
                 what="retain prompts",
+                pooled_embeds_out=got,
                 **kw,
             )
+            if got:
+                acc = GramAccumulator()
+                rows_p = torch.cat([got[i] for i in sorted(got)] + [pooled_context(pipe, cfg, device)])
+                acc.update(rows_p.double().unsqueeze(0))
+                r_grams.update({name: acc.compute() for name in pooled_targets})
             if not text:  # K/V statistics are one d x d matrix: cheap to keep for the next erasure
                 pipe.__dict__[_RETAIN_CACHE] = (key, r_grams)
         if context is not None and context.n:

@@ -82,12 +82,15 @@ def test_the_judge_runs_on_it(pipe):
     assert set(ev["accuracy"]) == set(range(10)) and ev["per_digit"] == 1
 
 
-def test_erase_concepts_edits_the_context_embedder_and_reverts_exactly(pipe):
+def test_erase_concepts_edits_the_text_inputs_and_reverts_exactly(pipe):
     before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
     x = gen(pipe, digit_prompt(7))
     patch = eraser.erase_concepts(pipe, "seven")
     try:
-        assert list(patch.edits) == ["transformer.context_embedder"]
+        assert list(patch.edits) == [
+            "transformer.time_text_embed.text_embedder.linear_1",
+            "transformer.context_embedder",
+        ]
         assert patch.metadata["variant"] == "regression" and "eight" in patch.metadata["retain"]
         assert not torch.allclose(gen(pipe, digit_prompt(7)), x)
     finally:

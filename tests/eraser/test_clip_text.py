@@ -70,7 +70,7 @@ def test_shared_prefixes_give_the_towers_own_features(pipe, hidden_layer, monkey
 def test_concept_statistics_match_whole_prompt_encoding(pipe):
     """The K/V Grams (shared prefixes) equal those of whole prompts (what text-encoder targets,
     which hook inside the encoder, still use)."""
-    kv, text, _ = resolve_concept_targets(pipe, "cross_attn_kv")
+    kv, text, *_ = resolve_concept_targets(pipe, "cross_attn_kv")
     cp = expand_concepts(pipe.tokenizer, CONCEPTS[:3], DEFAULT_TEMPLATES)
     grams, counts = concept_grams(pipe, cp, kv, text, batch_size=7)
     rows = []
@@ -123,7 +123,7 @@ def test_bank_features_are_read_back_from_disk_by_another_process(pipe, tmp_path
 def test_the_forget_pass_pools_what_the_neighbour_search_would_encode(pipe):
     from eraser.families.diffusion import BANK_TEMPLATES, concept_features, concept_neighbours
 
-    kv, text, _ = resolve_concept_targets(pipe, "cross_attn_kv")
+    kv, text, *_ = resolve_concept_targets(pipe, "cross_attn_kv")
     words = ["cat", "van gogh"]
     pooled: dict = {}
     concept_grams(pipe, expand_concepts(pipe.tokenizer, words, DEFAULT_TEMPLATES), kv, text, pooled=pooled)
@@ -136,7 +136,7 @@ def test_the_forget_pass_pools_what_the_neighbour_search_would_encode(pipe):
 
 
 def test_grams_of_two_passes_add_up_to_one_pass(pipe):
-    kv, text, _ = resolve_concept_targets(pipe, "cross_attn_kv")
+    kv, text, *_ = resolve_concept_targets(pipe, "cross_attn_kv")
     expand = lambda words: expand_concepts(pipe.tokenizer, words, DEFAULT_TEMPLATES)  # noqa: E731
     whole = concept_grams(pipe, expand(["cat", "dog"]), kv, text)[0][kv[0]][0]
     a = concept_grams(pipe, expand(["cat"]), kv, text)[0][kv[0]][0]

@@ -75,7 +75,7 @@ def test_padding_token_modes_select_every_position_after_start_of_text():
 def test_padding_token_mode_reads_features_at_full_length(sd):
     from eraser.families.diffusion import concept_grams, expand_concepts, resolve_concept_targets
 
-    kv, text, _ = resolve_concept_targets(sd, "cross_attn_kv")
+    kv, text, *_ = resolve_concept_targets(sd, "cross_attn_kv")
     cp = expand_concepts(sd.tokenizer, ["nude"], ["a photo of {}"])
     grams, counts = concept_grams(sd, cp, kv, text, tokens="prompt_padding")
     length = sd.tokenizer.model_max_length

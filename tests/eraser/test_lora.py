@@ -93,7 +93,7 @@ def test_mmdit_lora_loads_in_diffusers_and_reproduces_the_patch(tmp_path, arch):
     info = patch.to_lora(tmp_path / "cat.safetensors", format="peft")
     patch.revert(pipe)
     assert torch.equal(transformer_out(pipe), original)
-    assert info["layers"] == ["transformer.context_embedder"]
+    assert info["layers"] == ["transformer.time_text_embed.text_embedder.linear_1", "transformer.context_embedder"]
     pipe.load_lora_weights(str(info["path"]), adapter_name="erase_cat")
     torch.testing.assert_close(transformer_out(pipe), patched, atol=ATOL, rtol=0)
     pipe.unload_lora_weights()

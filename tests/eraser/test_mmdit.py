@@ -18,6 +18,7 @@ from prompts import PromptRow
 
 RETAIN_BOUND = 0.2  # as for the UNet families: tiny random text encoders are not semantic
 NO_T5 = ("text_encoder", "text_encoder_2", "transformer", "vae")
+TEXT_INPUTS = ["transformer.time_text_embed.text_embedder.linear_1", "transformer.context_embedder"]
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +121,13 @@ def test_erase_a_cat_edits_the_context_embedder_and_generates(sd3):
     patch = eraser.erase_concepts(sd3, "a cat")
     try:
         assert isinstance(patch, ErasurePatch)
-        assert patch.layers == ["transformer.context_embedder"]
+        assert patch.layers == TEXT_INPUTS
         assert patch.metadata["family"] == "sd3" and patch.metadata["retain_source"] == "neighbours"
         assert patch.metadata["pipeline_class"] == "StableDiffusion3Pipeline"
         after_img = generate(sd3)
         assert after_img.shape == before_img.shape == (1, 3, 32, 32) and torch.isfinite(after_img).all()
         changed = [k for k in saved if not torch.equal(saved[k], sd3.transformer.state_dict()[k])]
-        assert changed == ["context_embedder.weight"]
+        assert sorted(changed) == ["context_embedder.weight", "time_text_embed.text_embedder.linear_1.weight"]
     finally:
         patch.revert(sd3)
     assert same_state(sd3.transformer, saved)  # bit for bit
@@ -212,7 +213,7 @@ def test_without_t5():
     assert pipe.text_encoder_3 is None and len(text_towers(pipe)) == 2
     saved = state(pipe.transformer)
     patch = eraser.erase_concepts(pipe, "a cat", retain=["a dog", "a photo of a woman"])
-    assert patch.layers == ["transformer.context_embedder"]
+    assert patch.layers == TEXT_INPUTS
     # only CLIP positions are features: "a cat" under each template, no rows from the T5 zeros
     assert 0 < patch.metadata["tokens_per_concept"]["a cat"] <= 77 * len(patch.metadata["config"]["templates"])
     assert torch.isfinite(generate(pipe)).all()
@@ -298,3 +299,59 @@ def test_the_trainer_follows_sd3s_rectified_flow(sd3):
                 ).sample
             ref = reference.step(v, step_t, ref).prev_sample
         torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_the_pooled_edit_moves_the_concepts_pooled_vector_and_keeps_the_retained(sd3):
+    # SD3's pooled vector (the CLIP towers' projected end-of-text features) reaches every block:
+    # the default erases the concept there too, fitted against the retain prompts' pooled vectors.
+    lin = sd3.transformer.time_text_embed.text_embedder.linear_1
+    keep = ["a dog", "a photo of a woman", "a house", "a tree", "a car"]
+
+    def pooled(prompts):
+        return sd3.encode_prompt(prompts, prompts, prompts, do_classifier_free_guidance=False)[2]
+
+    def change(x, y):
+        return ((x - y).norm(dim=-1) / y.norm(dim=-1)).max()
+
+    # the context: the empty prompt, which classifier-free guidance reads at every step
+    cat, kept, context = pooled(["a photo of a cat"]), pooled(keep), pooled([""])
+    before = [lin(x) for x in (cat, kept, context)]
+    patch = eraser.erase_concepts(sd3, "a cat", retain=keep)
+    try:
+        moved, kept_moved, context_moved = (change(lin(x), b) for x, b in zip((cat, kept, context), before))
+        assert moved > 0.1 and kept_moved < moved and context_moved < 0.05, (moved, kept_moved, context_moved)
+    finally:
+        patch.revert(sd3)
+    only = eraser.erase_concepts(sd3, "a cat", retain=keep, layers="context_embedder")  # the earlier default
+    assert only.layers == ["transformer.context_embedder"]
+    only.revert(sd3)
+    with pytest.raises(ValueError, match="per-block context"):
+        eraser.erase_concepts(sd3, "a cat", layers="context_kv")
+
+
+def test_bank_cache_keeps_the_pooled_vectors(sd3, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from eraser.families import diffusion
+    from eraser.hashing import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    bank = ("cat", "dog", "van gogh")
+    sd3.__dict__.pop(diffusion._BANK_CACHE, None)
+    first = diffusion.bank_features(sd3, bank)
+    assert [e.shape for e in first.pooled_embeds] == [(len(diffusion.BANK_TEMPLATES), 64)] * 3
+    # the pooled vectors are the pipeline's own pooled_prompt_embeds
+    prompt = diffusion.BANK_TEMPLATES[0].format("dog")
+    theirs = sd3.encode_prompt(prompt, prompt, prompt, do_classifier_free_guidance=False)[2]
+    torch.testing.assert_close(first.pooled_embeds[1][0], theirs[0], atol=1e-5, rtol=1e-4)
+    (path,) = (tmp_path / "bank_features").glob("*.safetensors")
+    sd3.__dict__.pop(diffusion._BANK_CACHE)
+    again = diffusion.bank_features(sd3, bank)
+    assert all(torch.equal(a, b) for a, b in zip(first.pooled_embeds, again.pooled_embeds))
+    # a file without them (as an SD-family pipeline writes) is recomputed, not used without them
+    save_file({k: v for k, v in load_file(str(path)).items() if not k.startswith("pooled_embeds")}, str(path))
+    sd3.__dict__.pop(diffusion._BANK_CACHE)
+    redone = diffusion.bank_features(sd3, bank)
+    assert all(torch.equal(a, b) for a, b in zip(first.pooled_embeds, redone.pooled_embeds))
+    sd3.__dict__.pop(diffusion._BANK_CACHE)

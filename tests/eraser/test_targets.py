@@ -185,7 +185,8 @@ def test_presets_are_the_families_ones() -> None:
         "cross_attn_v",
         "text_encoder_mlp",
         "text_encoder_attn",
-        "context_embedder",  # SD3 (MMDiT)
+        "text_inputs",  # SD3 and FLUX (MMDiT)
+        "context_embedder",
         "pooled_text_embedder",
         "context_kv",
     }
